@@ -1,0 +1,97 @@
+// The tsvisor command line: run, nested, doctor.
+import { parseArgs } from 'node:util';
+import { FetchError } from '../guest/debian.js';
+import { runNested } from '../nested/nested-host.js';
+import { doctor } from './doctor.js';
+import { ExitCode, UsageError, UserError } from './errors.js';
+import { runCommand } from './run.js';
+import { parseRunArgs } from './run-options.js';
+import { parseSize } from './size.js';
+
+export const USAGE = `usage:
+  tsvisor run [options]             boot a guest (the default guest when no --kernel)
+      --kernel FILE                 bzImage or ELF vmlinux
+      --initrd FILE                 initramfs
+      --append "CMDLINE"            kernel command line (default guest: "console=ttyS0 quiet panic=-1")
+      --memory SIZE, -m SIZE        guest RAM, e.g. 512M or 2G (default 512M)
+      --cpus N                      vCPUs (default 1)
+      --serial stdio|file:PATH      where the 16550 UART's output goes (default stdio)
+      --accel auto|kvm|nested       auto: /dev/kvm if hardware-backed, else the nested KVM host
+      --stats                       print exit and device counters when the guest ends
+  tsvisor nested [--memory SIZE] [--cpus N] -- COMMAND [ARGS...]
+                                    run a command inside the nested KVM host
+  tsvisor doctor [--json] [--quick] report KVM access, its backing, and whether the nested host starts
+exit status of run: 0 guest powered off or rebooted, 1 error, 2 bad usage, 3 guest panicked,
+                    4 triple fault or KVM failure, 125 the nested host failed
+`;
+
+async function nestedCommand(argv: string[]): Promise<number> {
+  const split = argv.indexOf('--');
+  if (split < 0 || split === argv.length - 1) throw new UsageError('nested needs a command after --');
+  let values;
+  try {
+    ({ values } = parseArgs({ args: argv.slice(0, split), options: { memory: { type: 'string', short: 'm' }, cpus: { type: 'string' } }, strict: true }));
+  } catch (e) {
+    throw new UsageError((e as Error).message.split('\n')[0]!);
+  }
+  const memoryMiB = values.memory ? Math.floor(parseSize(values.memory, '--memory') / 2 ** 20) : undefined;
+  const cpus = values.cpus ? Number(values.cpus) : undefined;
+  if (cpus !== undefined && !(Number.isInteger(cpus) && cpus >= 1 && cpus <= 8)) throw new UsageError('--cpus must be 1 to 8');
+  const [command, ...args] = argv.slice(split + 1);
+  return runNested({ command: command!, args, memoryMiB, cpus, stdin: 'inherit' });
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  switch (command) {
+    case 'run': {
+      const opts = parseRunArgs(rest);
+      if (opts.help) {
+        process.stdout.write(USAGE);
+        return ExitCode.OK;
+      }
+      return runCommand(opts);
+    }
+    case 'nested':
+      return nestedCommand(rest);
+    case 'doctor': {
+      let values;
+      try {
+        ({ values } = parseArgs({ args: rest, options: { json: { type: 'boolean' }, quick: { type: 'boolean' } }, strict: true }));
+      } catch (e) {
+        throw new UsageError((e as Error).message.split('\n')[0]!);
+      }
+      return doctor({ json: values.json ?? false, quick: values.quick ?? false });
+    }
+    case undefined:
+    case 'help':
+    case '--help':
+    case '-h':
+      process.stdout.write(USAGE);
+      return command === undefined ? ExitCode.USAGE : ExitCode.OK;
+    default:
+      throw new UsageError(`unknown command "${command}" (try: tsvisor run, tsvisor nested, tsvisor doctor)`);
+  }
+}
+
+/** Runs the CLI: known failures become one line on stderr and an exit status. */
+export async function cli(argv: string[]): Promise<void> {
+  let code: number;
+  try {
+    code = await main(argv);
+  } catch (e) {
+    if (e instanceof UsageError) {
+      process.stderr.write(`tsvisor: ${e.message}\n`);
+      code = ExitCode.USAGE;
+    } else if (e instanceof UserError || e instanceof FetchError) {
+      process.stderr.write(`tsvisor: ${e.message}\n`);
+      code = ExitCode.ERROR;
+    } else {
+      const err = e as Error;
+      process.stderr.write(`tsvisor: internal error: ${err.message}\n`);
+      if (process.env.TSVISOR_DEBUG) process.stderr.write(`${err.stack}\n`);
+      code = ExitCode.ERROR;
+    }
+  }
+  process.exit(code);
+}

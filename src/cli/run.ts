@@ -1,0 +1,191 @@
+// `tsvisor run`: boots a guest on /dev/kvm, or re-runs itself inside the nested
+// KVM host when /dev/kvm cannot run a guest kernel at speed.
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { KernelImageError } from '../arch/x86/linux-loader.js';
+import { defaultGuest } from '../guest/default-guest.js';
+import { runNested } from '../nested/nested-host.js';
+import { chooseAccel } from '../vmm/accel.js';
+import { Machine, type MachineExit, type MachineStats } from '../vmm/machine.js';
+import { ExitCode, UserError } from './errors.js';
+import type { RunOptions } from './run-options.js';
+import { formatSize } from './size.js';
+
+const log = (line: string) => process.stderr.write(`tsvisor: ${line}\n`);
+
+export const EXIT_CODES: Record<MachineExit['kind'], number> = {
+  poweroff: ExitCode.OK,
+  reboot: ExitCode.OK,
+  panic: ExitCode.GUEST_PANIC,
+  'triple-fault': ExitCode.GUEST_FAULT,
+  'internal-error': ExitCode.GUEST_FAULT,
+};
+
+function readInput(file: string, what: string): Buffer {
+  try {
+    const data = fs.readFileSync(file);
+    if (data.length === 0) throw new UserError(`${what} ${file} is empty`);
+    return data;
+  } catch (e) {
+    if (e instanceof UserError) throw e;
+    const code = (e as NodeJS.ErrnoException).code;
+    const why = code === 'ENOENT' ? 'does not exist' : code === 'EACCES' ? 'is not readable' : code === 'EISDIR' ? 'is a directory' : (e as Error).message;
+    throw new UserError(`${what} ${file} ${why}`);
+  }
+}
+
+/** Fills in the default guest when no kernel was given. */
+function withGuest(opts: RunOptions): Required<Pick<RunOptions, 'kernel' | 'append'>> & RunOptions {
+  if (opts.kernel) return { ...opts, kernel: opts.kernel, append: opts.append ?? 'console=ttyS0' };
+  const guest = defaultGuest((l) => process.stderr.write(l + '\n'));
+  return { ...opts, kernel: guest.kernel, initrd: guest.initrd, append: opts.append ?? guest.cmdline };
+}
+
+/** The `run` argument list that reproduces these options for a tsvisor inside the nested host. */
+function innerRunArgs(opts: RunOptions & { kernel: string; append: string }): string[] {
+  const args = ['run', '--accel', 'kvm', '--kernel', path.resolve(opts.kernel), '--append', opts.append];
+  if (opts.initrd) args.push('--initrd', path.resolve(opts.initrd));
+  args.push('--memory', formatSize(opts.memory), '--cpus', String(opts.cpus));
+  args.push('--serial', opts.serial.kind === 'file' ? `file:${path.resolve(opts.serial.path)}` : 'stdio');
+  if (opts.stats) args.push('--stats');
+  return args;
+}
+
+export async function runCommand(given: RunOptions): Promise<number> {
+  const { accel, why } = chooseAccel(given.accel);
+  if (given.kernel) readInput(given.kernel, 'kernel');
+  if (given.initrd) readInput(given.initrd, 'initrd');
+  const opts = withGuest(given);
+  if (accel === 'nested') {
+    log(`running the guest inside the nested KVM host (${why})`);
+    const cli = fileURLToPath(new URL('../../../bin/tsvisor.js', import.meta.url));
+    const writable = opts.serial.kind === 'file' ? [path.dirname(path.resolve(opts.serial.path))] : [];
+    return runNested({ command: process.execPath, args: [cli, ...innerRunArgs(opts)], writable, memoryMiB: nestedMemoryMiB(opts) });
+  }
+  return runOnKvm(opts);
+}
+
+/** Enough nested-host RAM for the guest plus the host's own kernel and tsvisor. */
+function nestedMemoryMiB(opts: RunOptions): number {
+  return Math.max(2048, Math.ceil(opts.memory / 2 ** 20) + 1536);
+}
+
+async function runOnKvm(opts: RunOptions & { kernel: string; append: string }): Promise<number> {
+  const kernel = readInput(opts.kernel, 'kernel');
+  const initrd = opts.initrd ? readInput(opts.initrd, 'initrd') : undefined;
+  const output = serialSink(opts);
+  let machine: Machine;
+  try {
+    machine = Machine.create({ kernel, initrd, cmdline: opts.append, memory: opts.memory, cpus: opts.cpus, serialOutput: output.write });
+  } catch (e) {
+    output.close();
+    if (e instanceof KernelImageError) throw new UserError(`kernel ${opts.kernel}: ${e.message}`);
+    throw e;
+  }
+  const input = attachStdin(machine);
+  const exit = await machine.run();
+  input.detach();
+  await output.flush();
+  output.close();
+  if (opts.stats) process.stderr.write(formatStats(machine.stats()));
+  for (const e of machine.deviceErrors.slice(0, 5)) log(`device error: ${e.split('\n')[0]}`);
+  machine.close();
+  if (exit.kind !== 'poweroff' && exit.kind !== 'reboot') log(`guest ended: ${exit.kind} (${exit.detail})`);
+  return EXIT_CODES[exit.kind];
+}
+
+interface SerialSink {
+  write(bytes: Uint8Array): void;
+  flush(): Promise<void>;
+  close(): void;
+}
+
+/** Batches guest output so a burst of UART bytes is one write, not one per byte. */
+function serialSink(opts: RunOptions): SerialSink {
+  let pending: Buffer[] = [];
+  let scheduled = false;
+  let fd: number | undefined;
+  if (opts.serial.kind === 'file') {
+    try {
+      fd = fs.openSync(opts.serial.path, 'w');
+    } catch (e) {
+      throw new UserError(`--serial file ${opts.serial.path} cannot be written: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    }
+  }
+  const drain = () => {
+    scheduled = false;
+    if (pending.length === 0) return;
+    const buf = Buffer.concat(pending);
+    pending = [];
+    if (fd !== undefined) fs.writeSync(fd, buf);
+    else process.stdout.write(buf);
+  };
+  return {
+    write(bytes) {
+      pending.push(Buffer.from(bytes));
+      if (!scheduled) {
+        scheduled = true;
+        setImmediate(drain);
+      }
+    },
+    flush() {
+      drain();
+      return fd !== undefined ? Promise.resolve() : new Promise((resolve) => process.stdout.write('', () => resolve()));
+    },
+    close() {
+      if (fd !== undefined) fs.closeSync(fd);
+      fd = undefined;
+    },
+  };
+}
+
+const CTRL_A = 0x01;
+
+/** Feeds stdin to the guest's UART. On a terminal: raw mode, and Ctrl-A x ends the VM. */
+function attachStdin(machine: Machine): { detach(): void } {
+  const stdin = process.stdin;
+  const tty = stdin.isTTY === true;
+  // Inside the nested host stdin is a virtio port, but a terminal is at its other end.
+  const escapes = tty || process.env.TSVISOR_CONSOLE_ESCAPE === '1';
+  let escape = false;
+  const onData = (chunk: Buffer) => {
+    if (!escapes) return machine.serial.enqueueInput(chunk);
+    const out: number[] = [];
+    for (const b of chunk) {
+      if (escape) {
+        escape = false;
+        if (b === 0x78 /* x */) return machine.end('poweroff', 'Ctrl-A x on the console');
+        out.push(b); // Ctrl-A Ctrl-A sends one Ctrl-A
+      } else if (b === CTRL_A) escape = true;
+      else out.push(b);
+    }
+    machine.serial.enqueueInput(Uint8Array.from(out));
+  };
+  if (tty) stdin.setRawMode(true);
+  stdin.on('data', onData);
+  stdin.on('error', () => {});
+  return {
+    detach() {
+      stdin.off('data', onData);
+      if (tty) stdin.setRawMode(false);
+      stdin.pause();
+      stdin.unref?.();
+    },
+  };
+}
+
+export function formatStats(s: MachineStats): string {
+  const lines = ['tsvisor stats:'];
+  for (const v of s.vcpus) {
+    const exits = Object.entries(v.exits).map(([k, n]) => `${k}=${n}`).join(' ') || 'none';
+    lines.push(`  vcpu${v.id} exits: ${exits}${v.deviceErrors ? ` device-errors=${v.deviceErrors}` : ''}`);
+  }
+  for (const [bus, devices] of [['pio', s.pio], ['mmio', s.mmio]] as const) {
+    for (const [name, c] of Object.entries(devices)) lines.push(`  ${bus} ${name}: reads=${c.reads} writes=${c.writes}`);
+    const u = s.unclaimed[bus];
+    lines.push(`  ${bus} unclaimed: reads=${u.reads} writes=${u.writes}`);
+  }
+  lines.push(`  serial0: ${Object.entries(s.serial).map(([k, n]) => `${k}=${n}`).join(' ')}`);
+  return lines.join('\n') + '\n';
+}

@@ -1,0 +1,87 @@
+// Fetches Debian packages with `apt-get download` and unpacks them with
+// `dpkg-deb -x` into tsvisor's cache, once. Nothing is installed on the host.
+import { execFileSync, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+export class FetchError extends Error {
+  override name = 'FetchError';
+}
+
+export function cacheDir(): string {
+  const dir = process.env.TSVISOR_CACHE ?? path.join(process.env.XDG_CACHE_HOME ?? path.join(os.homedir(), '.cache'), 'tsvisor');
+  fs.mkdirSync(dir, { recursive: true });
+  return dir;
+}
+
+function hasCommand(cmd: string): boolean {
+  return spawnSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' }).status === 0;
+}
+
+/** The concrete package a metapackage such as linux-image-amd64 depends on. */
+export function resolveMetapackage(name: string, prefix: string): string {
+  let out: string;
+  try {
+    out = execFileSync('apt-cache', ['depends', '--no-recommends', '--no-suggests', name], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+  } catch {
+    throw new FetchError(`apt-cache knows no package ${name}; run: apt-get update`);
+  }
+  const dep = out.split('\n').map((l) => l.match(/Depends:\s+(\S+)/)?.[1]).find((d) => d?.startsWith(prefix));
+  if (!dep) throw new FetchError(`apt-cache shows no ${prefix}* dependency of ${name}; run: apt-get update`);
+  return dep;
+}
+
+export interface UnpackedPackage {
+  name: string;
+  dir: string;
+}
+
+/** Downloads and unpacks a package into the cache; later calls reuse it. */
+export function fetchPackage(name: string, log: (line: string) => void = (l) => process.stderr.write(l + '\n')): UnpackedPackage {
+  const root = path.join(cacheDir(), 'debian');
+  const dir = path.join(root, name);
+  if (fs.existsSync(path.join(dir, '.complete'))) return { name, dir };
+  for (const cmd of ['apt-get', 'dpkg-deb']) {
+    if (!hasCommand(cmd)) throw new FetchError(`${cmd} is not available: tsvisor fetches its default guest from Debian's archive and needs a Debian-based host`);
+  }
+  fs.mkdirSync(root, { recursive: true });
+  const work = fs.mkdtempSync(path.join(root, '.download-'));
+  try {
+    log(`tsvisor: downloading Debian package ${name} into ${root}`);
+    const dl = spawnSync('apt-get', ['download', '-q', name], { cwd: work, stdio: ['ignore', 'inherit', 'pipe'], encoding: 'utf8' });
+    if (dl.status !== 0) {
+      const why = (dl.stderr ?? '').split('\n').filter((l) => l.startsWith('E:')).join(' ') || `exit ${dl.status}`;
+      throw new FetchError(`apt-get download ${name} failed: ${why} (run: apt-get update)`);
+    }
+    const deb = fs.readdirSync(work).find((f) => f.endsWith('.deb'));
+    if (!deb) throw new FetchError(`apt-get download ${name} left no .deb`);
+    fs.rmSync(dir, { recursive: true, force: true });
+    fs.mkdirSync(dir, { recursive: true });
+    execFileSync('dpkg-deb', ['-x', path.join(work, deb), dir]);
+    fs.writeFileSync(path.join(dir, '.complete'), deb + '\n');
+    return { name, dir };
+  } finally {
+    fs.rmSync(work, { recursive: true, force: true });
+  }
+}
+
+export interface DebianKernel {
+  version: string;
+  vmlinuz: string;
+  modulesDir: string;
+}
+
+/** Debian's generic amd64 kernel, unpacked. */
+export function fetchKernel(log?: (line: string) => void): DebianKernel {
+  const pkg = fetchPackage(process.env.TSVISOR_KERNEL_PACKAGE ?? resolveMetapackage('linux-image-amd64', 'linux-image-'), log);
+  const modules = path.join(pkg.dir, 'lib', 'modules');
+  const version = fs.readdirSync(modules)[0];
+  if (!version) throw new FetchError(`${pkg.name} holds no kernel modules`);
+  return { version, vmlinuz: path.join(pkg.dir, 'boot', `vmlinuz-${version}`), modulesDir: path.join(modules, version) };
+}
+
+export function fetchBusybox(log?: (line: string) => void): string {
+  const pkg = fetchPackage('busybox-static', log);
+  return path.join(pkg.dir, 'bin', 'busybox');
+}

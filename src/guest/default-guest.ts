@@ -1,0 +1,62 @@
+// The guest `tsvisor run` boots when given no kernel: Debian's generic kernel and
+// an initramfs holding busybox, the modules the guest needs, and an init that
+// brings up a shell on the console. poweroff/reboot go through busybox init.
+import fs from 'node:fs';
+import { fetchBusybox, fetchKernel } from './debian.js';
+import { buildInitramfs, LOAD_MODULES } from './initramfs.js';
+import { indexModules, resolveModules } from './kernel-modules.js';
+
+/** Printed by the guest's init once userspace runs; benchmarks time boots up to it. */
+export const USERSPACE_BANNER = 'tsvisor default guest: userspace is up';
+
+export const DEFAULT_GUEST_CMDLINE = 'console=ttyS0 quiet panic=-1';
+
+/** pvpanic-mmio binds the QEMU0001 ACPI device so a panic ends the VM at once. */
+const GUEST_MODULES = ['pvpanic_mmio'];
+
+const INIT = `#!/bin/busybox sh
+/bin/busybox --install -s
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts /dev/shm
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /tmp
+${LOAD_MODULES}
+hostname tsvisor
+echo "${USERSPACE_BANNER} (Linux $(uname -r))"
+exec /sbin/init
+`;
+
+const INITTAB = `::sysinit:/bin/true
+::respawn:/bin/cttyhack /bin/sh -l
+::ctrlaltdel:/sbin/reboot
+::shutdown:/bin/sync
+`;
+
+const PROFILE = `export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+export PS1='\\w # '
+`;
+
+export interface GuestImage {
+  kernel: string;
+  initrd: string;
+  cmdline: string;
+}
+
+export function defaultGuest(log?: (line: string) => void): GuestImage {
+  const kernel = fetchKernel(log);
+  const busybox = fetchBusybox(log);
+  const modules = resolveModules(indexModules(kernel.modulesDir), GUEST_MODULES);
+  const initrd = buildInitramfs(`guest-${kernel.version}`, {
+    busybox,
+    init: INIT,
+    modules,
+    files: [
+      { type: 'file', path: 'etc/inittab', data: Buffer.from(INITTAB) },
+      { type: 'file', path: 'etc/profile', data: Buffer.from(PROFILE) },
+    ],
+  });
+  if (!fs.existsSync(kernel.vmlinuz)) throw new Error(`${kernel.vmlinuz} is missing from the cached kernel package`);
+  return { kernel: kernel.vmlinuz, initrd, cmdline: DEFAULT_GUEST_CMDLINE };
+}

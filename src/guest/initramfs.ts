@@ -1,0 +1,50 @@
+// Builds a gzip-compressed initramfs around Debian's static busybox: an /init
+// script, kernel modules loaded in dependency order, and any extra files.
+// Results are cached by content, so a guest boots without rebuilding it.
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import zlib from 'node:zlib';
+import { writeCpio, withParentDirs, type CpioEntry } from './cpio.js';
+import type { KernelModule } from './kernel-modules.js';
+import { cacheDir } from './debian.js';
+
+export interface InitramfsSpec {
+  busybox: string;
+  init: string;
+  modules: readonly KernelModule[];
+  files?: readonly CpioEntry[];
+}
+
+/** The script lines that load `modules` (as listed in /etc/modules) at boot. */
+export const LOAD_MODULES = 'while read -r m; do insmod /lib/modules/$m.ko || echo "initramfs: insmod $m failed" >&2; done < /etc/modules';
+
+export function initramfsEntries(spec: InitramfsSpec): CpioEntry[] {
+  const entries: CpioEntry[] = [
+    { type: 'file', path: 'bin/busybox', data: fs.readFileSync(spec.busybox), mode: 0o755 },
+    { type: 'symlink', path: 'bin/sh', target: 'busybox' },
+    { type: 'file', path: 'init', data: Buffer.from(spec.init), mode: 0o755 },
+    { type: 'file', path: 'etc/modules', data: Buffer.from(spec.modules.map((m) => m.name + '\n').join('')) },
+    ...spec.modules.map((m): CpioEntry => ({ type: 'file', path: `lib/modules/${m.name}.ko`, data: fs.readFileSync(m.file) })),
+    ...(spec.files ?? []),
+  ];
+  for (const dir of ['dev', 'proc', 'sys', 'tmp', 'run', 'sbin', 'usr/bin', 'usr/sbin', 'root']) entries.push({ type: 'dir', path: dir });
+  return withParentDirs(entries);
+}
+
+/** Returns the path of the compressed initramfs, building it only when its inputs changed. */
+export function buildInitramfs(name: string, spec: InitramfsSpec): string {
+  const hash = crypto.createHash('sha256');
+  hash.update(spec.init);
+  for (const f of [spec.busybox, ...spec.modules.map((m) => m.file)]) {
+    const st = fs.statSync(f);
+    hash.update(`${f}:${st.size}:${st.mtimeMs}\n`);
+  }
+  for (const f of spec.files ?? []) hash.update(JSON.stringify(f.type === 'file' ? { ...f, data: crypto.createHash('sha256').update(f.data).digest('hex') } : f));
+  const out = path.join(cacheDir(), `${name}-${hash.digest('hex').slice(0, 16)}.cpio.gz`);
+  if (fs.existsSync(out)) return out;
+  const tmp = `${out}.${process.pid}.tmp`;
+  fs.writeFileSync(tmp, zlib.gzipSync(writeCpio(initramfsEntries(spec)), { level: 6 }));
+  fs.renameSync(tmp, out);
+  return out;
+}

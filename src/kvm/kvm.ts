@@ -1,0 +1,202 @@
+// Typed KVM objects, created as Kvm -> Vm -> Vcpu (the kvm-ioctls shape).
+// Failed ioctls throw SysError naming the ioctl and the errno.
+import { API_VERSION, Cap, Ioctl, IOEVENTFD_FLAG_DATAMATCH, IOEVENTFD_FLAG_DEASSIGN, IOEVENTFD_FLAG_PIO, IRQFD_FLAG_DEASSIGN, PIT_SPEAKER_DUMMY } from './ioctls.js';
+import {
+  cpuidBuffer, decodeCpuid, decodeMsrs, decodeRegs, decodeSregs, encodeCpuid, encodeDefaultFpu, encodeMemoryRegion,
+  encodeMsrs, encodeRegs, encodeSregs, type CpuidEntry, type MsrEntry, type Regs, type Sregs, SREGS_SIZE,
+} from './structs.js';
+import { closeFd, ioctlBuf, ioctlInt, mmapShared, munmap, O_RDWR, openFile, type Mapping } from './sys.js';
+
+export const KVM_DEVICE = '/dev/kvm';
+
+export class Kvm {
+  private constructor(readonly fd: number) {}
+
+  static open(path = KVM_DEVICE): Kvm {
+    const kvm = new Kvm(openFile(path, O_RDWR));
+    const version = kvm.apiVersion();
+    if (version !== API_VERSION) {
+      kvm.close();
+      throw new Error(`${path}: KVM API version ${version}, tsvisor needs ${API_VERSION}`);
+    }
+    return kvm;
+  }
+
+  apiVersion(): number {
+    return ioctlInt(this.fd, Ioctl.GET_API_VERSION, 'KVM_GET_API_VERSION');
+  }
+
+  checkExtension(cap: number): number {
+    return ioctlInt(this.fd, Ioctl.CHECK_EXTENSION, 'KVM_CHECK_EXTENSION', cap);
+  }
+
+  vcpuMmapSize(): number {
+    return ioctlInt(this.fd, Ioctl.GET_VCPU_MMAP_SIZE, 'KVM_GET_VCPU_MMAP_SIZE');
+  }
+
+  supportedCpuid(): CpuidEntry[] {
+    const buf = cpuidBuffer(256);
+    ioctlBuf(this.fd, Ioctl.GET_SUPPORTED_CPUID, 'KVM_GET_SUPPORTED_CPUID', buf);
+    return decodeCpuid(buf);
+  }
+
+  /** The most vCPUs KVM recommends for one VM. */
+  maxVcpus(): number {
+    return this.checkExtension(Cap.NR_VCPUS) || 4;
+  }
+
+  createVm(): Vm {
+    return new Vm(this, ioctlInt(this.fd, Ioctl.CREATE_VM, 'KVM_CREATE_VM', 0));
+  }
+
+  close(): void {
+    closeFd(this.fd);
+  }
+}
+
+export class Vm {
+  constructor(readonly kvm: Kvm, readonly fd: number) {}
+
+  setUserMemoryRegion(slot: number, guestAddr: number, size: number, hostAddr: bigint, flags = 0): void {
+    ioctlBuf(this.fd, Ioctl.SET_USER_MEMORY_REGION, 'KVM_SET_USER_MEMORY_REGION', encodeMemoryRegion(slot, flags, guestAddr, size, hostAddr));
+  }
+
+  setTssAddr(addr: number): void {
+    ioctlInt(this.fd, Ioctl.SET_TSS_ADDR, 'KVM_SET_TSS_ADDR', addr);
+  }
+
+  setIdentityMapAddr(addr: number): void {
+    const buf = Buffer.alloc(8);
+    buf.writeBigUInt64LE(BigInt(addr));
+    ioctlBuf(this.fd, Ioctl.SET_IDENTITY_MAP_ADDR, 'KVM_SET_IDENTITY_MAP_ADDR', buf);
+  }
+
+  createIrqchip(): void {
+    ioctlInt(this.fd, Ioctl.CREATE_IRQCHIP, 'KVM_CREATE_IRQCHIP');
+  }
+
+  createPit2(): void {
+    const buf = Buffer.alloc(64);
+    buf.writeUInt32LE(PIT_SPEAKER_DUMMY, 0);
+    ioctlBuf(this.fd, Ioctl.CREATE_PIT2, 'KVM_CREATE_PIT2', buf);
+  }
+
+  /** Sets the level of a GSI on the in-kernel PIC/IOAPIC. Callable from any thread. */
+  irqLine(gsi: number, level: boolean): void {
+    const buf = Buffer.alloc(8);
+    buf.writeUInt32LE(gsi, 0);
+    buf.writeUInt32LE(level ? 1 : 0, 4);
+    ioctlBuf(this.fd, Ioctl.IRQ_LINE, 'KVM_IRQ_LINE', buf);
+  }
+
+  /** Makes guest writes to addr (PIO or MMIO) signal eventFd inside KVM instead of exiting. */
+  ioeventfd(eventFd: number, addr: number, len: number, opts: { pio: boolean; datamatch?: bigint; deassign?: boolean }): void {
+    const buf = Buffer.alloc(64);
+    buf.writeBigUInt64LE(opts.datamatch ?? 0n, 0);
+    buf.writeBigUInt64LE(BigInt(addr), 8);
+    buf.writeUInt32LE(len, 16);
+    buf.writeInt32LE(eventFd, 20);
+    let flags = opts.pio ? IOEVENTFD_FLAG_PIO : 0;
+    if (opts.datamatch !== undefined) flags |= IOEVENTFD_FLAG_DATAMATCH;
+    if (opts.deassign) flags |= IOEVENTFD_FLAG_DEASSIGN;
+    buf.writeUInt32LE(flags, 24);
+    ioctlBuf(this.fd, Ioctl.IOEVENTFD, 'KVM_IOEVENTFD', buf);
+  }
+
+  /** Makes a write to eventFd raise gsi inside KVM. */
+  irqfd(eventFd: number, gsi: number, deassign = false): void {
+    const buf = Buffer.alloc(32);
+    buf.writeUInt32LE(eventFd, 0);
+    buf.writeUInt32LE(gsi, 4);
+    buf.writeUInt32LE(deassign ? IRQFD_FLAG_DEASSIGN : 0, 8);
+    ioctlBuf(this.fd, Ioctl.IRQFD, 'KVM_IRQFD', buf);
+  }
+
+  signalMsi(addressLo: number, addressHi: number, data: number): void {
+    const buf = Buffer.alloc(32);
+    buf.writeUInt32LE(addressLo >>> 0, 0);
+    buf.writeUInt32LE(addressHi >>> 0, 4);
+    buf.writeUInt32LE(data >>> 0, 8);
+    ioctlBuf(this.fd, Ioctl.SIGNAL_MSI, 'KVM_SIGNAL_MSI', buf);
+  }
+
+  createVcpu(id: number): Vcpu {
+    const fd = ioctlInt(this.fd, Ioctl.CREATE_VCPU, 'KVM_CREATE_VCPU', id);
+    return new Vcpu(id, fd, mmapShared(fd, this.kvm.vcpuMmapSize()));
+  }
+
+  close(): void {
+    closeFd(this.fd);
+  }
+}
+
+/**
+ * A vCPU as the main thread sees it: state setup before the first run, and the
+ * shared kvm_run page (used to request an immediate exit). KVM_RUN itself is
+ * issued by the vCPU's worker thread (see vmm/vcpu-worker.ts).
+ */
+export class Vcpu {
+  constructor(readonly id: number, readonly fd: number, readonly run: Mapping) {}
+
+  getRegs(): Regs {
+    const buf = Buffer.alloc(144);
+    ioctlBuf(this.fd, Ioctl.GET_REGS, 'KVM_GET_REGS', buf);
+    return decodeRegs(buf);
+  }
+
+  setRegs(regs: Regs): void {
+    ioctlBuf(this.fd, Ioctl.SET_REGS, 'KVM_SET_REGS', encodeRegs(regs));
+  }
+
+  getSregs(): Sregs {
+    const buf = Buffer.alloc(SREGS_SIZE);
+    ioctlBuf(this.fd, Ioctl.GET_SREGS, 'KVM_GET_SREGS', buf);
+    return decodeSregs(buf);
+  }
+
+  setSregs(sregs: Sregs): void {
+    ioctlBuf(this.fd, Ioctl.SET_SREGS, 'KVM_SET_SREGS', encodeSregs(sregs));
+  }
+
+  setDefaultFpu(): void {
+    ioctlBuf(this.fd, Ioctl.SET_FPU, 'KVM_SET_FPU', encodeDefaultFpu());
+  }
+
+  setMsrs(entries: readonly MsrEntry[]): void {
+    const n = ioctlBuf(this.fd, Ioctl.SET_MSRS, 'KVM_SET_MSRS', encodeMsrs(entries));
+    if (n !== entries.length) {
+      const bad = entries[n]!;
+      throw new Error(`KVM_SET_MSRS: KVM refused MSR 0x${bad.index.toString(16)}`);
+    }
+  }
+
+  getMsrs(indices: readonly number[]): MsrEntry[] {
+    const buf = encodeMsrs(indices.map((index) => ({ index, data: 0n })));
+    const n = ioctlBuf(this.fd, Ioctl.GET_MSRS, 'KVM_GET_MSRS', buf);
+    return decodeMsrs(buf).slice(0, n);
+  }
+
+  setCpuid(entries: readonly CpuidEntry[]): void {
+    ioctlBuf(this.fd, Ioctl.SET_CPUID2, 'KVM_SET_CPUID2', encodeCpuid(entries));
+  }
+
+  getLapic(): Buffer {
+    const buf = Buffer.alloc(1024);
+    ioctlBuf(this.fd, Ioctl.GET_LAPIC, 'KVM_GET_LAPIC', buf);
+    return buf;
+  }
+
+  setLapic(state: Buffer): void {
+    ioctlBuf(this.fd, Ioctl.SET_LAPIC, 'KVM_SET_LAPIC', state);
+  }
+
+  /** Asks the vCPU to return from KVM_RUN at its next entry (KVM_CAP_IMMEDIATE_EXIT). */
+  requestImmediateExit(): void {
+    new Uint8Array(this.run.buffer)[1] = 1;
+  }
+
+  close(): void {
+    munmap(this.run);
+    closeFd(this.fd);
+  }
+}

@@ -1,0 +1,186 @@
+// The nested KVM host: where /dev/kvm is missing or only software-backed (PVM),
+// tsvisor runs a command inside `qemu-system-x86_64 -accel tcg -cpu max`, whose
+// emulated AMD SVM gives a real /dev/kvm one level down.
+//
+// Inside: Debian's generic kernel with kvm-amd and the 9p stack loaded from an
+// initramfs; the host's / shared read-only; a scratch directory (and any directory
+// the caller asks for) shared writable at the same path as outside; the command
+// run chrooted into the host's / with stdin/stdout and stderr on two virtio-serial
+// ports. Unlike a UART, a virtio-serial port holds host input until the command
+// opens it, so piped input is never lost while the nested host boots. The exit
+// status comes back through the scratch directory.
+import { spawn, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fetchBusybox, fetchKernel, FetchError } from '../guest/debian.js';
+import { buildInitramfs, LOAD_MODULES } from '../guest/initramfs.js';
+import { indexModules, resolveModules } from '../guest/kernel-modules.js';
+
+export const QEMU = 'qemu-system-x86_64';
+
+/** What the nested host needs loaded: 9p for the host's files, KVM, and what later tests use. */
+const HOST_MODULES = ['9p', '9pnet_virtio', 'virtio_pci', 'virtio_console', 'kvm_amd'];
+const OPTIONAL_HOST_MODULES = ['tun', 'vhost_net', 'bridge', 'virtio_blk', 'virtio_net'];
+
+/** Exit status when the nested host itself failed (the command never reported one). */
+export const NESTED_HOST_FAILED = 125;
+
+const INIT = `#!/bin/busybox sh
+/bin/busybox --install -s
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+${LOAD_MODULES}
+port() { for p in /sys/class/virtio-ports/*; do [ "$(cat "$p/name")" = "$1" ] && echo "/dev/\${p##*/}"; done; }
+stdio=$(port tsvisor.stdio)
+stderr=$(port tsvisor.stderr)
+exec 2>"$stderr"
+ip link set lo up
+scratch=$(sed -n 's/.*tsvisor.scratch=\\([^ ]*\\).*/\\1/p' /proc/cmdline)
+fail() { echo "nested host: $*" >&2; poweroff -f; }
+mkdir -p /host
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose hostroot /host || fail "cannot mount the host's files"
+mount -t proc proc /host/proc
+mount -t sysfs sysfs /host/sys
+mount -t devtmpfs devtmpfs /host/dev
+mkdir -p /host/dev/pts /host/dev/shm
+mount -t devpts devpts /host/dev/pts
+mount -t tmpfs tmpfs /host/dev/shm
+mount -t tmpfs tmpfs /host/run
+while read -r tag dir; do
+  mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 "$tag" "/host$dir" || fail "cannot mount $dir"
+done < /host$scratch/.mounts
+[ -e /dev/kvm ] || fail "no /dev/kvm (kvm-amd did not load)"
+# A virtio port opens once, so stdin and stdout share descriptor 3. The command reads
+# stdin through a FIFO fed by cat: a program blocked reading the port itself could
+# not exit (Node joins its blocked reader threads at exit).
+exec 3<>"$stdio"
+mkfifo /stdin
+cat <&3 >/stdin &
+feeder=$!
+chroot /host /bin/sh "$scratch/.command" </stdin >&3
+echo $? > "/host$scratch/.exit-status"
+kill $feeder
+sync
+poweroff -f
+`;
+
+export interface NestedRunOptions {
+  command: string;
+  args: readonly string[];
+  /** Host directories the command may write, shared at the same path. */
+  writable?: readonly string[];
+  env?: Record<string, string>;
+  cwd?: string;
+  /** Passed to the command's stdin; 'inherit' connects this process's stdin. */
+  stdin?: 'inherit' | 'ignore';
+  memoryMiB?: number;
+  cpus?: number;
+  log?: (line: string) => void;
+}
+
+export function qemuAvailable(): boolean {
+  return spawnSync('sh', ['-c', `command -v ${QEMU}`], { stdio: 'ignore' }).status === 0;
+}
+
+/** Installs Debian's qemu-system-x86 when running as root; otherwise says what to run. */
+export function ensureQemu(log: (line: string) => void): void {
+  if (qemuAvailable()) return;
+  if (process.getuid?.() !== 0) throw new FetchError(`${QEMU} is needed for the nested KVM host; run: sudo apt-get install -y qemu-system-x86`);
+  log('tsvisor: installing qemu-system-x86 for the nested KVM host');
+  const r = spawnSync('apt-get', ['install', '-y', '-q', '--no-install-recommends', 'qemu-system-x86'], { stdio: ['ignore', 'inherit', 'inherit'] });
+  if (r.status !== 0 || !qemuAvailable()) throw new FetchError(`installing qemu-system-x86 failed; run: apt-get update && apt-get install -y qemu-system-x86`);
+}
+
+function shellQuote(s: string): string {
+  return `'${s.replace(/'/g, `'\\''`)}'`;
+}
+
+/** Variables the command inherits from this process. */
+const PASSED_ENV = /^(PATH|TERM|LANG|LC_\w+|TSVISOR_\w+|NODE_\w+|CI)$/;
+
+export function commandScript(opts: NestedRunOptions, scratch: string): string {
+  const env: Record<string, string> = {};
+  for (const [k, v] of Object.entries(process.env)) if (PASSED_ENV.test(k) && v !== undefined) env[k] = v;
+  Object.assign(env, { HOME: scratch, TMPDIR: scratch, TSVISOR_NESTED: '1', TSVISOR_ACCEL: 'kvm' }, opts.env);
+  const lines = [
+    ...Object.entries(env).map(([k, v]) => `export ${k}=${shellQuote(v)}`),
+    `cd ${shellQuote(opts.cwd ?? process.cwd())} 2>/dev/null || cd /`,
+    `exec ${[opts.command, ...opts.args].map(shellQuote).join(' ')}`,
+  ];
+  return lines.join('\n') + '\n';
+}
+
+function hostInitramfs(log?: (line: string) => void): { kernel: string; initrd: string } {
+  const kernel = fetchKernel(log);
+  const busybox = fetchBusybox(log);
+  const modules = resolveModules(indexModules(kernel.modulesDir), HOST_MODULES, OPTIONAL_HOST_MODULES);
+  return { kernel: kernel.vmlinuz, initrd: buildInitramfs(`nested-host-${kernel.version}`, { busybox, init: INIT, modules }) };
+}
+
+async function serveSocket(socketPath: string, onConnection: (conn: net.Socket) => void): Promise<{ path: string; server: net.Server }> {
+  const server = net.createServer(onConnection);
+  await new Promise<void>((resolve) => server.listen(socketPath, resolve));
+  return { path: socketPath, server };
+}
+
+/** Runs the command in a fresh nested host; resolves with its exit status. */
+export async function runNested(opts: NestedRunOptions): Promise<number> {
+  const log = opts.log ?? ((l: string) => process.stderr.write(l + '\n'));
+  ensureQemu(log);
+  const { kernel, initrd } = hostInitramfs(log);
+  const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'tsvisor-nested-'));
+  try {
+    const writable = [scratch, ...(opts.writable ?? [])].map((d) => path.resolve(d));
+    const interactive = opts.stdin !== 'ignore' && process.stdin.isTTY === true;
+    const escape: Record<string, string> = interactive ? { TSVISOR_CONSOLE_ESCAPE: '1' } : {};
+    fs.writeFileSync(path.join(scratch, '.command'), commandScript({ ...opts, env: { ...escape, ...opts.env } }, scratch));
+    fs.writeFileSync(path.join(scratch, '.mounts'), writable.map((d, i) => `rw${i} ${d}\n`).join(''));
+    // QEMU connects both ports to sockets served here. stdin is copied in without
+    // ever closing the socket, so the end of piped input is not a port hang-up.
+    const stdioSocket = await serveSocket(path.join(scratch, '.stdio.sock'), (conn) => {
+      conn.pipe(process.stdout, { end: false });
+      if (opts.stdin === 'ignore') return;
+      if (interactive) process.stdin.setRawMode(true);
+      process.stdin.on('data', (d) => conn.write(d));
+    });
+    const stderrSocket = await serveSocket(path.join(scratch, '.stderr.sock'), (conn) => conn.pipe(process.stderr, { end: false }));
+    const debug = process.env.TSVISOR_NESTED_DEBUG === '1';
+    const consoleLog = path.join(os.tmpdir(), 'tsvisor-nested-console.log');
+    if (debug) log(`nested host console: ${consoleLog}`);
+    const append = [debug ? 'console=ttyS0' : 'quiet', 'panic=-1', `tsvisor.scratch=${scratch}`].join(' ');
+    const qemuArgs = [
+      '-accel', 'tcg,thread=multi',
+      '-cpu', 'max',
+      '-smp', String(opts.cpus ?? 2),
+      '-m', `${opts.memoryMiB ?? 4096}M`,
+      '-nodefaults', '-no-user-config', '-display', 'none', '-vga', 'none', '-no-reboot',
+      '-kernel', kernel, '-initrd', initrd, '-append', append,
+      ...(debug ? ['-serial', `file:${consoleLog}`] : []),
+      '-device', 'virtio-serial-pci',
+      '-chardev', `socket,id=stdio,path=${stdioSocket.path}`, '-device', 'virtserialport,chardev=stdio,name=tsvisor.stdio',
+      '-chardev', `socket,id=stderr,path=${stderrSocket.path}`, '-device', 'virtserialport,chardev=stderr,name=tsvisor.stderr',
+      '-virtfs', 'local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap',
+      ...writable.flatMap((d, i) => ['-virtfs', `local,path=${d},mount_tag=rw${i},security_model=none,multidevs=remap`]),
+    ];
+    const child = spawn(QEMU, qemuArgs, { stdio: ['ignore', 'inherit', 'inherit'] });
+    const qemuStatus = await new Promise<number>((resolve, reject) => {
+      child.once('error', reject);
+      child.once('close', (code) => resolve(code ?? 1));
+    });
+    stdioSocket.server.close();
+    stderrSocket.server.close();
+    if (interactive) process.stdin.setRawMode(false);
+    process.stdin.pause();
+    const statusFile = path.join(scratch, '.exit-status');
+    if (!fs.existsSync(statusFile)) {
+      log(`tsvisor: the nested KVM host stopped before the command finished (qemu exit ${qemuStatus}); TSVISOR_NESTED_DEBUG=1 shows its console`);
+      return NESTED_HOST_FAILED;
+    }
+    return Number(fs.readFileSync(statusFile, 'utf8').trim());
+  } finally {
+    fs.rmSync(scratch, { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,194 @@
+// A whole x86 VM: KVM objects, guest RAM, the loaded kernel, the legacy devices on
+// the port bus, and one thread per vCPU.
+//
+// Threading: the main thread (Node's event loop) owns every device, both buses and
+// guest memory, and is the only thread that runs device code. Each vCPU has a
+// worker thread that only issues KVM_RUN and hands exits over (vcpu-worker.ts);
+// the main thread answers them in its event loop (vcpu-thread.ts). Interrupts are
+// raised from the main thread with KVM_IRQ_LINE on the VM fd, which KVM allows
+// from any thread. Host input (stdin) arrives as event-loop callbacks too.
+import { writeAcpiTables, PM1A_CNT_BLK, PM1A_EVT_BLK, PM1_CNT_LEN, PM1_EVT_LEN, PVPANIC_PORT } from '../arch/x86/acpi/tables.js';
+import { bootMsrs, bootRegs, configureLint, longModeSregs, writeBootTables } from '../arch/x86/cpu-state.js';
+import { vcpuCpuid } from '../arch/x86/cpuid.js';
+import { e820Map } from '../arch/x86/e820.js';
+import { ramRegions, TSS_ADDR } from '../arch/x86/layout.js';
+import { buildZeroPage, loadInitrd, loadKernel, writeCmdline, writeZeroPage } from '../arch/x86/linux-loader.js';
+import { Bus } from '../devices/bus.js';
+import { AcpiPmControl, AcpiPmEvent } from '../devices/legacy/acpi-pm.js';
+import { I8042, I8042_DATA_PORT } from '../devices/legacy/i8042.js';
+import { PvPanic } from '../devices/legacy/pvpanic.js';
+import { Rtc, RTC_PORT } from '../devices/legacy/rtc.js';
+import { Serial } from '../devices/legacy/serial.js';
+import { PortSink } from '../devices/legacy/sink.js';
+import { ExitReason, SystemEvent } from '../kvm/ioctls.js';
+import { Kvm, type Vm } from '../kvm/kvm.js';
+import { GuestMemory } from '../memory/guest-memory.js';
+import { PanicWatcher } from './panic-watcher.js';
+import { VcpuThread, type VcpuStop } from './vcpu-thread.js';
+
+export interface MachineConfig {
+  kernel: Buffer;
+  initrd?: Buffer;
+  cmdline: string;
+  memory: number;
+  cpus: number;
+  /** Where the guest's UART output goes. */
+  serialOutput: (bytes: Uint8Array) => void;
+  kvmPath?: string;
+}
+
+export type MachineExitKind = 'poweroff' | 'reboot' | 'panic' | 'triple-fault' | 'internal-error';
+
+export interface MachineExit {
+  kind: MachineExitKind;
+  detail: string;
+}
+
+export const COM1_PORT = 0x3f8;
+export const COM1_IRQ = 4;
+const POST_PORT = 0x80;
+
+export class Machine {
+  readonly pio = new Bus('pio');
+  readonly mmio = new Bus('mmio');
+  readonly serial: Serial;
+  private readonly threads: VcpuThread[] = [];
+  private exit: MachineExit | undefined;
+  private finish: (() => void) | undefined;
+  private readonly panicWatcher = new PanicWatcher(() => this.end('panic', 'the kernel reported a panic on its console'));
+  readonly deviceErrors: string[] = [];
+
+  private constructor(
+    private readonly kvm: Kvm,
+    readonly vm: Vm,
+    readonly memory: GuestMemory,
+    private readonly config: MachineConfig,
+  ) {
+    this.serial = new Serial('serial0', { set: (level) => vm.irqLine(COM1_IRQ, level) }, (bytes) => {
+      this.panicWatcher.feed(bytes);
+      config.serialOutput(bytes);
+    });
+    this.pio.insert(this.serial, COM1_PORT, 8);
+    this.pio.insert(new I8042(() => this.end('reboot', 'reset through the i8042')), I8042_DATA_PORT, 5);
+    this.pio.insert(new Rtc(), RTC_PORT, 2);
+    this.pio.insert(new AcpiPmEvent(), PM1A_EVT_BLK, PM1_EVT_LEN);
+    this.pio.insert(new AcpiPmControl(() => this.end('poweroff', 'ACPI S5')), PM1A_CNT_BLK, PM1_CNT_LEN);
+    this.pio.insert(new PvPanic(() => this.end('panic', 'pvpanic')), PVPANIC_PORT, 1);
+    this.pio.insert(new PortSink('post'), POST_PORT, 1);
+  }
+
+  static create(config: MachineConfig): Machine {
+    const kvm = Kvm.open(config.kvmPath);
+    const vm = kvm.createVm();
+    const memory = GuestMemory.create(ramRegions(config.memory));
+    memory.regions.forEach((r, slot) => vm.setUserMemoryRegion(slot, r.start, r.size, r.hostAddress));
+    vm.setTssAddr(TSS_ADDR);
+    vm.createIrqchip();
+    vm.createPit2();
+    const machine = new Machine(kvm, vm, memory, config);
+    machine.load();
+    return machine;
+  }
+
+  private load(): void {
+    const { config, memory } = this;
+    const kernel = loadKernel(memory, config.kernel);
+    writeCmdline(memory, kernel, config.cmdline);
+    const initrd = config.initrd ? loadInitrd(memory, kernel, config.initrd) : undefined;
+    const rsdpAddr = writeAcpiTables(memory, config.cpus);
+    const e820 = e820Map(ramRegions(config.memory));
+    writeZeroPage(memory, buildZeroPage({ kernel, cmdline: config.cmdline, initrd, e820, rsdpAddr }));
+    writeBootTables(memory);
+
+    const supported = this.kvm.supportedCpuid();
+    for (let id = 0; id < config.cpus; id++) {
+      const vcpu = this.vm.createVcpu(id);
+      vcpu.setCpuid(vcpuCpuid(supported, id, config.cpus));
+      vcpu.setMsrs(bootMsrs());
+      vcpu.setDefaultFpu();
+      vcpu.setLapic(configureLint(vcpu.getLapic()));
+      if (id === 0) {
+        vcpu.setSregs(longModeSregs(vcpu.getSregs()));
+        vcpu.setRegs(bootRegs(kernel.entry));
+      }
+      this.threads.push(new VcpuThread(vcpu, { pio: this.pio, mmio: this.mmio }, (e) => this.deviceError(e)));
+    }
+  }
+
+  private deviceError(e: unknown): void {
+    if (this.deviceErrors.length < 100) this.deviceErrors.push(e instanceof Error ? e.stack ?? e.message : String(e));
+  }
+
+  /** Records why the VM ends (the first reason wins) and stops every vCPU. */
+  end(kind: MachineExitKind, detail: string): void {
+    if (this.exit) return;
+    this.exit = { kind, detail };
+    for (const t of this.threads) t.kick();
+    this.finish?.();
+  }
+
+  /** Runs until the guest powers off, resets, panics or fails; resolves with why. */
+  async run(): Promise<MachineExit> {
+    const allStopped = new Promise<void>((resolve) => {
+      this.finish = resolve;
+      if (this.exit) resolve();
+    });
+    const mmapSize = this.kvm.vcpuMmapSize();
+    const runs = this.threads.map((t) =>
+      t.run(mmapSize).then((stop) => {
+        if (!this.exit) this.end(...classifyStop(stop));
+      }),
+    );
+    await allStopped;
+    await Promise.all(runs);
+    return this.exit!;
+  }
+
+  stats(): MachineStats {
+    return {
+      vcpus: this.threads.map((t) => ({ id: t.vcpu.id, exits: t.exitCounts(), deviceErrors: t.deviceErrors })),
+      pio: Object.fromEntries(this.pio.counters()),
+      mmio: Object.fromEntries(this.mmio.counters()),
+      unclaimed: { pio: { ...this.pio.unclaimed }, mmio: { ...this.mmio.unclaimed } },
+      serial: { ...this.serial.counters },
+    };
+  }
+
+  close(): void {
+    for (const t of this.threads) t.vcpu.close();
+    this.vm.close();
+    this.memory.close();
+    this.kvm.close();
+  }
+}
+
+export interface MachineStats {
+  vcpus: { id: number; exits: Record<string, number>; deviceErrors: number }[];
+  pio: Record<string, { reads: number; writes: number }>;
+  mmio: Record<string, { reads: number; writes: number }>;
+  unclaimed: { pio: { reads: number; writes: number }; mmio: { reads: number; writes: number } };
+  serial: Record<string, number>;
+}
+
+/** What a vCPU's own stop means for the VM. */
+export function classifyStop(stop: VcpuStop): [MachineExitKind, string] {
+  const who = `vCPU ${stop.vcpu}`;
+  switch (stop.reason) {
+    case ExitReason.SHUTDOWN:
+      return ['triple-fault', `${who}: triple fault (KVM_EXIT_SHUTDOWN)`];
+    case ExitReason.SYSTEM_EVENT:
+      if (stop.detail === SystemEvent.SHUTDOWN) return ['poweroff', `${who}: system event shutdown`];
+      if (stop.detail === SystemEvent.RESET) return ['reboot', `${who}: system event reset`];
+      return ['panic', `${who}: system event crash`];
+    case ExitReason.HLT:
+      return ['poweroff', `${who}: halted with no interrupt controller`];
+    case ExitReason.FAIL_ENTRY:
+      return ['internal-error', `${who}: KVM could not enter the guest (hardware reason 0x${(stop.detail >>> 0).toString(16)})`];
+    case ExitReason.INTERNAL_ERROR:
+      return ['internal-error', `${who}: KVM internal error (suberror ${stop.detail})`];
+    case -1:
+      return ['internal-error', `${who}: KVM_RUN failed (errno ${stop.detail})`];
+    default:
+      return ['internal-error', `${who}: unexpected exit ${stop.reason}`];
+  }
+}

@@ -1,0 +1,118 @@
+// The main thread's handle on one vCPU thread: starts the worker, answers its
+// exits by dispatching them to the buses, and reports when it stops.
+import os from 'node:os';
+import { Worker } from 'node:worker_threads';
+import type { Vcpu } from '../kvm/kvm.js';
+import { exitReasonName } from '../kvm/ioctls.js';
+import { tgkill } from '../kvm/sys.js';
+import type { Bus } from '../devices/bus.js';
+import { AccessKind, Mailbox, MailboxState, Slot } from './mailbox.js';
+import type { VcpuWorkerData } from './vcpu-worker.js';
+
+export interface VcpuStop {
+  vcpu: number;
+  /** KVM exit reason, or -1 when KVM_RUN itself failed. */
+  reason: number;
+  detail: number;
+}
+
+export interface Buses {
+  pio: Bus;
+  mmio: Bus;
+}
+
+/** The signal that kicks a vCPU thread out of KVM_RUN; the process ignores it otherwise. */
+const KICK_SIGNAL = os.constants.signals.SIGUSR2;
+let kickHandlerInstalled = false;
+
+export class VcpuThread {
+  readonly mailbox = new Mailbox();
+  private worker: Worker | undefined;
+  /** Errors thrown by device code, which must never take the VMM down. */
+  deviceErrors = 0;
+
+  constructor(readonly vcpu: Vcpu, private readonly buses: Buses, private readonly onDeviceError: (e: unknown) => void) {}
+
+  /** Runs the vCPU until it stops; resolves with why. */
+  async run(mmapSize: number): Promise<VcpuStop> {
+    if (!kickHandlerInstalled) {
+      process.on('SIGUSR2', () => {});
+      kickHandlerInstalled = true;
+    }
+    const data: VcpuWorkerData = { fd: this.vcpu.fd, mmapSize, shared: this.mailbox.shared };
+    this.worker = new Worker(new URL('./vcpu-worker.js', import.meta.url), { workerData: data });
+    const failed = new Promise<VcpuStop>((resolve) => {
+      this.worker!.once('error', (e) => {
+        this.onDeviceError(e);
+        resolve({ vcpu: this.vcpu.id, reason: -1, detail: 0 });
+      });
+    });
+    const stopped = this.serve();
+    const stop = await Promise.race([stopped, failed]);
+    await this.worker.terminate();
+    return stop;
+  }
+
+  private async serve(): Promise<VcpuStop> {
+    const h = this.mailbox.header;
+    for (;;) {
+      const state = Atomics.load(h, Slot.state);
+      if (state === MailboxState.RUNNING) {
+        const w = Atomics.waitAsync(h, Slot.state, MailboxState.RUNNING);
+        if (w.async) await w.value;
+        continue;
+      }
+      if (state === MailboxState.STOPPED) {
+        return { vcpu: this.vcpu.id, reason: h[Slot.exitReason]!, detail: h[Slot.detail]! };
+      }
+      this.dispatch();
+      Atomics.store(h, Slot.state, MailboxState.RUNNING);
+      Atomics.notify(h, Slot.state);
+    }
+  }
+
+  /** Runs the access in the mailbox against the bus it targets. */
+  private dispatch(): void {
+    const h = this.mailbox.header;
+    const size = h[Slot.size]!;
+    const count = h[Slot.count]!;
+    const isWrite = h[Slot.isWrite] === 1;
+    const pio = h[Slot.kind] === AccessKind.PIO;
+    const bus = pio ? this.buses.pio : this.buses.mmio;
+    const addr = pio ? h[Slot.addrLo]! : (h[Slot.addrLo]! >>> 0) + (h[Slot.addrHi]! >>> 0) * 2 ** 32;
+    for (let i = 0; i < count; i++) {
+      const chunk = this.mailbox.data.subarray(i * size, (i + 1) * size);
+      try {
+        if (isWrite) bus.write(addr, chunk);
+        else bus.read(addr, chunk);
+      } catch (e) {
+        this.deviceErrors++;
+        if (!isWrite) chunk.fill(0xff);
+        this.onDeviceError(e);
+      }
+    }
+  }
+
+  /** Asks the vCPU to leave KVM_RUN and end its thread. */
+  kick(): void {
+    Atomics.store(this.mailbox.header, Slot.stop, 1);
+    this.vcpu.requestImmediateExit();
+    const tid = Atomics.load(this.mailbox.header, Slot.tid);
+    if (tid > 0 && Atomics.load(this.mailbox.header, Slot.state) !== MailboxState.STOPPED) {
+      try {
+        tgkill(tid, KICK_SIGNAL);
+      } catch {
+        // The thread has already gone.
+      }
+    }
+  }
+
+  /** Exit counts by reason name. */
+  exitCounts(): Record<string, number> {
+    const out: Record<string, number> = {};
+    this.mailbox.exits.forEach((n, reason) => {
+      if (n > 0) out[exitReasonName(reason)] = n;
+    });
+    return out;
+  }
+}

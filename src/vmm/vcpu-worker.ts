@@ -1,0 +1,96 @@
+// Body of one vCPU thread. It owns nothing but its kvm_run mapping: it issues
+// KVM_RUN, counts exits, and hands every I/O and MMIO exit to the main thread
+// through its Mailbox (see mailbox.ts), blocking until the device has answered.
+import { workerData } from 'node:worker_threads';
+import { ExitReason, Ioctl, IoDirection, RunOffset } from '../kvm/ioctls.js';
+import { EAGAIN, EINTR, gettid, ioctlRaw, mmapShared } from '../kvm/sys.js';
+import { AccessKind, EXIT_COUNTERS, Mailbox, MailboxState, Slot } from './mailbox.js';
+
+export interface VcpuWorkerData {
+  fd: number;
+  mmapSize: number;
+  shared: SharedArrayBuffer;
+}
+
+function runVcpu({ fd, mmapSize, shared }: VcpuWorkerData): void {
+  const box = new Mailbox(shared);
+  const h = box.header;
+  const runMap = mmapShared(fd, mmapSize);
+  const run = new DataView(runMap.buffer);
+  const runBytes = new Uint8Array(runMap.buffer);
+  Atomics.store(h, Slot.tid, gettid());
+
+  const stop = (reason: number, detail: number) => {
+    h[Slot.exitReason] = reason;
+    h[Slot.detail] = detail;
+    Atomics.store(h, Slot.state, MailboxState.STOPPED);
+    Atomics.notify(h, Slot.state);
+  };
+
+  /** Hands the access in the mailbox to the main thread and waits for its answer. */
+  const handOff = () => {
+    Atomics.store(h, Slot.state, MailboxState.PENDING);
+    Atomics.notify(h, Slot.state);
+    while (Atomics.load(h, Slot.state) === MailboxState.PENDING) Atomics.wait(h, Slot.state, MailboxState.PENDING);
+  };
+
+  for (;;) {
+    if (Atomics.load(h, Slot.stop)) return stop(ExitReason.INTR, 0);
+    const ret = ioctlRaw(fd, Ioctl.RUN, 0);
+    if (ret < 0) {
+      if (-ret === EINTR || -ret === EAGAIN) {
+        runBytes[RunOffset.immediateExit] = 0;
+        continue;
+      }
+      return stop(-1, -ret);
+    }
+    const reason = run.getUint32(RunOffset.exitReason, true);
+    box.exits[Math.min(reason, EXIT_COUNTERS - 1)]!++;
+    switch (reason) {
+      case ExitReason.IO: {
+        const size = run.getUint8(RunOffset.ioSize);
+        const count = run.getUint32(RunOffset.ioCount, true);
+        const isWrite = run.getUint8(RunOffset.ioDirection) === IoDirection.OUT;
+        const dataOffset = Number(run.getBigUint64(RunOffset.ioDataOffset, true));
+        const bytes = size * count;
+        if (bytes > box.data.length || dataOffset + bytes > runBytes.length) return stop(reason, -1);
+        h[Slot.kind] = AccessKind.PIO;
+        h[Slot.addrLo] = run.getUint16(RunOffset.ioPort, true);
+        h[Slot.addrHi] = 0;
+        h[Slot.size] = size;
+        h[Slot.count] = count;
+        h[Slot.isWrite] = isWrite ? 1 : 0;
+        if (isWrite) box.data.set(runBytes.subarray(dataOffset, dataOffset + bytes));
+        handOff();
+        if (!isWrite) runBytes.set(box.data.subarray(0, bytes), dataOffset);
+        break;
+      }
+      case ExitReason.MMIO: {
+        const len = run.getUint32(RunOffset.mmioLen, true);
+        const isWrite = run.getUint8(RunOffset.mmioIsWrite) !== 0;
+        const addr = run.getBigUint64(RunOffset.mmioPhysAddr, true);
+        if (len > 8) return stop(reason, -1);
+        h[Slot.kind] = AccessKind.MMIO;
+        h[Slot.addrLo] = Number(addr & 0xffffffffn) | 0;
+        h[Slot.addrHi] = Number(addr >> 32n) | 0;
+        h[Slot.size] = len;
+        h[Slot.count] = 1;
+        h[Slot.isWrite] = isWrite ? 1 : 0;
+        if (isWrite) box.data.set(runBytes.subarray(RunOffset.mmioData, RunOffset.mmioData + len));
+        handOff();
+        if (!isWrite) runBytes.set(box.data.subarray(0, len), RunOffset.mmioData);
+        break;
+      }
+      case ExitReason.INTR:
+      case ExitReason.IRQ_WINDOW_OPEN:
+        break;
+      default: {
+        // Terminal: HLT without an in-kernel irqchip, shutdown (triple fault),
+        // failed entry, internal error, system event. Keep the first word of detail.
+        return stop(reason, run.getInt32(RunOffset.union, true));
+      }
+    }
+  }
+}
+
+runVcpu(workerData as VcpuWorkerData);
