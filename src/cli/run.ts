@@ -184,7 +184,8 @@ export function formatStats(s: MachineStats): string {
   for (const [bus, devices] of [['pio', s.pio], ['mmio', s.mmio]] as const) {
     for (const [name, c] of Object.entries(devices)) lines.push(`  ${bus} ${name}: reads=${c.reads} writes=${c.writes}`);
     const u = s.unclaimed[bus];
-    lines.push(`  ${bus} unclaimed: reads=${u.reads} writes=${u.writes}`);
+    const top = s.unclaimedTop[bus].map(([a, n]) => `0x${a.toString(16)}:${n}`).join(' ');
+    lines.push(`  ${bus} unclaimed: reads=${u.reads} writes=${u.writes}${top ? ` (by address: ${top})` : ''}`);
   }
   lines.push(`  serial0: ${Object.entries(s.serial).map(([k, n]) => `${k}=${n}`).join(' ')}`);
   return lines.join('\n') + '\n';

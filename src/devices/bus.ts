@@ -21,6 +21,8 @@ interface Range {
   counters: DeviceCounters;
 }
 
+const MAX_TRACKED = 256;
+
 export class BusError extends Error {
   override name = 'BusError';
 }
@@ -29,6 +31,8 @@ export class Bus {
   private ranges: Range[] = [];
   /** Accesses that hit no device. */
   readonly unclaimed = { reads: 0, writes: 0 };
+  /** Unclaimed accesses by address (the first MAX_TRACKED addresses seen). */
+  readonly unclaimedByAddress = new Map<number, number>();
 
   constructor(readonly name: string) {}
 
@@ -68,6 +72,7 @@ export class Bus {
     if (!r) {
       data.fill(0xff);
       this.unclaimed.reads++;
+      this.countUnclaimed(addr);
       return false;
     }
     r.counters.reads++;
@@ -79,11 +84,18 @@ export class Bus {
     const r = this.find(addr, data.length);
     if (!r) {
       this.unclaimed.writes++;
+      this.countUnclaimed(addr);
       return false;
     }
     r.counters.writes++;
     r.device.write(addr - r.base, data);
     return true;
+  }
+
+  private countUnclaimed(addr: number): void {
+    const n = this.unclaimedByAddress.get(addr);
+    if (n !== undefined) this.unclaimedByAddress.set(addr, n + 1);
+    else if (this.unclaimedByAddress.size < MAX_TRACKED) this.unclaimedByAddress.set(addr, 1);
   }
 
   /** Per-device access counts, for --stats. Devices on several ranges are summed. */

@@ -20,6 +20,8 @@ import { PvPanic } from '../devices/legacy/pvpanic.js';
 import { Rtc, RTC_PORT } from '../devices/legacy/rtc.js';
 import { Serial } from '../devices/legacy/serial.js';
 import { PortSink } from '../devices/legacy/sink.js';
+import { PciConfigIo, PCI_CONFIG_IO_PORT, PCI_CONFIG_IO_SIZE } from '../devices/pci/config-io.js';
+import { ConfigSpace } from '../devices/pci/config-space.js';
 import { ExitReason, SystemEvent } from '../kvm/ioctls.js';
 import { Kvm, type Vm } from '../kvm/kvm.js';
 import { GuestMemory } from '../memory/guest-memory.js';
@@ -47,11 +49,14 @@ export interface MachineExit {
 export const COM1_PORT = 0x3f8;
 export const COM1_IRQ = 4;
 const POST_PORT = 0x80;
+/** Red Hat's generic PCIe host bridge id, which Linux binds no special quirks to. */
+const HOST_BRIDGE_IDS = { vendor: 0x1b36, device: 0x0008, classCode: 0x060000 };
 
 export class Machine {
   readonly pio = new Bus('pio');
   readonly mmio = new Bus('mmio');
   readonly serial: Serial;
+  readonly pci = new PciConfigIo();
   private readonly threads: VcpuThread[] = [];
   private exit: MachineExit | undefined;
   private finish: (() => void) | undefined;
@@ -75,6 +80,9 @@ export class Machine {
     this.pio.insert(new AcpiPmControl(() => this.end('poweroff', 'ACPI S5')), PM1A_CNT_BLK, PM1_CNT_LEN);
     this.pio.insert(new PvPanic(() => this.end('panic', 'pvpanic')), PVPANIC_PORT, 1);
     this.pio.insert(new PortSink('post'), POST_PORT, 1);
+    // Bus 0 with its host bridge: without one, Linux probes the config ports tens of thousands of times.
+    this.pci.attach(0, new ConfigSpace(HOST_BRIDGE_IDS));
+    this.pio.insert(this.pci, PCI_CONFIG_IO_PORT, PCI_CONFIG_IO_SIZE);
   }
 
   static create(config: MachineConfig): Machine {
@@ -150,6 +158,7 @@ export class Machine {
       pio: Object.fromEntries(this.pio.counters()),
       mmio: Object.fromEntries(this.mmio.counters()),
       unclaimed: { pio: { ...this.pio.unclaimed }, mmio: { ...this.mmio.unclaimed } },
+      unclaimedTop: { pio: topAddresses(this.pio), mmio: topAddresses(this.mmio) },
       serial: { ...this.serial.counters },
     };
   }
@@ -167,7 +176,13 @@ export interface MachineStats {
   pio: Record<string, { reads: number; writes: number }>;
   mmio: Record<string, { reads: number; writes: number }>;
   unclaimed: { pio: { reads: number; writes: number }; mmio: { reads: number; writes: number } };
+  /** The most-hit unclaimed addresses and their access counts. */
+  unclaimedTop: { pio: [number, number][]; mmio: [number, number][] };
   serial: Record<string, number>;
+}
+
+function topAddresses(bus: Bus, n = 8): [number, number][] {
+  return [...bus.unclaimedByAddress].sort((a, b) => b[1] - a[1]).slice(0, n);
 }
 
 /** What a vCPU's own stop means for the VM. */

@@ -1,0 +1,96 @@
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { parseRunArgs } from '../../src/cli/run-options.js';
+import { parseSize } from '../../src/cli/size.js';
+import { UsageError } from '../../src/cli/errors.js';
+import { chooseAccel } from '../../src/vmm/accel.js';
+
+const BIN = fileURLToPath(new URL('../../../bin/tsvisor.js', import.meta.url));
+
+test('sizes: suffixes, bare MiB, refusals', () => {
+  assert.equal(parseSize('512M'), 512 * 2 ** 20);
+  assert.equal(parseSize('2G'), 2 * 2 ** 30);
+  assert.equal(parseSize('1.5G'), 1.5 * 2 ** 30);
+  assert.equal(parseSize('256'), 256 * 2 ** 20);
+  assert.equal(parseSize('64MiB'), 64 * 2 ** 20);
+  for (const bad of ['', 'lots', '12X', '-5M', '0']) assert.throws(() => parseSize(bad), UsageError, bad);
+});
+
+test('run options: defaults and every flag', () => {
+  const d = parseRunArgs([]);
+  assert.equal(d.memory, 512 * 2 ** 20);
+  assert.equal(d.cpus, 1);
+  assert.deepEqual(d.serial, { kind: 'stdio' });
+  assert.equal(d.accel, 'auto');
+  const o = parseRunArgs(['--kernel', 'k', '--initrd', 'i', '--append', 'a b', '-m', '1G', '--cpus', '2', '--serial', 'file:/tmp/x', '--accel', 'kvm', '--stats']);
+  assert.deepEqual(
+    { ...o },
+    { kernel: 'k', initrd: 'i', append: 'a b', memory: 2 ** 30, cpus: 2, serial: { kind: 'file', path: '/tmp/x' }, accel: 'kvm', stats: true, help: false },
+  );
+});
+
+test('run options: bad input is a UsageError naming the flag', () => {
+  const cases: [string[], RegExp][] = [
+    [['--memory', '12M'], /too small/],
+    [['--memory', 'lots'], /not a size/],
+    [['--memory', '1000G'], /more than/],
+    [['--cpus', '0'], /--cpus/],
+    [['--cpus', 'two'], /--cpus/],
+    [['--serial', 'tcp:1'], /--serial/],
+    [['--accel', 'tcg'], /--accel/],
+    [['--initrd', 'x'], /needs --kernel/],
+    [['--frobnicate'], /Unknown option/],
+    [['extra'], /positional/i],
+  ];
+  for (const [args, re] of cases) assert.throws(() => parseRunArgs(args), (e: Error) => e instanceof UsageError && re.test(e.message), args.join(' '));
+});
+
+test('accel auto: hardware KVM directly, nested host for PVM, software or no KVM', () => {
+  assert.equal(chooseAccel('auto', 'hardware').accel, 'kvm');
+  assert.equal(chooseAccel('auto', 'pvm').accel, 'nested');
+  assert.equal(chooseAccel('auto', 'software').accel, 'nested');
+  assert.equal(chooseAccel('auto', 'none').accel, 'nested');
+  assert.equal(chooseAccel('kvm', 'none').accel, 'kvm');
+});
+
+function tsvisor(...args: string[]) {
+  return spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8', timeout: 30_000, stdio: ['ignore', 'pipe', 'pipe'] });
+}
+
+test('bad input ends with one clear line and a non-zero status, never a stack trace', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsvisor-cli-'));
+  const notKernel = path.join(dir, 'not-a-kernel');
+  fs.writeFileSync(notKernel, 'just text\n'.repeat(1000));
+  const unreadable = path.join(dir, 'dir-not-file');
+  fs.mkdirSync(unreadable);
+  const cases: [string[], number, RegExp][] = [
+    [['run', '--kernel', path.join(dir, 'missing')], 1, /kernel .*missing does not exist/],
+    [['run', '--kernel', unreadable], 1, /is a directory/],
+    [['run', '--kernel', notKernel, '--accel', 'kvm'], 1, /not a bzImage/],
+    [['run', '--memory', '12M'], 2, /too small/],
+    [['run', '--memory', 'much'], 2, /not a size/],
+    [['run', '--bogus'], 2, /Unknown option '--bogus'/],
+    [['launch'], 2, /unknown command "launch"/],
+    [['nested', 'true'], 2, /needs a command after --/],
+  ];
+  for (const [args, status, re] of cases) {
+    const r = tsvisor(...args);
+    assert.equal(r.status, status, `${args.join(' ')}: ${r.stderr}`);
+    const lines = r.stderr.trim().split('\n');
+    assert.equal(lines.length, 1, `${args.join(' ')} printed: ${r.stderr}`);
+    assert.match(lines[0]!, re);
+    assert.doesNotMatch(r.stderr, /\n\s+at /);
+  }
+  fs.rmSync(dir, { recursive: true });
+});
+
+test('help lists every run flag', () => {
+  const r = tsvisor('--help');
+  assert.equal(r.status, 0);
+  for (const flag of ['--kernel', '--initrd', '--append', '--memory', '--cpus', '--serial', '--accel', '--stats']) assert.ok(r.stdout.includes(flag), flag);
+});
