@@ -74,7 +74,7 @@ export class Machine {
       config.serialOutput(bytes);
     });
     this.pio.insert(this.serial, COM1_PORT, 8);
-    this.pio.insert(new I8042(() => this.end('reboot', 'reset through the i8042')), I8042_DATA_PORT, 5);
+    this.pio.insert(new I8042(() => this.reset('reset through the i8042')), I8042_DATA_PORT, 5);
     this.pio.insert(new Rtc(), RTC_PORT, 2);
     this.pio.insert(new AcpiPmEvent(), PM1A_EVT_BLK, PM1_EVT_LEN);
     this.pio.insert(new AcpiPmControl(() => this.end('poweroff', 'ACPI S5')), PM1A_CNT_BLK, PM1_CNT_LEN);
@@ -125,6 +125,12 @@ export class Machine {
 
   private deviceError(e: unknown): void {
     if (this.deviceErrors.length < 100) this.deviceErrors.push(e instanceof Error ? e.stack ?? e.message : String(e));
+  }
+
+  /** A CPU reset ends the VM; after a panic banner it is the panic's reboot. */
+  private reset(detail: string): void {
+    if (this.panicWatcher.panicking) this.end('panic', `${detail} after the kernel panicked`);
+    else this.end('reboot', detail);
   }
 
   /** Records why the VM ends (the first reason wins) and stops every vCPU. */

@@ -173,10 +173,14 @@ test('pci config io: the host bridge answers, absent functions read all-ones', (
   assert.equal(rd32(pci, 4), 0xffffffff);
 });
 
-test('panic watcher fires once on the end-of-panic line, even behind a timestamp', () => {
+test('panic watcher: the banner marks a panic, the end-of-panic line fires once, even behind timestamps', () => {
   let fired = 0;
   const w = new PanicWatcher(() => fired++);
+  w.feed(Buffer.from('[ 0.9] ---[ end Kernel panic (quoted before any panic)\n'));
+  assert.equal(fired, 0);
+  assert.equal(w.panicking, false);
   w.feed(Buffer.from('[ 1.0] Kernel panic - not syncing: test\n[ 1.1] ---[ end Kernel pa'));
+  assert.equal(w.panicking, true);
   assert.equal(fired, 0);
   w.feed(Buffer.from('nic - not syncing: test ]---\n---[ end Kernel panic'));
   assert.equal(fired, 1);

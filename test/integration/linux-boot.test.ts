@@ -1,0 +1,64 @@
+// Boots Debian's kernel under tsvisor with real drivers and a real shell. All
+// scenarios share one nested KVM host (or run directly on hardware KVM).
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { before, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { defaultGuest, USERSPACE_BANNER } from '../../src/guest/default-guest.js';
+import { kvmBacking } from '../../src/vmm/accel.js';
+import type { ScenarioResult } from '../support/boot-scenarios.js';
+
+const BIN = fileURLToPath(new URL('../../../bin/tsvisor.js', import.meta.url));
+const SCENARIOS = fileURLToPath(new URL('../support/boot-scenarios.js', import.meta.url));
+const results = new Map<string, ScenarioResult>();
+
+before(() => {
+  const guest = defaultGuest(() => {});
+  const script = [SCENARIOS, guest.kernel, guest.initrd];
+  const r =
+    kvmBacking() === 'hardware'
+      ? spawnSync(process.execPath, script, { encoding: 'utf8', maxBuffer: 64 << 20 })
+      : spawnSync(process.execPath, [BIN, 'nested', '--', process.execPath, ...script], { encoding: 'utf8', maxBuffer: 64 << 20, stdio: ['ignore', 'pipe', 'pipe'] });
+  for (const line of r.stdout.split('\n')) {
+    if (line.startsWith('SCENARIO ')) {
+      const s = JSON.parse(line.slice(9)) as ScenarioResult;
+      results.set(s.name, s);
+    }
+  }
+  if (results.size === 0) throw new Error(`no scenario ran (status ${r.status}): ${r.stderr.slice(-2000)}`);
+});
+
+function result(name: string): ScenarioResult {
+  const r = results.get(name);
+  assert.ok(r, `scenario ${name} did not report`);
+  return r;
+}
+
+test('the default guest reaches userspace, answers typed commands on the serial console, and poweroff exits 0', () => {
+  const r = result('command');
+  assert.equal(r.status, 0, r.stderr + r.console.slice(-3000));
+  assert.ok(r.console.includes(USERSPACE_BANNER), r.console.slice(-3000));
+  assert.match(r.console, /\n6\.\d+\.\d+-\d+-amd64\r?\n/);
+  assert.ok(r.console.includes('tsv-42'), 'the shell evaluated the command');
+  assert.match(r.console, /\n2\r?\n/, 'nproc sees both vCPUs');
+  assert.ok(r.console.includes('reboot: Power down'));
+});
+
+test('reboot inside the guest resets through the i8042 and exits 0', () => {
+  const r = result('reboot');
+  assert.equal(r.status, 0, r.stderr + r.console.slice(-3000));
+  assert.ok(r.console.includes('reboot: Restarting system'), r.console.slice(-2000));
+});
+
+test('a kernel panic from the running guest ends the VM with status 3 and the panic on the console (pvpanic)', () => {
+  const r = result('sysrq-panic');
+  assert.equal(r.status, 3, r.stderr + r.console.slice(-3000));
+  assert.ok(r.console.includes('Kernel panic - not syncing'), r.console.slice(-2000));
+  assert.match(r.stderr, /guest ended: panic \(pvpanic\)/);
+});
+
+test('a kernel that panics while booting exits 3 with the panic text', () => {
+  const r = result('early-panic');
+  assert.equal(r.status, 3, r.stderr + r.console.slice(-3000));
+  assert.ok(r.console.includes('Kernel panic - not syncing'), r.console.slice(-2000));
+});
