@@ -99,7 +99,7 @@ function shellQuote(s: string): string {
 }
 
 /** Variables the command inherits from this process. */
-const PASSED_ENV = /^(PATH|TERM|LANG|LC_\w+|TSVISOR_\w+|NODE_\w+|CI)$/;
+const PASSED_ENV = /^(PATH|TERM|LANG|LC_\w+|TSVISOR_\w+|BENCH_\w+|NODE_\w+|CI)$/;
 
 export function commandScript(opts: NestedRunOptions, scratch: string): string {
   const env: Record<string, string> = {};
