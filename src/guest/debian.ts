@@ -19,18 +19,34 @@ function hasCommand(cmd: string): boolean {
   return spawnSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' }).status === 0;
 }
 
-/** The concrete package a metapackage such as linux-image-amd64 depends on. */
-export function resolveMetapackage(name: string, prefix: string): string {
-  let out: string;
+const isRoot = () => process.getuid?.() === 0;
+let aptUpdated = false;
+
+/** Refreshes apt's package lists once per process, when allowed to (as root). */
+function aptUpdate(log: (line: string) => void): boolean {
+  if (aptUpdated || !isRoot()) return false;
+  aptUpdated = true;
+  log('tsvisor: apt-get update');
+  return spawnSync('apt-get', ['update', '-q'], { stdio: ['ignore', 'ignore', 'inherit'] }).status === 0;
+}
+
+function metapackageDependency(name: string, prefix: string): string | undefined {
   try {
-    out = execFileSync('apt-cache', ['depends', '--no-recommends', '--no-suggests', name], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+    const out = execFileSync('apt-cache', ['depends', '--no-recommends', '--no-suggests', name], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+    return out.split('\n').map((l) => l.match(/Depends:\s+(\S+)/)?.[1]).find((d) => d?.startsWith(prefix));
   } catch {
-    throw new FetchError(`apt-cache knows no package ${name}; run: apt-get update`);
+    return undefined;
   }
-  const dep = out.split('\n').map((l) => l.match(/Depends:\s+(\S+)/)?.[1]).find((d) => d?.startsWith(prefix));
-  if (!dep) throw new FetchError(`apt-cache shows no ${prefix}* dependency of ${name}; run: apt-get update`);
+}
+
+/** The concrete package a metapackage such as linux-image-amd64 depends on. */
+export function resolveMetapackage(name: string, prefix: string, log: (line: string) => void = stderrLog): string {
+  const dep = metapackageDependency(name, prefix) ?? (aptUpdate(log) ? metapackageDependency(name, prefix) : undefined);
+  if (!dep) throw new FetchError(`apt-cache knows no package ${name}; run: apt-get update`);
   return dep;
 }
+
+const stderrLog = (l: string) => process.stderr.write(l + '\n');
 
 export interface UnpackedPackage {
   name: string;
@@ -38,7 +54,7 @@ export interface UnpackedPackage {
 }
 
 /** Downloads and unpacks a package into the cache; later calls reuse it. */
-export function fetchPackage(name: string, log: (line: string) => void = (l) => process.stderr.write(l + '\n')): UnpackedPackage {
+export function fetchPackage(name: string, log: (line: string) => void = stderrLog): UnpackedPackage {
   const root = path.join(cacheDir(), 'debian');
   const dir = path.join(root, name);
   if (fs.existsSync(path.join(dir, '.complete'))) return { name, dir };
@@ -49,7 +65,9 @@ export function fetchPackage(name: string, log: (line: string) => void = (l) => 
   const work = fs.mkdtempSync(path.join(root, '.download-'));
   try {
     log(`tsvisor: downloading Debian package ${name} into ${root}`);
-    const dl = spawnSync('apt-get', ['download', '-q', name], { cwd: work, stdio: ['ignore', 'inherit', 'pipe'], encoding: 'utf8' });
+    const download = () => spawnSync('apt-get', ['download', '-q', name], { cwd: work, stdio: ['ignore', 'inherit', 'pipe'], encoding: 'utf8' });
+    let dl = download();
+    if (dl.status !== 0 && aptUpdate(log)) dl = download();
     if (dl.status !== 0) {
       const why = (dl.stderr ?? '').split('\n').filter((l) => l.startsWith('E:')).join(' ') || `exit ${dl.status}`;
       throw new FetchError(`apt-get download ${name} failed: ${why} (run: apt-get update)`);
@@ -72,9 +90,29 @@ export interface DebianKernel {
   modulesDir: string;
 }
 
-/** Debian's generic amd64 kernel, unpacked. */
-export function fetchKernel(log?: (line: string) => void): DebianKernel {
-  const pkg = fetchPackage(process.env.TSVISOR_KERNEL_PACKAGE ?? resolveMetapackage('linux-image-amd64', 'linux-image-'), log);
+/** The newest kernel package already in the cache, for when apt cannot say which is current. */
+function cachedKernelPackage(): string | undefined {
+  const root = path.join(cacheDir(), 'debian');
+  if (!fs.existsSync(root)) return undefined;
+  return fs
+    .readdirSync(root)
+    .filter((d) => /^linux-image-[\d.]+-\d+-amd64$/.test(d) && fs.existsSync(path.join(root, d, '.complete')))
+    .sort((a, b) => a.localeCompare(b, 'en', { numeric: true }))
+    .at(-1);
+}
+
+/** Debian's generic amd64 kernel (the one linux-image-amd64 points at), unpacked. */
+export function fetchKernel(log: (line: string) => void = stderrLog): DebianKernel {
+  let name = process.env.TSVISOR_KERNEL_PACKAGE;
+  if (!name) {
+    try {
+      name = resolveMetapackage('linux-image-amd64', 'linux-image-', log);
+    } catch (e) {
+      name = cachedKernelPackage();
+      if (!name) throw e;
+    }
+  }
+  const pkg = fetchPackage(name, log);
   const modules = path.join(pkg.dir, 'lib', 'modules');
   const version = fs.readdirSync(modules)[0];
   if (!version) throw new FetchError(`${pkg.name} holds no kernel modules`);

@@ -90,7 +90,12 @@ export function ensureQemu(log: (line: string) => void): void {
   if (qemuAvailable()) return;
   if (process.getuid?.() !== 0) throw new FetchError(`${QEMU} is needed for the nested KVM host; run: sudo apt-get install -y qemu-system-x86`);
   log('tsvisor: installing qemu-system-x86 for the nested KVM host');
-  const r = spawnSync('apt-get', ['install', '-y', '-q', '--no-install-recommends', 'qemu-system-x86'], { stdio: ['ignore', 'inherit', 'inherit'] });
+  const install = () => spawnSync('apt-get', ['install', '-y', '-q', 'qemu-system-x86'], { stdio: ['ignore', 'inherit', 'inherit'] });
+  let r = install();
+  if (r.status !== 0) {
+    spawnSync('apt-get', ['update', '-q'], { stdio: ['ignore', 'ignore', 'inherit'] });
+    r = install();
+  }
   if (r.status !== 0 || !qemuAvailable()) throw new FetchError(`installing qemu-system-x86 failed; run: apt-get update && apt-get install -y qemu-system-x86`);
 }
 
