@@ -188,5 +188,6 @@ export function formatStats(s: MachineStats): string {
     lines.push(`  ${bus} unclaimed: reads=${u.reads} writes=${u.writes}${top ? ` (by address: ${top})` : ''}`);
   }
   lines.push(`  serial0: ${Object.entries(s.serial).map(([k, n]) => `${k}=${n}`).join(' ')}`);
+  lines.push(`  coalesced writes (no exit): ${s.coalescedWrites}`);
   return lines.join('\n') + '\n';
 }

@@ -19,6 +19,7 @@ export const Ioctl = {
   CREATE_VCPU: io(0x41),
   CREATE_IRQCHIP: io(0x60),
   IRQ_LINE: iow(0x61, 8),
+  REGISTER_COALESCED_MMIO: iow(0x67, 16),
   SET_GSI_ROUTING: iow(0x6a, 8),
   IRQFD: iow(0x76, 32),
   CREATE_PIT2: iow(0x77, 64),
@@ -47,6 +48,7 @@ export const Cap = {
   EXT_CPUID: 7,
   NR_VCPUS: 9,
   NR_MEMSLOTS: 10,
+  COALESCED_MMIO: 15,
   IRQ_ROUTING: 25,
   IRQFD: 32,
   PIT2: 33,
@@ -55,6 +57,7 @@ export const Cap = {
   MAX_VCPUS: 66,
   SIGNAL_MSI: 77,
   IMMEDIATE_EXIT: 136,
+  COALESCED_PIO: 162,
 } as const;
 
 export const API_VERSION = 12;

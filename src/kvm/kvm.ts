@@ -89,6 +89,18 @@ export class Vm {
     ioctlBuf(this.fd, Ioctl.IRQ_LINE, 'KVM_IRQ_LINE', buf);
   }
 
+  /**
+   * Lets KVM queue guest writes to [addr, addr+len) in the coalesced ring instead of
+   * exiting for each; userspace applies them before handling the next exit.
+   */
+  registerCoalescedZone(addr: number, len: number, pio: boolean): void {
+    const buf = Buffer.alloc(16);
+    buf.writeBigUInt64LE(BigInt(addr), 0);
+    buf.writeUInt32LE(len, 8);
+    buf.writeUInt32LE(pio ? 1 : 0, 12);
+    ioctlBuf(this.fd, Ioctl.REGISTER_COALESCED_MMIO, 'KVM_REGISTER_COALESCED_MMIO', buf);
+  }
+
   /** Makes guest writes to addr (PIO or MMIO) signal eventFd inside KVM instead of exiting. */
   ioeventfd(eventFd: number, addr: number, len: number, opts: { pio: boolean; datamatch?: bigint; deassign?: boolean }): void {
     const buf = Buffer.alloc(64);

@@ -31,7 +31,13 @@ export class VcpuThread {
   /** Errors thrown by device code, which must never take the VMM down. */
   deviceErrors = 0;
 
-  constructor(readonly vcpu: Vcpu, private readonly buses: Buses, private readonly onDeviceError: (e: unknown) => void) {}
+  /** `beforeDispatch` runs ahead of every exit's device access (the machine drains the coalesced ring there). */
+  constructor(
+    readonly vcpu: Vcpu,
+    private readonly buses: Buses,
+    private readonly onDeviceError: (e: unknown) => void,
+    private readonly beforeDispatch: () => void = () => {},
+  ) {}
 
   /** Runs the vCPU until it stops; resolves with why. */
   async run(mmapSize: number): Promise<VcpuStop> {
@@ -81,6 +87,7 @@ export class VcpuThread {
     const pio = h[Slot.kind] === AccessKind.PIO;
     const bus = pio ? this.buses.pio : this.buses.mmio;
     const addr = pio ? h[Slot.addrLo]! : (h[Slot.addrLo]! >>> 0) + (h[Slot.addrHi]! >>> 0) * 2 ** 32;
+    this.beforeDispatch();
     for (let i = 0; i < count; i++) {
       const chunk = this.mailbox.data.subarray(i * size, (i + 1) * size);
       try {
