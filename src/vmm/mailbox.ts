@@ -9,11 +9,13 @@
 // A terminal exit (shutdown, internal error, ...) sets state=STOPPED instead; the
 // worker then ends. `stop` is set by the main thread to ask the worker to finish.
 //
-// Both sides spin on the state for up to SPIN_MICROS before sleeping. Exits come in
-// bursts (a console line, a device probe), and waking a sleeping thread costs far
+// Both sides spin on the state for up to SPIN_MICROS before they sleep. Exits come
+// in bursts (a console line, a device probe), and waking a sleeping thread costs far
 // more than the exit itself, most of all on a nested host where every futex wake is
-// an emulated IPI. Measured with `npm run bench` (PIO exit round trip): 35 -> 16 µs
-// on this project's PVM machines, 780 -> 350 µs inside the nested KVM host.
+// an emulated IPI. Measured with `npm run bench` (PIO exit round trip): 35 -> 19 µs
+// on this project's PVM machines, 780 -> ~310 µs inside the nested KVM host. A window
+// that adapted (halving after a miss) did worse there: each miss costs milliseconds.
+// The price is up to SPIN_MICROS of CPU per exit on each side.
 
 export const MailboxState = { RUNNING: 0, PENDING: 1, STOPPED: 2 } as const;
 export const AccessKind = { PIO: 1, MMIO: 2 } as const;
@@ -37,11 +39,11 @@ export const Slot = {
   tid: 10,
 } as const;
 
-export const SPIN_MICROS = 200;
+export const SPIN_MICROS = 1000;
 
-/** Spins until `header[slot]` is no longer `value` or SPIN_MICROS pass; true if it changed. */
-export function spinWhile(header: Int32Array, slot: number, value: number): boolean {
-  const deadline = performance.now() + SPIN_MICROS / 1000;
+/** Spins until `header[slot]` is no longer `value` or `micros` pass; true if it changed. */
+export function spinWhile(header: Int32Array, slot: number, value: number, micros: number): boolean {
+  const deadline = performance.now() + micros / 1000;
   for (let i = 0; ; i++) {
     if (Atomics.load(header, slot) !== value) return true;
     if ((i & 63) === 63 && performance.now() > deadline) return false;

@@ -6,7 +6,7 @@ import type { Vcpu } from '../kvm/kvm.js';
 import { exitReasonName } from '../kvm/ioctls.js';
 import { tgkill } from '../kvm/sys.js';
 import type { Bus } from '../devices/bus.js';
-import { AccessKind, Mailbox, MailboxState, Slot, spinWhile } from './mailbox.js';
+import { AccessKind, Mailbox, MailboxState, SPIN_MICROS, Slot, spinWhile } from './mailbox.js';
 import type { VcpuWorkerData } from './vcpu-worker.js';
 
 export interface VcpuStop {
@@ -64,7 +64,7 @@ export class VcpuThread {
     for (;;) {
       const state = Atomics.load(h, Slot.state);
       if (state === MailboxState.RUNNING) {
-        if (spinWhile(h, Slot.state, MailboxState.RUNNING)) continue;
+        if (spinWhile(h, Slot.state, MailboxState.RUNNING, SPIN_MICROS)) continue;
         const w = Atomics.waitAsync(h, Slot.state, MailboxState.RUNNING);
         if (w.async) await w.value;
         continue;

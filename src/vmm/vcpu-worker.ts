@@ -4,7 +4,7 @@
 import { workerData } from 'node:worker_threads';
 import { ExitReason, Ioctl, IoDirection, RunOffset } from '../kvm/ioctls.js';
 import { EAGAIN, EINTR, gettid, ioctlRaw, mmapShared } from '../kvm/sys.js';
-import { AccessKind, EXIT_COUNTERS, Mailbox, MailboxState, Slot, spinWhile } from './mailbox.js';
+import { AccessKind, EXIT_COUNTERS, Mailbox, MailboxState, SPIN_MICROS, Slot, spinWhile } from './mailbox.js';
 
 export interface VcpuWorkerData {
   fd: number;
@@ -31,7 +31,7 @@ function runVcpu({ fd, mmapSize, shared }: VcpuWorkerData): void {
   const handOff = () => {
     Atomics.store(h, Slot.state, MailboxState.PENDING);
     Atomics.notify(h, Slot.state);
-    if (spinWhile(h, Slot.state, MailboxState.PENDING)) return;
+    if (spinWhile(h, Slot.state, MailboxState.PENDING, SPIN_MICROS)) return;
     while (Atomics.load(h, Slot.state) === MailboxState.PENDING) Atomics.wait(h, Slot.state, MailboxState.PENDING);
   };
 
