@@ -22,7 +22,8 @@ export const USAGE = `usage:
                                     run a command inside the nested KVM host
   tsvisor doctor [--json] [--quick] report KVM access, its backing, and whether the nested host starts
 exit status of run: 0 guest powered off or rebooted, 1 error, 2 bad usage, 3 guest panicked,
-                    4 triple fault or KVM failure, 125 the nested host failed
+                    4 triple fault or KVM failure, 125 the nested host failed,
+                    128+N stopped by signal N (SIGINT, SIGTERM, SIGHUP)
 `;
 
 async function nestedCommand(argv: string[]): Promise<number> {

@@ -1,6 +1,7 @@
 // `tsvisor run`: boots a guest on /dev/kvm, or re-runs itself inside the nested
 // KVM host when /dev/kvm cannot run a guest kernel at speed.
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { KernelImageError } from '../arch/x86/linux-loader.js';
@@ -20,7 +21,11 @@ export const EXIT_CODES: Record<MachineExit['kind'], number> = {
   panic: ExitCode.GUEST_PANIC,
   'triple-fault': ExitCode.GUEST_FAULT,
   'internal-error': ExitCode.GUEST_FAULT,
+  stopped: ExitCode.ERROR,
 };
+
+/** Signals that stop the VM cleanly (files flushed and closed) and exit 128+signo. */
+const STOP_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
 
 function readInput(file: string, what: string): Buffer {
   try {
@@ -84,7 +89,14 @@ async function runOnKvm(opts: RunOptions & { kernel: string; append: string }): 
     throw e;
   }
   const input = attachStdin(machine);
+  let signal: NodeJS.Signals | undefined;
+  const onSignal = (sig: NodeJS.Signals) => {
+    signal = sig;
+    machine.end('stopped', `host signal ${sig}`);
+  };
+  for (const sig of STOP_SIGNALS) process.on(sig, onSignal);
   const exit = await machine.run();
+  for (const sig of STOP_SIGNALS) process.off(sig, onSignal);
   input.detach();
   await output.flush();
   output.close();
@@ -92,6 +104,7 @@ async function runOnKvm(opts: RunOptions & { kernel: string; append: string }): 
   for (const e of machine.deviceErrors.slice(0, 5)) log(`device error: ${e.split('\n')[0]}`);
   machine.close();
   if (exit.kind !== 'poweroff' && exit.kind !== 'reboot') log(`guest ended: ${exit.kind} (${exit.detail})`);
+  if (signal) return 128 + os.constants.signals[signal];
   return EXIT_CODES[exit.kind];
 }
 

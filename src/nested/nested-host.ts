@@ -171,14 +171,23 @@ export async function runNested(opts: NestedRunOptions): Promise<number> {
       ...writable.flatMap((d, i) => ['-virtfs', `local,path=${d},mount_tag=rw${i},security_model=none,multidevs=remap`]),
     ];
     const child = spawn(QEMU, qemuArgs, { stdio: ['ignore', 'inherit', 'inherit'] });
+    // Stopping tsvisor stops the nested host with it (QEMU ends cleanly on SIGTERM).
+    let signalled: NodeJS.Signals | undefined;
+    const forward = (sig: NodeJS.Signals) => {
+      signalled = sig;
+      child.kill('SIGTERM');
+    };
+    for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(sig, forward);
     const qemuStatus = await new Promise<number>((resolve, reject) => {
       child.once('error', reject);
       child.once('close', (code) => resolve(code ?? 1));
     });
+    for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.off(sig, forward);
     stdioSocket.server.close();
     stderrSocket.server.close();
     if (interactive) process.stdin.setRawMode(false);
     process.stdin.pause();
+    if (signalled) return 128 + os.constants.signals[signalled];
     const statusFile = path.join(scratch, '.exit-status');
     if (!fs.existsSync(statusFile)) {
       log(`tsvisor: the nested KVM host stopped before the command finished (qemu exit ${qemuStatus}); TSVISOR_NESTED_DEBUG=1 shows its console`);

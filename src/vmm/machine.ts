@@ -40,7 +40,8 @@ export interface MachineConfig {
   kvmPath?: string;
 }
 
-export type MachineExitKind = 'poweroff' | 'reboot' | 'panic' | 'triple-fault' | 'internal-error';
+/** `stopped`: the host asked tsvisor to stop (a signal), not the guest. */
+export type MachineExitKind = 'poweroff' | 'reboot' | 'panic' | 'triple-fault' | 'internal-error' | 'stopped';
 
 export interface MachineExit {
   kind: MachineExitKind;

@@ -44,10 +44,12 @@ test('the default guest reaches userspace, answers typed commands on the serial 
   assert.ok(r.console.includes('reboot: Power down'));
 });
 
-test('reboot inside the guest resets through the i8042 and exits 0', () => {
+test('reboot inside the guest resets through the i8042 and exits 0; --serial file: holds the whole console', () => {
   const r = result('reboot');
   assert.equal(r.status, 0, r.stderr + r.console.slice(-3000));
+  assert.ok(r.console.includes(USERSPACE_BANNER), 'the console file has the boot');
   assert.ok(r.console.includes('reboot: Restarting system'), r.console.slice(-2000));
+  assert.equal(r.stdout, '', 'nothing went to stdout');
 });
 
 test('a kernel panic from the running guest ends the VM with status 3 and the panic on the console (pvpanic)', () => {

@@ -3,6 +3,9 @@
 // the nested KVM host here, directly on a machine with VT-x/AMD-V.
 // usage: node boot-scenarios.js KERNEL INITRD
 import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const BIN = fileURLToPath(new URL('../../../bin/tsvisor.js', import.meta.url));
@@ -13,19 +16,23 @@ export interface Scenario {
   input: string;
   append?: string;
   cpus?: number;
+  /** Send the console to a file (--serial file:PATH) instead of stdout. */
+  serialFile?: boolean;
 }
 
 export interface ScenarioResult {
   name: string;
   status: number | null;
   console: string;
+  /** What reached stdout (empty when the console went to a file). */
+  stdout: string;
   stderr: string;
   seconds: number;
 }
 
 export const SCENARIOS: Scenario[] = [
   { name: 'command', cpus: 2, input: 'uname -r\necho tsv-$((6*7))\nnproc\npoweroff\n' },
-  { name: 'reboot', input: 'reboot\n' },
+  { name: 'reboot', input: 'reboot\n', serialFile: true },
   { name: 'sysrq-panic', input: 'echo c > /proc/sysrq-trigger\n' },
   { name: 'early-panic', input: '', append: 'console=ttyS0 quiet panic=-1 rdinit=/no/such/init' },
 ];
@@ -33,6 +40,8 @@ export const SCENARIOS: Scenario[] = [
 function runScenario(s: Scenario): Promise<ScenarioResult> {
   const args = ['run', '--accel', 'kvm', '--kernel', kernel!, '--initrd', initrd!, '--memory', '512M', '--cpus', String(s.cpus ?? 1)];
   args.push('--append', s.append ?? 'console=ttyS0 quiet panic=-1');
+  const consoleFile = path.join(os.tmpdir(), `${s.name}-console.log`);
+  if (s.serialFile) args.push('--serial', `file:${consoleFile}`);
   const t0 = Date.now();
   const child = spawn(process.execPath, [BIN, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
   let out = '';
@@ -44,7 +53,8 @@ function runScenario(s: Scenario): Promise<ScenarioResult> {
   return new Promise((resolve) =>
     child.on('close', (status) => {
       clearTimeout(timer);
-      resolve({ name: s.name, status, console: out, stderr: err, seconds: (Date.now() - t0) / 1000 });
+      const console = s.serialFile ? fs.readFileSync(consoleFile, 'utf8') : out;
+      resolve({ name: s.name, status, console, stdout: out, stderr: err, seconds: (Date.now() - t0) / 1000 });
     }),
   );
 }
