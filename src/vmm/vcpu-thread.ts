@@ -1,6 +1,7 @@
 // The main thread's handle on one vCPU thread: starts the worker, answers its
 // exits by dispatching them to the buses, and reports when it stops.
 import os from 'node:os';
+import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import { Worker } from 'node:worker_threads';
 import type { Vcpu } from '../kvm/kvm.js';
 import { exitReasonName } from '../kvm/ioctls.js';
@@ -23,6 +24,8 @@ export interface Buses {
 
 /** The signal that kicks a vCPU thread out of KVM_RUN; the process ignores it otherwise. */
 const KICK_SIGNAL = os.constants.signals.SIGUSR2;
+/** The longest the main thread serves one vCPU's exits without letting other events run. */
+const YIELD_EVERY_MS = 5;
 let kickHandlerInstalled = false;
 
 export class VcpuThread {
@@ -61,12 +64,20 @@ export class VcpuThread {
 
   private async serve(): Promise<VcpuStop> {
     const h = this.mailbox.header;
+    let lastYield = performance.now();
     for (;;) {
+      // A guest that exits back to back would otherwise keep this loop from ever
+      // awaiting, starving stdin, signals and the other vCPUs' loops.
+      if (performance.now() - lastYield > YIELD_EVERY_MS) {
+        await yieldToEventLoop();
+        lastYield = performance.now();
+      }
       const state = Atomics.load(h, Slot.state);
       if (state === MailboxState.RUNNING) {
         if (spinWhile(h, Slot.state, MailboxState.RUNNING, SPIN_MICROS)) continue;
         const w = Atomics.waitAsync(h, Slot.state, MailboxState.RUNNING);
         if (w.async) await w.value;
+        lastYield = performance.now();
         continue;
       }
       if (state === MailboxState.STOPPED) {
