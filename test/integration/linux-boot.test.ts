@@ -44,6 +44,16 @@ test('the default guest reaches userspace, answers typed commands on the serial 
   assert.ok(r.console.includes('reboot: Power down'));
 });
 
+test('--stats counts exits per vCPU and accesses per device', () => {
+  const r = result('command');
+  assert.match(r.stderr, /vcpu0 exits: io=\d+/);
+  assert.match(r.stderr, /vcpu1 exits: /);
+  assert.match(r.stderr, /pio serial0: reads=[1-9]\d* writes=[1-9]\d*/);
+  assert.match(r.stderr, /pio acpi-pm1-cnt: reads=\d+ writes=[1-9]/);
+  assert.match(r.stderr, /pio unclaimed: reads=\d+ writes=\d+/);
+  assert.match(r.stderr, /serial0: txBytes=[1-9]\d* rxBytes=[1-9]/);
+});
+
 test('reboot inside the guest resets through the i8042 and exits 0; --serial file: holds the whole console', () => {
   const r = result('reboot');
   assert.equal(r.status, 0, r.stderr + r.console.slice(-3000));

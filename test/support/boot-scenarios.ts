@@ -18,6 +18,7 @@ export interface Scenario {
   cpus?: number;
   /** Send the console to a file (--serial file:PATH) instead of stdout. */
   serialFile?: boolean;
+  stats?: boolean;
 }
 
 export interface ScenarioResult {
@@ -31,7 +32,7 @@ export interface ScenarioResult {
 }
 
 export const SCENARIOS: Scenario[] = [
-  { name: 'command', cpus: 2, input: 'uname -r\necho tsv-$((6*7))\nnproc\npoweroff\n' },
+  { name: 'command', cpus: 2, stats: true, input: 'uname -r\necho tsv-$((6*7))\nnproc\npoweroff\n' },
   { name: 'reboot', input: 'reboot\n', serialFile: true },
   { name: 'sysrq-panic', input: 'echo c > /proc/sysrq-trigger\n' },
   { name: 'early-panic', input: '', append: 'console=ttyS0 quiet panic=-1 rdinit=/no/such/init' },
@@ -42,6 +43,7 @@ function runScenario(s: Scenario): Promise<ScenarioResult> {
   args.push('--append', s.append ?? 'console=ttyS0 quiet panic=-1');
   const consoleFile = path.join(os.tmpdir(), `${s.name}-console.log`);
   if (s.serialFile) args.push('--serial', `file:${consoleFile}`);
+  if (s.stats) args.push('--stats');
   const t0 = Date.now();
   const child = spawn(process.execPath, [BIN, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
   let out = '';
