@@ -7,26 +7,21 @@
 // the main thread answers them in its event loop (vcpu-thread.ts). Interrupts are
 // raised from the main thread with KVM_IRQ_LINE on the VM fd, which KVM allows
 // from any thread. Host input (stdin) arrives as event-loop callbacks too.
-import { writeAcpiTables, PM1A_CNT_BLK, PM1A_EVT_BLK, PM1_CNT_LEN, PM1_EVT_LEN, PVPANIC_PORT } from '../arch/x86/acpi/tables.js';
+import { writeAcpiTables } from '../arch/x86/acpi/tables.js';
 import { bootMsrs, bootRegs, configureLint, longModeSregs, writeBootTables } from '../arch/x86/cpu-state.js';
 import { vcpuCpuid } from '../arch/x86/cpuid.js';
 import { e820Map } from '../arch/x86/e820.js';
 import { ramRegions, TSS_ADDR } from '../arch/x86/layout.js';
 import { buildZeroPage, loadInitrd, loadKernel, writeCmdline, writeZeroPage } from '../arch/x86/linux-loader.js';
 import { Bus } from '../devices/bus.js';
-import { AcpiPmControl, AcpiPmEvent } from '../devices/legacy/acpi-pm.js';
-import { I8042, I8042_DATA_PORT } from '../devices/legacy/i8042.js';
-import { PvPanic } from '../devices/legacy/pvpanic.js';
-import { Rtc, RTC_PORT } from '../devices/legacy/rtc.js';
-import { Serial } from '../devices/legacy/serial.js';
-import { PortSink } from '../devices/legacy/sink.js';
-import { PciConfigIo, PCI_CONFIG_IO_PORT, PCI_CONFIG_IO_SIZE } from '../devices/pci/config-io.js';
-import { ConfigSpace } from '../devices/pci/config-space.js';
+import type { Serial } from '../devices/legacy/serial.js';
+import { PCI_CONFIG_IO_PORT, type PciConfigIo } from '../devices/pci/config-io.js';
 import { Cap, ExitReason, SystemEvent } from '../kvm/ioctls.js';
 import { Kvm, type Vm } from '../kvm/kvm.js';
 import { GuestMemory } from '../memory/guest-memory.js';
 import { CoalescedRing } from './coalesced-ring.js';
 import { PanicWatcher } from './panic-watcher.js';
+import { COM1_IRQ, installPcDevices } from './pc-devices.js';
 import { VcpuThread, type VcpuStop } from './vcpu-thread.js';
 
 export interface MachineConfig {
@@ -48,17 +43,12 @@ export interface MachineExit {
   detail: string;
 }
 
-export const COM1_PORT = 0x3f8;
-export const COM1_IRQ = 4;
-const POST_PORT = 0x80;
-/** Red Hat's generic PCIe host bridge id, which Linux binds no special quirks to. */
-const HOST_BRIDGE_IDS = { vendor: 0x1b36, device: 0x0008, classCode: 0x060000 };
 
 export class Machine {
   readonly pio = new Bus('pio');
   readonly mmio = new Bus('mmio');
   readonly serial: Serial;
-  readonly pci = new PciConfigIo();
+  readonly pci: PciConfigIo;
   private readonly threads: VcpuThread[] = [];
   private ring: CoalescedRing | undefined;
   private exit: MachineExit | undefined;
@@ -72,20 +62,16 @@ export class Machine {
     readonly memory: GuestMemory,
     private readonly config: MachineConfig,
   ) {
-    this.serial = new Serial('serial0', { set: (level) => vm.irqLine(COM1_IRQ, level) }, (bytes) => {
-      this.panicWatcher.feed(bytes);
-      config.serialOutput(bytes);
-    });
-    this.pio.insert(this.serial, COM1_PORT, 8);
-    this.pio.insert(new I8042(() => this.reset('reset through the i8042')), I8042_DATA_PORT, 5);
-    this.pio.insert(new Rtc(), RTC_PORT, 2);
-    this.pio.insert(new AcpiPmEvent(), PM1A_EVT_BLK, PM1_EVT_LEN);
-    this.pio.insert(new AcpiPmControl(() => this.end('poweroff', 'ACPI S5')), PM1A_CNT_BLK, PM1_CNT_LEN);
-    this.pio.insert(new PvPanic(() => this.end('panic', 'pvpanic')), PVPANIC_PORT, 1);
-    this.pio.insert(new PortSink('post'), POST_PORT, 1);
-    // Bus 0 with its host bridge: without one, Linux probes the config ports tens of thousands of times.
-    this.pci.attach(0, new ConfigSpace(HOST_BRIDGE_IDS));
-    this.pio.insert(this.pci, PCI_CONFIG_IO_PORT, PCI_CONFIG_IO_SIZE);
+    ({ serial: this.serial, pci: this.pci } = installPcDevices(this.pio, {
+      com1Irq: { set: (level) => vm.irqLine(COM1_IRQ, level) },
+      serialOutput: (bytes) => {
+        this.panicWatcher.feed(bytes);
+        config.serialOutput(bytes);
+      },
+      onReset: () => this.reset('reset through the i8042'),
+      onPowerOff: () => this.end('poweroff', 'ACPI S5'),
+      onPanic: () => this.end('panic', 'pvpanic'),
+    }));
   }
 
   static create(config: MachineConfig): Machine {
