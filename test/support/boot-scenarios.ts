@@ -1,7 +1,7 @@
 // Boots the default guest under tsvisor once per scenario and prints one
 // `SCENARIO <json>` line each. It runs where /dev/kvm is hardware-backed: inside
 // the nested KVM host here, directly on a machine with VT-x/AMD-V.
-// usage: node boot-scenarios.js KERNEL INITRD
+// usage: node boot-scenarios.js KERNEL INITRD [SCENARIO...]   (default: all)
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -9,7 +9,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const BIN = fileURLToPath(new URL('../../../bin/tsvisor.js', import.meta.url));
-const [kernel, initrd] = process.argv.slice(2);
+const [kernel, initrd, ...only] = process.argv.slice(2);
 
 export interface Scenario {
   name: string;
@@ -62,5 +62,7 @@ function runScenario(s: Scenario): Promise<ScenarioResult> {
 }
 
 if (kernel && initrd) {
-  for (const s of SCENARIOS) process.stdout.write(`SCENARIO ${JSON.stringify(await runScenario(s))}\n`);
+  for (const s of SCENARIOS.filter((s) => only.length === 0 || only.includes(s.name))) {
+    process.stdout.write(`SCENARIO ${JSON.stringify(await runScenario(s))}\n`);
+  }
 }
