@@ -15,15 +15,15 @@ export function cacheDir(): string {
   return dir;
 }
 
-function hasCommand(cmd: string): boolean {
+export function hasCommand(cmd: string): boolean {
   return spawnSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' }).status === 0;
 }
 
-const isRoot = () => process.getuid?.() === 0;
+export const isRoot = () => process.getuid?.() === 0;
 let aptUpdated = false;
 
 /** Refreshes apt's package lists once per process, when allowed to (as root). */
-function aptUpdate(log: (line: string) => void): boolean {
+export function aptUpdate(log: (line: string) => void): boolean {
   if (aptUpdated || !isRoot()) return false;
   aptUpdated = true;
   log('tsvisor: apt-get update');

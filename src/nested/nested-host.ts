@@ -14,7 +14,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { fetchBusybox, fetchKernel, FetchError } from '../guest/debian.js';
+import { aptUpdate, fetchBusybox, fetchKernel, FetchError, hasCommand, isRoot } from '../guest/debian.js';
 import { buildInitramfs, LOAD_MODULES } from '../guest/initramfs.js';
 import { indexModules, resolveModules } from '../guest/kernel-modules.js';
 
@@ -82,20 +82,17 @@ export interface NestedRunOptions {
 }
 
 export function qemuAvailable(): boolean {
-  return spawnSync('sh', ['-c', `command -v ${QEMU}`], { stdio: 'ignore' }).status === 0;
+  return hasCommand(QEMU);
 }
 
 /** Installs Debian's qemu-system-x86 when running as root; otherwise says what to run. */
 export function ensureQemu(log: (line: string) => void): void {
   if (qemuAvailable()) return;
-  if (process.getuid?.() !== 0) throw new FetchError(`${QEMU} is needed for the nested KVM host; run: sudo apt-get install -y qemu-system-x86`);
+  if (!isRoot()) throw new FetchError(`${QEMU} is needed for the nested KVM host; run: sudo apt-get install -y qemu-system-x86`);
   log('tsvisor: installing qemu-system-x86 for the nested KVM host');
   const install = () => spawnSync('apt-get', ['install', '-y', '-q', 'qemu-system-x86'], { stdio: ['ignore', 'inherit', 'inherit'] });
   let r = install();
-  if (r.status !== 0) {
-    spawnSync('apt-get', ['update', '-q'], { stdio: ['ignore', 'ignore', 'inherit'] });
-    r = install();
-  }
+  if (r.status !== 0 && aptUpdate(log)) r = install();
   if (r.status !== 0 || !qemuAvailable()) throw new FetchError(`installing qemu-system-x86 failed; run: apt-get update && apt-get install -y qemu-system-x86`);
 }
 
