@@ -6,7 +6,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { KernelImageError } from '../arch/x86/linux-loader.js';
 import { defaultGuest } from '../guest/default-guest.js';
-import { runNested } from '../nested/nested-host.js';
+import { runNested, STOP_SIGNALS } from '../nested/nested-host.js';
 import { chooseAccel } from '../vmm/accel.js';
 import { Machine, type MachineExit, type MachineStats } from '../vmm/machine.js';
 import { ExitCode, UserError } from './errors.js';
@@ -23,9 +23,6 @@ export const EXIT_CODES: Record<MachineExit['kind'], number> = {
   'internal-error': ExitCode.GUEST_FAULT,
   stopped: ExitCode.ERROR,
 };
-
-/** Signals that stop the VM cleanly (files flushed and closed) and exit 128+signo. */
-const STOP_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
 
 function readInput(file: string, what: string): Buffer {
   try {

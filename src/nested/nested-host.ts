@@ -24,6 +24,9 @@ export const QEMU = 'qemu-system-x86_64';
 const HOST_MODULES = ['9p', '9pnet_virtio', 'virtio_pci', 'virtio_console', 'kvm_amd'];
 const OPTIONAL_HOST_MODULES = ['tun', 'vhost_net', 'bridge', 'virtio_blk', 'virtio_net'];
 
+/** Host signals that stop tsvisor cleanly (and exit 128+signo), here and in `run`. */
+export const STOP_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
+
 /** Exit status when the nested host itself failed (the command never reported one). */
 export const NESTED_HOST_FAILED = 125;
 
@@ -174,12 +177,12 @@ export async function runNested(opts: NestedRunOptions): Promise<number> {
       signalled = sig;
       child.kill('SIGTERM');
     };
-    for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(sig, forward);
+    for (const sig of STOP_SIGNALS) process.on(sig, forward);
     const qemuStatus = await new Promise<number>((resolve, reject) => {
       child.once('error', reject);
       child.once('close', (code) => resolve(code ?? 1));
     });
-    for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.off(sig, forward);
+    for (const sig of STOP_SIGNALS) process.off(sig, forward);
     stdioSocket.server.close();
     stderrSocket.server.close();
     if (interactive) process.stdin.setRawMode(false);
