@@ -5,12 +5,16 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { KernelImageError } from '../arch/x86/linux-loader.js';
-import { defaultGuest } from '../guest/default-guest.js';
+import { ImageError, RawImage } from '../backends/raw-image.js';
+import { defaultGuest, defaultGuestCmdline } from '../guest/default-guest.js';
 import { runNested, STOP_SIGNALS } from '../nested/nested-host.js';
 import { chooseAccel } from '../vmm/accel.js';
+import { VirtioBlock } from '../virtio/block.js';
+import type { VirtioDevice } from '../virtio/device.js';
+import { VirtioRng } from '../virtio/rng.js';
 import { Machine, type MachineExit, type MachineStats } from '../vmm/machine.js';
 import { ExitCode, UserError } from './errors.js';
-import type { RunOptions } from './run-options.js';
+import type { DriveSpec, RunOptions, SerialTarget } from './run-options.js';
 import { formatSize } from './size.js';
 
 const log = (line: string) => process.stderr.write(`tsvisor: ${line}\n`);
@@ -37,20 +41,65 @@ function readInput(file: string, what: string): Buffer {
   }
 }
 
-/** Fills in the default guest when no kernel was given. */
-function withGuest(opts: RunOptions): Required<Pick<RunOptions, 'kernel' | 'append'>> & RunOptions {
-  if (opts.kernel) return { ...opts, kernel: opts.kernel, append: opts.append ?? 'console=ttyS0' };
+/** A drive's file must exist and allow what the drive does with it; checked before any VM starts. */
+function checkDrive(d: DriveSpec): void {
+  try {
+    fs.accessSync(d.file, d.readOnly ? fs.constants.R_OK : fs.constants.R_OK | fs.constants.W_OK);
+    if (!fs.statSync(d.file).isFile()) throw new UserError(`drive ${d.file} is not a file`);
+  } catch (e) {
+    if (e instanceof UserError) throw e;
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new UserError(`drive ${d.file} ${code === 'ENOENT' ? 'does not exist' : d.readOnly ? 'is not readable' : 'is not readable and writable (add readonly=on?)'}`);
+  }
+}
+
+/** The default guest's scratch disk: sparse, in a fresh temporary directory removed when tsvisor ends. */
+const SCRATCH_DISK_SIZE = 256 * 2 ** 20;
+
+function scratchDrive(): { drive: DriveSpec; remove(): void } {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsvisor-scratch-'));
+  const file = path.join(dir, 'scratch.img');
+  fs.writeFileSync(file, '');
+  fs.truncateSync(file, SCRATCH_DISK_SIZE);
+  return { drive: { file, readOnly: false, cache: 'writeback', serial: 'scratch' }, remove: () => fs.rmSync(dir, { recursive: true, force: true }) };
+}
+
+type GuestOptions = RunOptions & { kernel: string; append: string };
+
+/** Fills in the default guest when no kernel was given: its kernel and initrd, virtio-rng, a scratch disk. */
+function withGuest(opts: RunOptions): { opts: GuestOptions; cleanup(): void } {
+  const console = opts.console === 'virtio' ? 'console=ttyS0 console=hvc0' : 'console=ttyS0';
+  if (opts.kernel) return { opts: { ...opts, kernel: opts.kernel, append: opts.append ?? console }, cleanup: () => {} };
   const guest = defaultGuest((l) => process.stderr.write(l + '\n'));
-  return { ...opts, kernel: guest.kernel, initrd: guest.initrd, append: opts.append ?? guest.cmdline };
+  const scratch = opts.drives.length === 0 ? scratchDrive() : undefined;
+  return {
+    opts: {
+      ...opts,
+      kernel: guest.kernel,
+      initrd: guest.initrd,
+      append: opts.append ?? defaultGuestCmdline(opts.console),
+      rng: true,
+      drives: scratch ? [scratch.drive] : opts.drives,
+    },
+    cleanup: () => scratch?.remove(),
+  };
 }
 
 /** The `run` argument list that reproduces these options for a tsvisor inside the nested host. */
-function innerRunArgs(opts: RunOptions & { kernel: string; append: string }): string[] {
+function innerRunArgs(opts: GuestOptions): string[] {
   const args = ['run', '--accel', 'kvm', '--kernel', path.resolve(opts.kernel), '--append', opts.append];
   if (opts.initrd) args.push('--initrd', path.resolve(opts.initrd));
   args.push('--memory', formatSize(opts.memory), '--cpus', String(opts.cpus));
   args.push('--serial', opts.serial.kind === 'file' ? `file:${path.resolve(opts.serial.path)}` : 'stdio');
   if (opts.stats) args.push('--stats');
+  for (const d of opts.drives) {
+    const kv = [`file=${path.resolve(d.file).replaceAll(',', ',,')}`, 'format=raw', 'if=virtio', `cache=${d.cache}`];
+    if (d.readOnly) kv.push('readonly=on');
+    if (d.serial !== undefined) kv.push(`serial=${d.serial.replaceAll(',', ',,')}`);
+    args.push('--drive', kv.join(','));
+  }
+  if (opts.rng) args.push('--device', 'virtio-rng');
+  args.push('--console', opts.console, '--ioeventfd', opts.ioeventfd ? 'on' : 'off', '--irqfd', opts.irqfd ? 'on' : 'off');
   return args;
 }
 
@@ -58,14 +107,38 @@ export async function runCommand(given: RunOptions): Promise<number> {
   const { accel, why } = chooseAccel(given.accel);
   if (given.kernel) readInput(given.kernel, 'kernel');
   if (given.initrd) readInput(given.initrd, 'initrd');
-  const opts = withGuest(given);
-  if (accel === 'nested') {
+  given.drives.forEach(checkDrive);
+  const { opts, cleanup } = withGuest(given);
+  try {
+    if (accel !== 'nested') return await runOnKvm(opts);
     log(`running the guest inside the nested KVM host (${why})`);
     const cli = fileURLToPath(new URL('../../../bin/tsvisor.js', import.meta.url));
-    const writable = opts.serial.kind === 'file' ? [path.dirname(path.resolve(opts.serial.path))] : [];
-    return runNested({ command: process.execPath, args: [cli, ...innerRunArgs(opts)], writable, memoryMiB: nestedMemoryMiB(opts) });
+    // The nested host sees the host's files read-only, except these directories, shared writable at the same paths.
+    const writable = [
+      ...(opts.serial.kind === 'file' ? [path.dirname(path.resolve(opts.serial.path))] : []),
+      ...opts.drives.filter((d) => !d.readOnly).map((d) => path.dirname(fs.realpathSync(d.file))),
+    ];
+    return await runNested({ command: process.execPath, args: [cli, ...innerRunArgs(opts)], writable: [...new Set(writable)], memoryMiB: nestedMemoryMiB(opts) });
+  } finally {
+    cleanup();
   }
-  return runOnKvm(opts);
+}
+
+/** Opens each drive's image and puts it on a virtio-blk device; adds virtio-rng when asked. */
+function virtioDevices(opts: GuestOptions): VirtioDevice[] {
+  const devices: VirtioDevice[] = [];
+  try {
+    opts.drives.forEach((d, i) => {
+      const image = RawImage.open({ path: d.file, readOnly: d.readOnly, cache: d.cache });
+      devices.push(new VirtioBlock({ name: `virtio-blk${i}`, image, serial: d.serial }));
+    });
+  } catch (e) {
+    void Promise.allSettled(devices.map((d) => d.close()));
+    if (e instanceof ImageError) throw new UserError(e.message);
+    throw e;
+  }
+  if (opts.rng) devices.push(new VirtioRng());
+  return devices;
 }
 
 /** Enough nested-host RAM for the guest plus the host's own kernel and tsvisor. */
@@ -73,13 +146,27 @@ function nestedMemoryMiB(opts: RunOptions): number {
   return Math.max(2048, Math.ceil(opts.memory / 2 ** 20) + 1536);
 }
 
-async function runOnKvm(opts: RunOptions & { kernel: string; append: string }): Promise<number> {
+async function runOnKvm(opts: GuestOptions): Promise<number> {
   const kernel = readInput(opts.kernel, 'kernel');
   const initrd = opts.initrd ? readInput(opts.initrd, 'initrd') : undefined;
-  const output = serialSink(opts);
+  // With hvc0 on stdio, the UART's output is kept only when it goes to a file.
+  const virtioConsole = opts.console === 'virtio';
+  const output = serialSink(virtioConsole && opts.serial.kind === 'stdio' ? { kind: 'discard' } : opts.serial);
+  const consoleOutput = virtioConsole ? serialSink({ kind: 'stdio' }) : undefined;
   let machine: Machine;
   try {
-    machine = Machine.create({ kernel, initrd, cmdline: opts.append, memory: opts.memory, cpus: opts.cpus, serialOutput: output.write });
+    machine = Machine.create({
+      kernel,
+      initrd,
+      cmdline: opts.append,
+      memory: opts.memory,
+      cpus: opts.cpus,
+      serialOutput: output.write,
+      virtioConsoleOutput: consoleOutput?.write,
+      virtio: virtioDevices(opts),
+      ioeventfd: opts.ioeventfd,
+      irqfd: opts.irqfd,
+    });
   } catch (e) {
     output.close();
     if (e instanceof KernelImageError) throw new UserError(`kernel ${opts.kernel}: ${e.message}`);
@@ -96,10 +183,11 @@ async function runOnKvm(opts: RunOptions & { kernel: string; append: string }): 
   for (const sig of STOP_SIGNALS) process.off(sig, onSignal);
   input.detach();
   await output.flush();
+  await consoleOutput?.flush();
   output.close();
   if (opts.stats) process.stderr.write(formatStats(machine.stats()));
   for (const e of machine.deviceErrors.slice(0, 5)) log(`device error: ${e.split('\n')[0]}`);
-  machine.close();
+  await machine.close();
   if (exit.kind !== 'poweroff' && exit.kind !== 'reboot') log(`guest ended: ${exit.kind} (${exit.detail})`);
   if (signal) return 128 + os.constants.signals[signal];
   return EXIT_CODES[exit.kind];
@@ -111,16 +199,16 @@ interface SerialSink {
   close(): void;
 }
 
-/** Batches guest output so a burst of UART bytes is one write, not one per byte. */
-function serialSink(opts: RunOptions): SerialSink {
+/** Batches guest console output so a burst of bytes is one write, not one per byte. */
+function serialSink(target: SerialTarget | { kind: 'discard' }): SerialSink {
   let pending: Buffer[] = [];
   let scheduled = false;
   let fd: number | undefined;
-  if (opts.serial.kind === 'file') {
+  if (target.kind === 'file') {
     try {
-      fd = fs.openSync(opts.serial.path, 'w');
+      fd = fs.openSync(target.path, 'w');
     } catch (e) {
-      throw new UserError(`--serial file ${opts.serial.path} cannot be written: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+      throw new UserError(`--serial file ${target.path} cannot be written: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
     }
   }
   const drain = () => {
@@ -129,7 +217,7 @@ function serialSink(opts: RunOptions): SerialSink {
     const buf = Buffer.concat(pending);
     pending = [];
     if (fd !== undefined) fs.writeSync(fd, buf);
-    else process.stdout.write(buf);
+    else if (target.kind === 'stdio') process.stdout.write(buf);
   };
   return {
     write(bytes) {
@@ -160,7 +248,7 @@ function attachStdin(machine: Machine): { detach(): void } {
   const escapes = tty || process.env.TSVISOR_CONSOLE_ESCAPE === '1';
   let escape = false;
   const onData = (chunk: Buffer) => {
-    if (!escapes) return machine.serial.enqueueInput(chunk);
+    if (!escapes) return machine.consoleInput(chunk);
     const out: number[] = [];
     for (const b of chunk) {
       if (escape) {
@@ -170,7 +258,7 @@ function attachStdin(machine: Machine): { detach(): void } {
       } else if (b === CTRL_A) escape = true;
       else out.push(b);
     }
-    machine.serial.enqueueInput(Uint8Array.from(out));
+    machine.consoleInput(Uint8Array.from(out));
   };
   if (tty) stdin.setRawMode(true);
   stdin.on('data', onData);
@@ -199,5 +287,7 @@ export function formatStats(s: MachineStats): string {
   }
   lines.push(`  serial0: ${Object.entries(s.serial).map(([k, n]) => `${k}=${n}`).join(' ')}`);
   lines.push(`  coalesced writes (no exit): ${s.coalescedWrites}`);
+  for (const [name, c] of Object.entries(s.virtio)) lines.push(`  ${name}: ${Object.entries(c).map(([k, n]) => `${k}=${n}`).join(' ')}`);
+  lines.push(`  event loop wakeups: ${s.eventLoopWakeups}`);
   return lines.join('\n') + '\n';
 }

@@ -9,6 +9,11 @@ export interface BusDevice {
   write(offset: number, data: Uint8Array): void;
 }
 
+/** An interrupt line a device drives (level: asserted or not); who delivers it is the wiring's business. */
+export interface IrqLine {
+  set(level: boolean): void;
+}
+
 export interface DeviceCounters {
   reads: number;
   writes: number;

@@ -11,8 +11,16 @@ export const USERSPACE_BANNER = 'tsvisor default guest: userspace is up';
 
 export const DEFAULT_GUEST_CMDLINE = 'console=ttyS0 quiet panic=-1';
 
-/** pvpanic-mmio binds the QEMU0001 ACPI device so a panic ends the VM at once. */
-const GUEST_MODULES = ['pvpanic_mmio'];
+/** With a virtio console, hvc0 comes last so it becomes /dev/console once its driver loads. */
+export function defaultGuestCmdline(console: 'serial' | 'virtio'): string {
+  return console === 'virtio' ? DEFAULT_GUEST_CMDLINE.replace('console=ttyS0', 'console=ttyS0 console=hvc0') : DEFAULT_GUEST_CMDLINE;
+}
+
+/**
+ * pvpanic-mmio binds the QEMU0001 ACPI device so a panic ends the VM at once; the
+ * virtio drivers bind tsvisor's PCI devices; ext4 mounts what the guest makes on them.
+ */
+const GUEST_MODULES = ['pvpanic_mmio', 'virtio_pci', 'virtio_blk', 'virtio_rng', 'virtio_console', 'ext4'];
 
 const INIT = `#!/bin/busybox sh
 /bin/busybox --install -s
@@ -23,6 +31,8 @@ mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /tmp
 ${LOAD_MODULES}
+# The console may have moved to hvc0 now that its driver is loaded.
+exec </dev/console >/dev/console 2>&1
 hostname tsvisor
 echo "${USERSPACE_BANNER} (Linux $(uname -r))"
 exec /sbin/init

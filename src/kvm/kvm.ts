@@ -54,6 +54,15 @@ export class Kvm {
   }
 }
 
+const IRQ_ROUTING_IRQCHIP = 1;
+const IRQ_ROUTING_MSI = 2;
+export const IrqChip = { PIC_MASTER: 0, PIC_SLAVE: 1, IOAPIC: 2 } as const;
+
+/** One entry of KVM's GSI routing table: a pin of an in-kernel interrupt controller, or an MSI message. */
+export type GsiRoute =
+  | { gsi: number; kind: 'irqchip'; chip: number; pin: number }
+  | { gsi: number; kind: 'msi'; addressLo: number; addressHi: number; data: number };
+
 export class Vm {
   constructor(readonly kvm: Kvm, readonly fd: number) {}
 
@@ -122,6 +131,28 @@ export class Vm {
     buf.writeUInt32LE(gsi, 4);
     buf.writeUInt32LE(deassign ? IRQFD_FLAG_DEASSIGN : 0, 8);
     ioctlBuf(this.fd, Ioctl.IRQFD, 'KVM_IRQFD', buf);
+  }
+
+  /** Replaces the whole GSI routing table (KVM_SET_GSI_ROUTING). */
+  setGsiRouting(routes: readonly GsiRoute[]): void {
+    const ENTRY = 48;
+    const buf = Buffer.alloc(8 + ENTRY * routes.length);
+    buf.writeUInt32LE(routes.length, 0);
+    routes.forEach((r, i) => {
+      const at = 8 + i * ENTRY;
+      buf.writeUInt32LE(r.gsi, at);
+      if (r.kind === 'irqchip') {
+        buf.writeUInt32LE(IRQ_ROUTING_IRQCHIP, at + 4);
+        buf.writeUInt32LE(r.chip, at + 16);
+        buf.writeUInt32LE(r.pin, at + 20);
+      } else {
+        buf.writeUInt32LE(IRQ_ROUTING_MSI, at + 4);
+        buf.writeUInt32LE(r.addressLo >>> 0, at + 16);
+        buf.writeUInt32LE(r.addressHi >>> 0, at + 20);
+        buf.writeUInt32LE(r.data >>> 0, at + 24);
+      }
+    });
+    ioctlBuf(this.fd, Ioctl.SET_GSI_ROUTING, 'KVM_SET_GSI_ROUTING', buf);
   }
 
   signalMsi(addressLo: number, addressHi: number, data: number): void {

@@ -19,6 +19,12 @@ const c = {
   gettid: libc.func('int gettid()'),
   getpid: libc.func('int getpid()'),
   tgkill: libc.func('int tgkill(int tgid, int tid, int sig)'),
+  read: libc.func('long read(int fd, void *buf, size_t len)'),
+  write: libc.func('long write(int fd, const void *buf, size_t len)'),
+  epollCreate1: libc.func('int epoll_create1(int flags)'),
+  epollCtl: libc.func('int epoll_ctl(int epfd, int op, int fd, void *event)'),
+  epollWait: libc.func('int epoll_wait(int epfd, void *events, int maxevents, int timeout)'),
+  fallocate: libc.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)'),
 };
 
 export const O_RDWR = 0o2;
@@ -31,6 +37,15 @@ export const EFD_CLOEXEC = 0o2000000;
 export const EFD_NONBLOCK = 0o4000;
 export const EINTR = 4;
 export const EAGAIN = 11;
+export const EOPNOTSUPP = 95;
+export const FALLOC_FL_KEEP_SIZE = 0x01;
+export const FALLOC_FL_PUNCH_HOLE = 0x02;
+export const FALLOC_FL_ZERO_RANGE = 0x10;
+const EPOLL_CTL_ADD = 1;
+const EPOLL_CTL_DEL = 2;
+const EPOLLIN = 1;
+/** struct epoll_event is packed on x86-64: u32 events, u64 data. */
+export const EPOLL_EVENT_SIZE = 12;
 
 export class SysError extends Error {
   constructor(readonly call: string, readonly errno: number) {
@@ -114,4 +129,56 @@ export function getpid(): number {
 /** Interrupts one thread of this process (used to kick a vCPU out of KVM_RUN). */
 export function tgkill(tid: number, signal: number): void {
   check('tgkill', c.tgkill(c.getpid(), tid, signal));
+}
+
+const ONE = new BigUint64Array([1n]);
+
+/** Adds one to an eventfd's counter (wakes whoever polls it: KVM for an irqfd, epoll for ours). */
+export function eventfdSignal(fd: number): void {
+  check('write(eventfd)', Number(c.write(fd, ONE, 8)));
+}
+
+/** Reads and clears a non-blocking eventfd; 0 when it was not signalled. */
+export function eventfdDrain(fd: number): number {
+  const buf = new BigUint64Array(1);
+  const n = Number(c.read(fd, buf, 8));
+  if (n < 0) {
+    const errno = koffi.errno();
+    if (errno === EAGAIN) return 0;
+    throw new SysError('read(eventfd)', errno);
+  }
+  return Number(buf[0]);
+}
+
+export function epollCreate(): number {
+  return check('epoll_create1', c.epollCreate1(O_CLOEXEC));
+}
+
+/** Watches `fd` for input; `token` comes back in the event's data field. */
+export function epollAdd(epfd: number, fd: number, token: number): void {
+  const ev = Buffer.alloc(EPOLL_EVENT_SIZE);
+  ev.writeUInt32LE(EPOLLIN, 0);
+  ev.writeBigUInt64LE(BigInt(token), 4);
+  check('epoll_ctl(ADD)', c.epollCtl(epfd, EPOLL_CTL_ADD, fd, ev));
+}
+
+export function epollDelete(epfd: number, fd: number): void {
+  check('epoll_ctl(DEL)', c.epollCtl(epfd, EPOLL_CTL_DEL, fd, null));
+}
+
+/**
+ * epoll_wait on a libuv pool thread, so the event loop never blocks on it; the
+ * callback runs on the main thread with the number of events, or -1 on failure
+ * (EINTR in practice: errno is not readable from here).
+ */
+export function epollWaitAsync(epfd: number, events: Buffer, timeoutMs: number, done: (n: number) => void): void {
+  c.epollWait.async(epfd, events, Math.floor(events.length / EPOLL_EVENT_SIZE), timeoutMs, (err: unknown, n: number) => done(err ? -1 : n));
+}
+
+/**
+ * fallocate(2): 0 or the errno. Synchronous, because errno is only reliable on the
+ * calling thread; punching or zeroing a range is a metadata update.
+ */
+export function fallocate(fd: number, mode: number, offset: number, length: number): number {
+  return c.fallocate(fd, mode, offset, length) < 0 ? koffi.errno() : 0;
 }

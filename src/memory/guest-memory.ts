@@ -27,12 +27,15 @@ export class GuestRegion {
   readonly end: number;
   readonly bytes: Uint8Array;
   readonly view: DataView;
+  /** For the ring indices that guest and VMM publish to each other (Atomics need a typed array). */
+  readonly u16: Uint16Array;
 
   /** `fileOffset` is where this region starts inside the backing memfd. */
   constructor(readonly start: GuestAddress, readonly mapping: Mapping, readonly fileOffset: number) {
     this.end = start + mapping.length;
     this.bytes = new Uint8Array(mapping.buffer);
     this.view = new DataView(mapping.buffer);
+    this.u16 = new Uint16Array(mapping.buffer);
   }
 
   get size(): number {
@@ -154,6 +157,23 @@ export class GuestMemory {
   writeU64(addr: number, v: bigint): void {
     const r = this.region(addr, 8);
     r.view.setBigUint64(addr - r.start, BigInt.asUintN(64, v), true);
+  }
+
+  /**
+   * A u16 load ordered before every later access (Atomics are sequentially
+   * consistent): how a device reads an index the driver publishes.
+   */
+  loadU16Acquire(addr: number): number {
+    const r = this.region(addr, 2);
+    if (addr % 2) throw new GuestMemoryError(addr, 2, 'is not 2-byte aligned');
+    return Atomics.load(r.u16, (addr - r.start) / 2);
+  }
+
+  /** A u16 store ordered after every earlier access, with a full fence: how a device publishes an index. */
+  storeU16Release(addr: number, v: number): void {
+    const r = this.region(addr, 2);
+    if (addr % 2) throw new GuestMemoryError(addr, 2, 'is not 2-byte aligned');
+    Atomics.store(r.u16, (addr - r.start) / 2, v);
   }
 
   close(): void {

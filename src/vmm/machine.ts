@@ -7,6 +7,10 @@
 // the main thread answers them in its event loop (vcpu-thread.ts). Interrupts are
 // raised from the main thread with KVM_IRQ_LINE on the VM fd, which KVM allows
 // from any thread. Host input (stdin) arrives as event-loop callbacks too.
+//
+// virtio queue kicks the guest sends through ioeventfds, and block I/O
+// completions from libuv's pool threads, also arrive as event-loop callbacks
+// (event-loop.ts polls the eventfds), so they too run on the main thread.
 import { writeAcpiTables } from '../arch/x86/acpi/tables.js';
 import { bootMsrs, bootRegs, configureLint, longModeSregs, writeBootTables } from '../arch/x86/cpu-state.js';
 import { vcpuCpuid } from '../arch/x86/cpuid.js';
@@ -15,11 +19,18 @@ import { ramRegions, TSS_ADDR } from '../arch/x86/layout.js';
 import { buildZeroPage, loadInitrd, loadKernel, writeCmdline, writeZeroPage } from '../arch/x86/linux-loader.js';
 import { Bus } from '../devices/bus.js';
 import type { Serial } from '../devices/legacy/serial.js';
-import { PCI_CONFIG_IO_PORT, type PciConfigIo } from '../devices/pci/config-io.js';
+import { PCI_CONFIG_IO_PORT } from '../devices/pci/config-io.js';
+import type { PciBus } from '../devices/pci/pci-bus.js';
 import { Cap, ExitReason, SystemEvent } from '../kvm/ioctls.js';
 import { Kvm, type Vm } from '../kvm/kvm.js';
+import { closeFd, eventfd, eventfdDrain } from '../kvm/sys.js';
 import { GuestMemory } from '../memory/guest-memory.js';
+import { VirtioConsole } from '../virtio/console.js';
+import type { VirtioDevice } from '../virtio/device.js';
+import { VirtioPciDevice, type IoEventRegistrar } from '../virtio/pci-transport.js';
 import { CoalescedRing } from './coalesced-ring.js';
+import { EventLoop } from './event-loop.js';
+import { GsiRouting, IrqfdMsiSink, SignalMsiSink } from './msi.js';
 import { PanicWatcher } from './panic-watcher.js';
 import { COM1_IRQ, installPcDevices } from './pc-devices.js';
 import { VcpuThread, type VcpuStop } from './vcpu-thread.js';
@@ -32,6 +43,14 @@ export interface MachineConfig {
   cpus: number;
   /** Where the guest's UART output goes. */
   serialOutput: (bytes: Uint8Array) => void;
+  /** virtio devices, each on its own PCI slot, in this order. */
+  virtio?: VirtioDevice[];
+  /** Adds a virtio-console (the guest's hvc0) whose output goes here; host input then goes to it. */
+  virtioConsoleOutput?: (bytes: Uint8Array) => void;
+  /** Queue kicks through ioeventfd (no exit); off: every kick is an MMIO exit. Default on. */
+  ioeventfd?: boolean;
+  /** MSI-X vectors through irqfd; off: KVM_SIGNAL_MSI per interrupt. Default on. */
+  irqfd?: boolean;
   kvmPath?: string;
 }
 
@@ -48,7 +67,11 @@ export class Machine {
   readonly pio = new Bus('pio');
   readonly mmio = new Bus('mmio');
   readonly serial: Serial;
-  readonly pci: PciConfigIo;
+  readonly pci: PciBus;
+  readonly virtio: VirtioPciDevice[] = [];
+  private readonly virtioConsole: VirtioConsole | undefined;
+  private readonly events = new EventLoop();
+  private readonly msiSinks: (IrqfdMsiSink | SignalMsiSink)[] = [];
   private readonly threads: VcpuThread[] = [];
   private ring: CoalescedRing | undefined;
   private exit: MachineExit | undefined;
@@ -63,6 +86,8 @@ export class Machine {
     private readonly config: MachineConfig,
   ) {
     ({ serial: this.serial, pci: this.pci } = installPcDevices(this.pio, {
+      mmio: this.mmio,
+      setGsi: (gsi, level) => vm.irqLine(gsi, level),
       com1Irq: { set: (level) => vm.irqLine(COM1_IRQ, level) },
       serialOutput: (bytes) => {
         this.panicWatcher.feed(bytes);
@@ -72,6 +97,19 @@ export class Machine {
       onPowerOff: () => this.end('poweroff', 'ACPI S5'),
       onPanic: () => this.end('panic', 'pvpanic'),
     }));
+    const consoleOutput = config.virtioConsoleOutput;
+    if (consoleOutput) {
+      this.virtioConsole = new VirtioConsole((bytes) => {
+        this.panicWatcher.feed(bytes);
+        consoleOutput(bytes);
+      });
+    }
+  }
+
+  /** Host input for the guest's console: hvc0 when there is a virtio-console, else the UART. */
+  consoleInput(bytes: Uint8Array): void {
+    if (this.virtioConsole) this.virtioConsole.input(bytes);
+    else this.serial.enqueueInput(bytes);
   }
 
   static create(config: MachineConfig): Machine {
@@ -84,7 +122,38 @@ export class Machine {
     vm.createPit2();
     const machine = new Machine(kvm, vm, memory, config);
     machine.load();
+    machine.plugVirtio();
     return machine;
+  }
+
+  /** Each virtio device behind a virtio-pci transport, with its kick and interrupt paths. */
+  private plugVirtio(): void {
+    const { vm, config } = this;
+    const routing = config.irqfd !== false ? new GsiRouting(vm) : undefined;
+    const ioevents: IoEventRegistrar | undefined = config.ioeventfd !== false ? (addr, len, onKick) => this.ioevent(addr, len, onKick) : undefined;
+    const devices = [...(config.virtio ?? []), ...(this.virtioConsole ? [this.virtioConsole] : [])];
+    for (const device of devices) {
+      const vectors = device.queueSizes.length + 1;
+      const msi = routing ? new IrqfdMsiSink(vm, routing, vectors) : new SignalMsiSink(vm);
+      this.msiSinks.push(msi);
+      const transport = new VirtioPciDevice(device, { memory: this.memory, msi, ioevents });
+      this.pci.add(transport);
+      this.virtio.push(transport);
+    }
+  }
+
+  /** An ioeventfd on a guest MMIO address, polled by the event loop; returns its undo. */
+  private ioevent(addr: number, len: number, onKick: () => void): () => void {
+    const fd = eventfd();
+    this.vm.ioeventfd(fd, addr, len, { pio: false });
+    const token = this.events.add(fd, () => {
+      if (eventfdDrain(fd)) onKick();
+    });
+    return () => {
+      this.events.remove(token);
+      this.vm.ioeventfd(fd, addr, len, { pio: false, deassign: true });
+      closeFd(fd);
+    };
   }
 
   private load(): void {
@@ -168,10 +237,16 @@ export class Machine {
       unclaimedTop: { pio: topAddresses(this.pio), mmio: topAddresses(this.mmio) },
       serial: { ...this.serial.counters },
       coalescedWrites: this.ring?.drained ?? 0,
+      virtio: Object.fromEntries(this.virtio.map((v) => [v.name, v.stats()])),
+      eventLoopWakeups: this.events.wakeups,
     };
   }
 
-  close(): void {
+  /** Lets devices finish in-flight I/O and close their back-ends, then frees the VM. */
+  async close(): Promise<void> {
+    this.events.close();
+    await Promise.allSettled(this.virtio.map((v) => v.device.close()));
+    for (const s of this.msiSinks) s.close();
     for (const t of this.threads) t.vcpu.close();
     this.vm.close();
     this.memory.close();
@@ -189,6 +264,9 @@ export interface MachineStats {
   serial: Record<string, number>;
   /** Writes KVM queued in the coalesced ring instead of exiting. */
   coalescedWrites: number;
+  /** Per virtio device: transport counters (kicks by exit and by eventfd, interrupts) and the device's own. */
+  virtio: Record<string, Record<string, number>>;
+  eventLoopWakeups: number;
 }
 
 function topAddresses(bus: Bus, n = 8): [number, number][] {

@@ -2,15 +2,17 @@
 // from Machine so the same set can be driven without KVM (tests replay hostile
 // port traffic against it).
 import { PM1A_CNT_BLK, PM1A_EVT_BLK, PM1_CNT_LEN, PM1_EVT_LEN, PVPANIC_PORT } from '../arch/x86/acpi/tables.js';
-import type { Bus } from '../devices/bus.js';
+import type { Bus, IrqLine } from '../devices/bus.js';
 import { AcpiPmControl, AcpiPmEvent } from '../devices/legacy/acpi-pm.js';
 import { I8042, I8042_DATA_PORT } from '../devices/legacy/i8042.js';
 import { PvPanic } from '../devices/legacy/pvpanic.js';
 import { Rtc, RTC_PORT } from '../devices/legacy/rtc.js';
-import { Serial, type IrqLine } from '../devices/legacy/serial.js';
+import { Serial } from '../devices/legacy/serial.js';
 import { PortSink } from '../devices/legacy/sink.js';
 import { PciConfigIo, PCI_CONFIG_IO_PORT, PCI_CONFIG_IO_SIZE } from '../devices/pci/config-io.js';
 import { ConfigSpace } from '../devices/pci/config-space.js';
+import { PciBus } from '../devices/pci/pci-bus.js';
+import { PCI_IO_WINDOW, PCI_MMIO_WINDOW } from '../arch/x86/layout.js';
 
 export const COM1_PORT = 0x3f8;
 export const COM1_IRQ = 4;
@@ -19,6 +21,10 @@ const POST_PORT = 0x80;
 const HOST_BRIDGE_IDS = { vendor: 0x1b36, device: 0x0008, classCode: 0x060000 };
 
 export interface PcWiring {
+  /** BARs of PCI devices decode here. */
+  mmio: Bus;
+  /** Drives an interrupt controller input (PCI INTx lines). */
+  setGsi(gsi: number, level: boolean): void;
   com1Irq: IrqLine;
   serialOutput: (bytes: Uint8Array) => void;
   /** The CPU reset line (i8042). */
@@ -31,7 +37,7 @@ export interface PcWiring {
 
 export interface PcDevices {
   serial: Serial;
-  pci: PciConfigIo;
+  pci: PciBus;
 }
 
 export function installPcDevices(pio: Bus, wiring: PcWiring): PcDevices {
@@ -44,8 +50,8 @@ export function installPcDevices(pio: Bus, wiring: PcWiring): PcDevices {
   pio.insert(new PvPanic(wiring.onPanic), PVPANIC_PORT, 1);
   pio.insert(new PortSink('post'), POST_PORT, 1);
   // Bus 0 with its host bridge: without one, Linux probes the config ports tens of thousands of times.
-  const pci = new PciConfigIo();
-  pci.attach(0, new ConfigSpace(HOST_BRIDGE_IDS));
-  pio.insert(pci, PCI_CONFIG_IO_PORT, PCI_CONFIG_IO_SIZE);
+  const pci = new PciBus({ pio, mmio: wiring.mmio, memoryWindow: PCI_MMIO_WINDOW, ioWindow: PCI_IO_WINDOW, setGsi: wiring.setGsi });
+  pci.add({ name: 'host-bridge', config: new ConfigSpace(HOST_BRIDGE_IDS), bars: [] }, 0);
+  pio.insert(new PciConfigIo(pci), PCI_CONFIG_IO_PORT, PCI_CONFIG_IO_SIZE);
   return { serial, pci };
 }

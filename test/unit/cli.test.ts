@@ -27,10 +27,33 @@ test('run options: defaults and every flag', () => {
   assert.equal(d.cpus, 1);
   assert.deepEqual(d.serial, { kind: 'stdio' });
   assert.equal(d.accel, 'auto');
-  const o = parseRunArgs(['--kernel', 'k', '--initrd', 'i', '--append', 'a b', '-m', '1G', '--cpus', '2', '--serial', 'file:/tmp/x', '--accel', 'kvm', '--stats']);
+  assert.deepEqual([d.drives, d.rng, d.console, d.ioeventfd, d.irqfd], [[], false, 'serial', true, true]);
+  const o = parseRunArgs([
+    ...['--kernel', 'k', '--initrd', 'i', '--append', 'a b', '-m', '1G', '--cpus', '2', '--serial', 'file:/tmp/x', '--accel', 'kvm', '--stats'],
+    ...['--drive', 'file=/a,,b.img,format=raw,if=virtio,readonly=on,serial=disk1,cache=none', '--drive', 'file=c.img'],
+    ...['--device', 'virtio-rng', '--console', 'virtio', '--ioeventfd', 'off', '--irqfd', 'off'],
+  ]);
   assert.deepEqual(
     { ...o },
-    { kernel: 'k', initrd: 'i', append: 'a b', memory: 2 ** 30, cpus: 2, serial: { kind: 'file', path: '/tmp/x' }, accel: 'kvm', stats: true, help: false },
+    {
+      kernel: 'k',
+      initrd: 'i',
+      append: 'a b',
+      memory: 2 ** 30,
+      cpus: 2,
+      serial: { kind: 'file', path: '/tmp/x' },
+      accel: 'kvm',
+      stats: true,
+      drives: [
+        { file: '/a,b.img', readOnly: true, serial: 'disk1', cache: 'none' },
+        { file: 'c.img', readOnly: false, serial: undefined, cache: 'writeback' },
+      ],
+      rng: true,
+      console: 'virtio',
+      ioeventfd: false,
+      irqfd: false,
+      help: false,
+    },
   );
 });
 
@@ -45,6 +68,17 @@ test('run options: bad input is a UsageError naming the flag', () => {
     [['--accel', 'tcg'], /--accel/],
     [['--initrd', 'x'], /needs --kernel/],
     [['--frobnicate'], /Unknown option/],
+    [['--drive', 'format=raw'], /needs file=/],
+    [['--drive', 'file=x,format=qcow2'], /format/],
+    [['--drive', 'file=x,if=ide'], /if/],
+    [['--drive', 'file=x,readonly=yes'], /readonly/],
+    [['--drive', 'file=x,cache=directsync'], /cache/],
+    [['--drive', 'file=x,bogus=1'], /unknown key "bogus"/],
+    [['--drive', 'file=x,serial=twenty-one-characters'], /serial/],
+    [['--drive', 'file'], /not key=value/],
+    [['--device', 'sound-blaster'], /unknown device/],
+    [['--console', 'tty'], /--console/],
+    [['--ioeventfd', 'maybe'], /--ioeventfd/],
     [['extra'], /positional/i],
   ];
   for (const [args, re] of cases) assert.throws(() => parseRunArgs(args), (e: Error) => e instanceof UsageError && re.test(e.message), args.join(' '));

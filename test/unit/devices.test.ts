@@ -7,6 +7,8 @@ import { Rtc } from '../../src/devices/legacy/rtc.js';
 import { Serial } from '../../src/devices/legacy/serial.js';
 import { PciConfigIo } from '../../src/devices/pci/config-io.js';
 import { ConfigSpace } from '../../src/devices/pci/config-space.js';
+import { PciBus } from '../../src/devices/pci/pci-bus.js';
+import { PCI_IO_WINDOW, PCI_MMIO_WINDOW } from '../../src/arch/x86/layout.js';
 import { PanicWatcher } from '../../src/vmm/panic-watcher.js';
 
 const b = (...v: number[]) => Uint8Array.from(v);
@@ -159,9 +161,10 @@ test('acpi pm: SLP_TYP=S5 with SLP_EN powers off; SCI_EN always reads set', () =
 });
 
 test('pci config io: the host bridge answers, absent functions read all-ones', () => {
-  const pci = new PciConfigIo();
-  pci.attach(0, new ConfigSpace({ vendor: 0x1b36, device: 0x0008, classCode: 0x060000 }));
-  assert.throws(() => pci.attach(0, new ConfigSpace({ vendor: 1, device: 1, classCode: 0 })));
+  const bus = new PciBus({ pio: new Bus('pio'), mmio: new Bus('mmio'), memoryWindow: PCI_MMIO_WINDOW, ioWindow: PCI_IO_WINDOW, setGsi: () => {} });
+  const pci = new PciConfigIo(bus);
+  bus.add({ name: 'bridge', config: new ConfigSpace({ vendor: 0x1b36, device: 0x0008, classCode: 0x060000 }), bars: [] }, 0);
+  assert.throws(() => bus.add({ name: 'other', config: new ConfigSpace({ vendor: 1, device: 1, classCode: 0 }), bars: [] }, 0));
   wr32(pci, 0, 0x80000000);
   assert.equal(rd32(pci, 0), 0x80000000);
   assert.equal(rd32(pci, 4), 0x00081b36);

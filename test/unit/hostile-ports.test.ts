@@ -24,6 +24,8 @@ test('random port traffic never throws, and every access returns exactly the byt
     const pio = new Bus('pio');
     const events = { resets: 0, poweroffs: 0, panics: 0, levels: 0, out: 0 };
     const { serial } = installPcDevices(pio, {
+      mmio: new Bus('mmio'),
+      setGsi: () => events.levels++,
       com1Irq: { set: () => events.levels++ },
       serialOutput: (b) => (events.out += b.length),
       onReset: () => events.resets++,
@@ -53,6 +55,8 @@ test('random port traffic never throws, and every access returns exactly the byt
 test('a guest that never reads its UART loses host input only past the limit, and says so', () => {
   const pio = new Bus('pio');
   const { serial } = installPcDevices(pio, {
+    mmio: new Bus('mmio'),
+    setGsi: () => {},
     com1Irq: { set: () => {} },
     serialOutput: () => {},
     onReset: () => {},

@@ -25,6 +25,9 @@ export const HIMEM_START = 0x100000;
 /** RAM stops here below 4 GiB; the rest of the 32-bit space is for MMIO. */
 export const MMIO_HOLE_START = 3 * GiB;
 export const FOUR_GIB = 4 * GiB;
+/** Where PCI BARs go: the 32-bit MMIO hole below the IOAPIC, and the ports above the legacy ones. */
+export const PCI_MMIO_WINDOW = { start: 0xc0000000, end: 0xfc000000 };
+export const PCI_IO_WINDOW = { start: 0x1000, end: 0x10000 };
 export const IOAPIC_ADDR = 0xfec00000;
 export const LAPIC_ADDR = 0xfee00000;
 export const TSS_ADDR = 0xfffbd000;

@@ -4,11 +4,7 @@
 // Host input waits in `pending` and moves into the FIFO only while the guest has
 // receive interrupts enabled, and a FIFO reset hands unread bytes back to it:
 // bytes typed (or piped) before the guest's driver is ready are never lost.
-import type { BusDevice } from '../bus.js';
-
-export interface IrqLine {
-  set(level: boolean): void;
-}
+import type { BusDevice, IrqLine } from '../bus.js';
 
 const RBR_THR = 0; // DLL when DLAB
 const IER = 1; // DLM when DLAB

@@ -3,7 +3,7 @@
 // Functions that are not there read as all-ones, as on real hardware.
 import type { BusDevice } from '../bus.js';
 import { dataValue, setDataValue } from '../bus.js';
-import type { ConfigSpace } from './config-space.js';
+import type { PciBus } from './pci-bus.js';
 
 export const PCI_CONFIG_IO_PORT = 0xcf8;
 export const PCI_CONFIG_IO_SIZE = 8;
@@ -13,21 +13,13 @@ const ENABLE = 0x80000000;
 export class PciConfigIo implements BusDevice {
   readonly name = 'pci-config-io';
   private address = 0;
-  /** Bus-0 functions by devfn (device << 3 | function). */
-  private readonly functions = new Map<number, ConfigSpace>();
 
-  attach(devfn: number, config: ConfigSpace): void {
-    if (devfn < 0 || devfn > 0xff || this.functions.has(devfn)) throw new Error(`PCI slot ${devfn >> 3}.${devfn & 7} is taken or invalid`);
-    this.functions.set(devfn, config);
-  }
+  constructor(private readonly bus: PciBus) {}
 
-  /** The function and register the address latch selects, or undefined. */
-  private target(): { config: ConfigSpace; register: number } | undefined {
-    if (!(this.address & ENABLE)) return undefined;
-    const bus = (this.address >>> 16) & 0xff;
-    const devfn = (this.address >>> 8) & 0xff;
-    const config = bus === 0 ? this.functions.get(devfn) : undefined;
-    return config && { config, register: this.address & 0xfc };
+  /** The bus-0 function (devfn) and register the address latch selects, or undefined. */
+  private target(): { devfn: number; register: number } | undefined {
+    if (!(this.address & ENABLE) || (this.address >>> 16) & 0xff) return undefined;
+    return { devfn: (this.address >>> 8) & 0xff, register: this.address & 0xfc };
   }
 
   read(offset: number, data: Uint8Array): void {
@@ -39,7 +31,7 @@ export class PciConfigIo implements BusDevice {
     }
     const t = this.target();
     if (!t) return void data.fill(0xff);
-    t.config.read(t.register + (offset - 4), data);
+    this.bus.configRead(t.devfn, t.register + (offset - 4), data);
   }
 
   write(offset: number, data: Uint8Array): void {
@@ -48,6 +40,6 @@ export class PciConfigIo implements BusDevice {
       return;
     }
     const t = this.target();
-    if (t) t.config.write(t.register + (offset - 4), data);
+    if (t) this.bus.configWrite(t.devfn, t.register + (offset - 4), data);
   }
 }

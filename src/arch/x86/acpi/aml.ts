@@ -78,8 +78,37 @@ export function device(path: string, terms: Aml[]): Aml {
   return [EXT_OP_PREFIX, DEVICE_OP, ...pkgLength(body.length), ...body];
 }
 
-/** A ResourceTemplate holding one fixed 16-bit-decoded I/O port range, then the end tag. */
-export function ioResource(base: number, length: number): Aml {
-  const io = [0x47, 0x01, base & 0xff, base >> 8, base & 0xff, base >> 8, 0x01, length];
-  return buffer([...io, 0x79, 0x00]);
+/** A ResourceTemplate: the descriptors, then the end tag. */
+export function resourceTemplate(descriptors: number[][]): Aml {
+  return buffer([...descriptors.flat(), 0x79, 0x00]);
+}
+
+/** I/O port descriptor: a fixed, 16-bit-decoded range. */
+export function ioPorts(base: number, length: number): number[] {
+  return [0x47, 0x01, base & 0xff, base >> 8, base & 0xff, base >> 8, 0x01, length];
+}
+
+export const AddressSpace = { MEMORY: 0, IO: 1, BUS_NUMBER: 2 } as const;
+/** General flags of a range a bridge produces (forwards), with fixed minimum and maximum. */
+const WINDOW_FLAGS = 0x0c;
+
+const le = (v: number, bytes: number): number[] => Array.from({ length: bytes }, (_, i) => Math.floor(v / 256 ** i) & 0xff);
+
+/** Word Address Space Descriptor for a window [min, max] (bus numbers or I/O ports). */
+export function wordWindow(space: number, min: number, max: number, typeFlags = 0): number[] {
+  return [0x88, ...le(13, 2), space, WINDOW_FLAGS, typeFlags, ...le(0, 2), ...le(min, 2), ...le(max, 2), ...le(0, 2), ...le(max - min + 1, 2)];
+}
+
+/** DWord Address Space Descriptor for a 32-bit memory window [min, max], read-write, non-cacheable. */
+export function dwordMemoryWindow(min: number, max: number): number[] {
+  return [0x87, ...le(23, 2), AddressSpace.MEMORY, WINDOW_FLAGS, 0x01, ...le(0, 4), ...le(min, 4), ...le(max, 4), ...le(0, 4), ...le(max - min + 1, 4)];
+}
+
+/** EISA ID compression of a PNP ID such as "PNP0A03", as _HID takes it. */
+export function eisaId(id: string): Aml {
+  const c = (i: number): number => id.charCodeAt(i) - 0x40;
+  const hex = parseInt(id.slice(3), 16);
+  const v = ((c(0) << 26) | (c(1) << 21) | (c(2) << 16) | hex) >>> 0;
+  // Stored big-endian within the little-endian DWORD.
+  return integer((((v >>> 24) & 0xff) | (((v >>> 16) & 0xff) << 8) | (((v >>> 8) & 0xff) << 16) | ((v & 0xff) << 24)) >>> 0);
 }

@@ -1,8 +1,11 @@
 // The minimal ACPI tables a Linux guest needs: RSDP -> XSDT -> {FADT -> DSDT, MADT}.
 // The FADT points at the PM1a event/control blocks that devices/legacy/acpi-pm.ts
-// emulates; the DSDT's \_S5 package gives the sleep type that means "power off".
+// emulates; the DSDT's \_S5 package gives the sleep type that means "power off",
+// and its PCI0 device is the root bridge: the windows BARs live in and how each
+// slot's INTx pins reach IOAPIC inputs.
 import type { GuestMemory } from '../../../memory/guest-memory.js';
-import { ACPI_END, ACPI_START, IOAPIC_ADDR, LAPIC_ADDR } from '../layout.js';
+import { intxGsi, PCI_SLOTS } from '../../../devices/pci/pci-bus.js';
+import { ACPI_END, ACPI_START, IOAPIC_ADDR, LAPIC_ADDR, PCI_IO_WINDOW, PCI_MMIO_WINDOW } from '../layout.js';
 import * as aml from './aml.js';
 
 export const OEM_ID = 'TSVSOR';
@@ -154,11 +157,39 @@ export function dsdt(): Buffer {
     aml.scope('\\_SB', [
       aml.device('PEVT', [
         aml.name('_HID', aml.string('QEMU0001')), // the id Linux's pvpanic driver binds to
-        aml.name('_CRS', aml.ioResource(PVPANIC_PORT, 1)),
+        aml.name('_CRS', aml.resourceTemplate([aml.ioPorts(PVPANIC_PORT, 1)])),
       ]),
+      pciRootBridge(),
     ]),
   ];
   return sdt('DSDT', 2, Buffer.from(body.flat()));
+}
+
+/** Bus 0 behind a PNP0A03 host bridge; config mechanism #1 at 0xCF8. */
+function pciRootBridge(): aml.Aml {
+  const routes: aml.Aml[] = [];
+  for (let slot = 1; slot < PCI_SLOTS; slot++) {
+    // _PRT entries: slot address (function ffff), pin (0 = INTA#), no link device, GSI.
+    for (let pin = 0; pin < 4; pin++) routes.push(aml.pkg([aml.integer(slot * 0x10000 + 0xffff), aml.integer(pin), aml.integer(0), aml.integer(intxGsi(slot, pin + 1))]));
+  }
+  return aml.device('PCI0', [
+    aml.name('_HID', aml.eisaId('PNP0A03')),
+    aml.name('_ADR', aml.integer(0)),
+    aml.name('_UID', aml.integer(0)),
+    aml.name('_SEG', aml.integer(0)),
+    aml.name('_BBN', aml.integer(0)),
+    aml.name(
+      '_CRS',
+      aml.resourceTemplate([
+        aml.wordWindow(aml.AddressSpace.BUS_NUMBER, 0, 0),
+        aml.ioPorts(0xcf8, 8),
+        aml.wordWindow(aml.AddressSpace.IO, 0x0000, 0x0cf7, 0x03),
+        aml.wordWindow(aml.AddressSpace.IO, PCI_IO_WINDOW.start, PCI_IO_WINDOW.end - 1, 0x03),
+        aml.dwordMemoryWindow(PCI_MMIO_WINDOW.start, PCI_MMIO_WINDOW.end - 1),
+      ]),
+    ),
+    aml.name('_PRT', aml.pkg(routes)),
+  ]);
 }
 
 /** Writes all tables at ACPI_START; returns the RSDP's address. */

@@ -1,0 +1,171 @@
+// A raw disk image file: the block back-end. I/O runs on libuv's pool threads
+// (preadv/pwritev straight from and into guest memory), so requests proceed off the
+// vCPU threads and the event loop, several at a time.
+//
+// cache=writeback goes through the host page cache; flush is fdatasync.
+// cache=none opens with O_DIRECT; a request whose guest buffers are not aligned
+// enough for it goes through a page-aligned bounce buffer.
+import fs from 'node:fs';
+import { promisify } from 'node:util';
+import { closeFd, EOPNOTSUPP, fallocate, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, memfdCreate, mmapShared, munmap } from '../kvm/sys.js';
+
+export type CacheMode = 'writeback' | 'none';
+
+export interface RawImageOptions {
+  path: string;
+  readOnly: boolean;
+  cache: CacheMode;
+}
+
+const readv = (fd: number, bufs: Uint8Array[], pos: number): Promise<number> =>
+  new Promise((resolve, reject) => fs.readv(fd, bufs, pos, (e, n) => (e ? reject(e) : resolve(n))));
+const writev = (fd: number, bufs: Uint8Array[], pos: number): Promise<number> =>
+  new Promise((resolve, reject) => fs.writev(fd, bufs, pos, (e, n) => (e ? reject(e) : resolve(n))));
+const write = promisify(fs.write);
+const fdatasync = promisify(fs.fdatasync);
+const close = promisify(fs.close);
+const ZERO_CHUNK = new Uint8Array(1 << 20);
+
+export class ImageError extends Error {
+  override name = 'ImageError';
+}
+
+export class RawImage {
+  private closed = false;
+  /** Hole punching is unsupported here (e.g. 9p): discards become no-ops, zeroing writes zeros. */
+  private noFallocate = false;
+
+  private constructor(readonly path: string, private readonly fd: number, readonly size: number, readonly readOnly: boolean, readonly cache: CacheMode) {}
+
+  /** Opens the image; throws ImageError with a one-line reason. */
+  static open(opts: RawImageOptions): RawImage {
+    let flags = opts.readOnly ? fs.constants.O_RDONLY : fs.constants.O_RDWR;
+    if (opts.cache === 'none') flags |= fs.constants.O_DIRECT;
+    let fd: number;
+    try {
+      fd = fs.openSync(opts.path, flags);
+    } catch (e) {
+      const err = e as NodeJS.ErrnoException;
+      if (err.code === 'EINVAL' && opts.cache === 'none') throw new ImageError(`${opts.path}: this filesystem does not support cache=none (O_DIRECT); use cache=writeback`);
+      throw new ImageError(`cannot open drive ${opts.path}: ${err.code ?? err.message}`);
+    }
+    const st = fs.fstatSync(fd);
+    if (!st.isFile() && !st.isBlockDevice()) {
+      fs.closeSync(fd);
+      throw new ImageError(`drive ${opts.path} is not a file`);
+    }
+    return new RawImage(opts.path, fd, st.size, opts.readOnly, opts.cache);
+  }
+
+  /** Reads into `bufs` from `offset`; returns the bytes read (short only at the end of the file). */
+  async read(offset: number, bufs: Uint8Array[]): Promise<number> {
+    return this.direct(offset, bufs, 'read', () => this.transfer(offset, bufs, 'read'));
+  }
+
+  async write(offset: number, bufs: Uint8Array[]): Promise<number> {
+    return this.direct(offset, bufs, 'write', () => this.transfer(offset, bufs, 'write'));
+  }
+
+  /** Loops until every byte moved or the file ended. */
+  private async transfer(offset: number, bufs: Uint8Array[], op: 'read' | 'write'): Promise<number> {
+    let done = 0;
+    let rest = bufs;
+    const want = bufs.reduce((n, b) => n + b.length, 0);
+    while (done < want) {
+      const n = op === 'read' ? await readv(this.fd, rest, offset + done) : await writev(this.fd, rest, offset + done);
+      if (n === 0) break;
+      done += n;
+      rest = skip(rest, n);
+    }
+    return done;
+  }
+
+  /** With O_DIRECT, buffers the kernel refuses (EINVAL: misaligned) go through an aligned bounce buffer. */
+  private async direct(offset: number, bufs: Uint8Array[], op: 'read' | 'write', plain: () => Promise<number>): Promise<number> {
+    if (this.cache !== 'none') return plain();
+    try {
+      return await plain();
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EINVAL') throw e;
+    }
+    const len = bufs.reduce((n, b) => n + b.length, 0);
+    const size = Math.max(4096, Math.ceil(len / 4096) * 4096);
+    const memfd = memfdCreate('tsvisor-bounce', size);
+    const mapping = mmapShared(memfd, size);
+    try {
+      const bounce = new Uint8Array(mapping.buffer, 0, len);
+      if (op === 'write') gather(bufs, bounce);
+      const n = await this.transfer(offset, [bounce], op);
+      if (op === 'read') scatter(bounce.subarray(0, n), bufs);
+      return n;
+    } finally {
+      munmap(mapping);
+      closeFd(memfd);
+    }
+  }
+
+  /** Data written so far reaches stable storage. */
+  flush(): Promise<void> {
+    return fdatasync(this.fd);
+  }
+
+  /** The guest no longer needs [offset, offset+len): punch a hole where the filesystem can. */
+  async discard(offset: number, len: number): Promise<void> {
+    if (this.noFallocate) return;
+    const err = fallocate(this.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, len);
+    if (err === EOPNOTSUPP) this.noFallocate = true;
+    else if (err) throw new ImageError(`discard failed (errno ${err})`);
+  }
+
+  /** [offset, offset+len) reads as zeros afterwards; `unmap` lets the range become a hole. */
+  async writeZeroes(offset: number, len: number, unmap: boolean): Promise<void> {
+    if (!this.noFallocate) {
+      const err = fallocate(this.fd, (unmap ? FALLOC_FL_PUNCH_HOLE : FALLOC_FL_ZERO_RANGE) | FALLOC_FL_KEEP_SIZE, offset, len);
+      if (err === 0) return;
+      if (err !== EOPNOTSUPP) throw new ImageError(`write-zeroes failed (errno ${err})`);
+      this.noFallocate = true;
+    }
+    for (let done = 0; done < len; ) {
+      const n = Math.min(ZERO_CHUNK.length, len - done);
+      await write(this.fd, ZERO_CHUNK, 0, n, offset + done);
+      done += n;
+    }
+  }
+
+  /** Closes the file; pending writes were awaited by the device first. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await close(this.fd);
+  }
+}
+
+function skip(bufs: Uint8Array[], n: number): Uint8Array[] {
+  const out: Uint8Array[] = [];
+  for (const b of bufs) {
+    if (n >= b.length) {
+      n -= b.length;
+      continue;
+    }
+    out.push(n ? b.subarray(n) : b);
+    n = 0;
+  }
+  return out;
+}
+
+function gather(bufs: Uint8Array[], into: Uint8Array): void {
+  let at = 0;
+  for (const b of bufs) {
+    into.set(b, at);
+    at += b.length;
+  }
+}
+
+function scatter(from: Uint8Array, bufs: Uint8Array[]): void {
+  let at = 0;
+  for (const b of bufs) {
+    if (at >= from.length) break;
+    b.set(from.subarray(at, at + b.length));
+    at += b.length;
+  }
+}

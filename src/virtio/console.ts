@@ -1,0 +1,97 @@
+// virtio-console (virtio 1.x, "Console Device"), single port: the guest's hvc0.
+// Bytes the guest transmits go to the host's output; host input waits in a buffer
+// until the driver offers receive buffers, so nothing typed early is lost.
+import { readStream, totalLength, writeStream } from './chain.js';
+import { completeChain, drainQueue, readConfigBytes, VirtioId, type ActiveQueues, type VirtioDevice } from './device.js';
+
+const RECEIVE_QUEUE = 0;
+const TRANSMIT_QUEUE = 1;
+/** cols, rows, max_nr_ports, emerg_wr. */
+const CONFIG_SIZE = 12;
+/** Host input held while the guest offers no buffers; beyond this the oldest bytes go. */
+const MAX_PENDING_INPUT = 1 << 20;
+
+export class VirtioConsole implements VirtioDevice {
+  readonly type = VirtioId.CONSOLE;
+  readonly features = 0n;
+  readonly queueSizes = [64, 64];
+  readonly configSize = CONFIG_SIZE;
+  private readonly config = new Uint8Array(CONFIG_SIZE);
+  private active: ActiveQueues | undefined;
+  private pending: Uint8Array[] = [];
+  private pendingBytes = 0;
+  private readonly counters = { bytesIn: 0, bytesOut: 0, inputDropped: 0 };
+
+  constructor(private readonly output: (bytes: Uint8Array) => void, readonly name = 'virtio-console') {}
+
+  readConfig(offset: number, data: Uint8Array): void {
+    readConfigBytes(this.config, offset, data);
+  }
+
+  writeConfig(): void {}
+
+  activate(active: ActiveQueues): void {
+    this.active = active;
+    this.deliverInput();
+  }
+
+  reset(): void {
+    this.active = undefined;
+  }
+
+  /** Host input for the guest (keyboard, a pipe). */
+  input(bytes: Uint8Array): void {
+    this.pending.push(bytes.slice());
+    this.pendingBytes += bytes.length;
+    while (this.pendingBytes > MAX_PENDING_INPUT) {
+      const dropped = this.pending.shift()!;
+      this.pendingBytes -= dropped.length;
+      this.counters.inputDropped += dropped.length;
+    }
+    this.deliverInput();
+  }
+
+  queueNotify(index: number): void {
+    if (index === RECEIVE_QUEUE) this.deliverInput();
+    else if (index === TRANSMIT_QUEUE) this.transmit();
+  }
+
+  private transmit(): void {
+    const active = this.active;
+    if (!active) return;
+    drainQueue(active, TRANSMIT_QUEUE, (chain) => {
+      const bytes = readStream(active.memory, chain.readable, 0, totalLength(chain.readable));
+      if (bytes?.length) {
+        this.counters.bytesOut += bytes.length;
+        this.output(bytes);
+      }
+      completeChain(active, TRANSMIT_QUEUE, chain.head, 0);
+    });
+  }
+
+  /** Moves pending input into receive buffers while there are both. */
+  private deliverInput(): void {
+    const active = this.active;
+    const q = active?.queues[RECEIVE_QUEUE];
+    if (!active || !q?.ready || this.pendingBytes === 0) return;
+    const data = Buffer.concat(this.pending);
+    let used = 0;
+    drainQueue(active, RECEIVE_QUEUE, (chain) => {
+      if (used === data.length) return false; // keep the buffer for later input
+      const n = writeStream(active.memory, chain.writable, 0, data.subarray(used));
+      used += n;
+      completeChain(active, RECEIVE_QUEUE, chain.head, n);
+    });
+    this.pending = used < data.length ? [data.subarray(used)] : [];
+    this.pendingBytes = data.length - used;
+    this.counters.bytesIn += used;
+  }
+
+  stats(): Record<string, number> {
+    return { ...this.counters, pendingInput: this.pendingBytes };
+  }
+
+  async close(): Promise<void> {
+    this.active = undefined;
+  }
+}

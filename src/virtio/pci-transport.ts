@@ -1,0 +1,344 @@
+// virtio over PCI, modern interface only (virtio 1.x, "Virtio Over PCI Bus"): the
+// vendor capabilities that point into BAR 0, the common configuration registers
+// (feature negotiation, device status, queue setup), the ISR, the notification
+// area and MSI-X. Any VirtioDevice plugs in; the device never sees PCI.
+//
+// Queue kicks arrive two ways, both counted: a write to the notification area that
+// exits to the VMM, or, when an ioeventfd is registered for it, an eventfd KVM
+// signals without an exit. Interrupts go out as MSI-X vectors (through irqfd or
+// KVM_SIGNAL_MSI, the sink decides) or, before the driver enables MSI-X, as INTx.
+import type { BusDevice, IrqLine } from '../devices/bus.js';
+import { ConfigSpace, PCI_CAP_ID_VNDR } from '../devices/pci/config-space.js';
+import type { PciBar, PciDevice } from '../devices/pci/device.js';
+import { Msix, type MsiSink } from '../devices/pci/msix.js';
+import type { GuestMemory } from '../memory/guest-memory.js';
+import { bit, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1, type VirtioDevice } from './device.js';
+import { QueueError, SplitQueue } from './queue.js';
+
+export const VIRTIO_PCI_VENDOR = 0x1af4;
+const MODERN_DEVICE_ID_BASE = 0x1040;
+const NO_VECTOR = 0xffff;
+
+export const Status = { ACKNOWLEDGE: 1, DRIVER: 2, DRIVER_OK: 4, FEATURES_OK: 8, NEEDS_RESET: 0x40, FAILED: 0x80 } as const;
+
+const CapType = { COMMON: 1, NOTIFY: 2, ISR: 3, DEVICE: 4 } as const;
+
+/** BAR 0 layout: one page per structure. */
+const COMMON_OFFSET = 0x0000;
+const COMMON_SIZE = 0x38;
+const ISR_OFFSET = 0x1000;
+const DEVICE_OFFSET = 0x2000;
+const NOTIFY_OFFSET = 0x3000;
+const NOTIFY_MULTIPLIER = 4;
+const MSIX_TABLE_OFFSET = 0x4000;
+const MSIX_PBA_OFFSET = 0x6000;
+const BAR0_SIZE = 0x8000;
+
+/** PCI class codes Linux shows for each device type (as QEMU's devices do). */
+const CLASS_BY_TYPE: Record<number, number> = { 1: 0x020000, 2: 0x010000, 3: 0x078000, 4: 0x00ff00 };
+
+/** Common configuration register offsets. */
+const C = {
+  DEVICE_FEATURE_SELECT: 0x00,
+  DEVICE_FEATURE: 0x04,
+  DRIVER_FEATURE_SELECT: 0x08,
+  DRIVER_FEATURE: 0x0c,
+  MSIX_CONFIG: 0x10,
+  NUM_QUEUES: 0x12,
+  DEVICE_STATUS: 0x14,
+  CONFIG_GENERATION: 0x15,
+  QUEUE_SELECT: 0x16,
+  QUEUE_SIZE: 0x18,
+  QUEUE_MSIX_VECTOR: 0x1a,
+  QUEUE_ENABLE: 0x1c,
+  QUEUE_NOTIFY_OFF: 0x1e,
+  QUEUE_DESC: 0x20,
+  QUEUE_DRIVER: 0x28,
+  QUEUE_DEVICE: 0x30,
+} as const;
+
+/** Registers an ioeventfd for a guest address and calls back on each kick; returns an undo. */
+export type IoEventRegistrar = (addr: number, len: number, onKick: () => void) => () => void;
+
+export interface VirtioPciEnv {
+  memory: GuestMemory;
+  msi: MsiSink;
+  /** Absent: every kick is an exit. */
+  ioevents?: IoEventRegistrar;
+}
+
+export interface TransportCounters {
+  /** Queue kicks that exited to the VMM. */
+  notifyExits: number;
+  /** Queue kicks that arrived through an ioeventfd, with no exit. */
+  notifyEventfds: number;
+  interruptsMsix: number;
+  interruptsIntx: number;
+  needsReset: number;
+}
+
+export class VirtioPciDevice implements PciDevice {
+  readonly name: string;
+  readonly config: ConfigSpace;
+  readonly bars: readonly PciBar[];
+  readonly counters: TransportCounters = { notifyExits: 0, notifyEventfds: 0, interruptsMsix: 0, interruptsIntx: 0, needsReset: 0 };
+  /** Why the device last set DEVICE_NEEDS_RESET. */
+  lastFailure: string | undefined;
+  private readonly queues: SplitQueue[];
+  private readonly queueVectors: number[];
+  private readonly msix: Msix;
+  private readonly offered: bigint;
+  private intx: IrqLine = { set: () => {} };
+  private deviceFeatureSelect = 0;
+  private driverFeatureSelect = 0;
+  private driverFeatures = 0n;
+  private configVector = NO_VECTOR;
+  private status = 0;
+  private generation = 0;
+  private queueSelect = 0;
+  private isr = 0;
+  private undoIoevents: (() => void)[] = [];
+
+  constructor(readonly device: VirtioDevice, private readonly env: VirtioPciEnv) {
+    this.name = device.name;
+    this.offered = device.features | bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_F_RING_INDIRECT_DESC) | bit(VIRTIO_F_RING_EVENT_IDX);
+    this.queues = device.queueSizes.map((n) => new SplitQueue(n));
+    this.queueVectors = this.queues.map(() => NO_VECTOR);
+    this.config = new ConfigSpace({
+      vendor: VIRTIO_PCI_VENDOR,
+      device: MODERN_DEVICE_ID_BASE + device.type,
+      classCode: CLASS_BY_TYPE[device.type] ?? 0xff0000,
+      revision: 1,
+      subsystemVendor: VIRTIO_PCI_VENDOR,
+      subsystem: MODERN_DEVICE_ID_BASE + device.type,
+      interruptPin: 1,
+    });
+    // One vector for configuration changes, one per queue.
+    this.msix = new Msix(this.queues.length + 1, env.msi);
+    if (this.msix.tableSize > MSIX_PBA_OFFSET - MSIX_TABLE_OFFSET) throw new Error(`${device.name}: too many queues`);
+    this.addVirtioCap(CapType.COMMON, COMMON_OFFSET, COMMON_SIZE);
+    this.addVirtioCap(CapType.ISR, ISR_OFFSET, 1);
+    if (device.configSize) this.addVirtioCap(CapType.DEVICE, DEVICE_OFFSET, device.configSize);
+    this.addVirtioCap(CapType.NOTIFY, NOTIFY_OFFSET, NOTIFY_MULTIPLIER * this.queues.length, NOTIFY_MULTIPLIER);
+    this.msix.addCapability(this.config, 0, MSIX_TABLE_OFFSET, 0, MSIX_PBA_OFFSET);
+    this.bars = [{ index: 0, kind: 'memory', size: BAR0_SIZE, region: this.bar0 }];
+  }
+
+  /** struct virtio_pci_cap (+ notify_off_multiplier for the notify capability). */
+  private addVirtioCap(type: number, offset: number, length: number, multiplier?: number): void {
+    const body = new Uint8Array(multiplier === undefined ? 14 : 18);
+    const v = new DataView(body.buffer);
+    body[0] = body.length + 2; // cap_len counts the ID and next bytes
+    body[1] = type;
+    body[2] = 0; // BAR 0
+    v.setUint32(6, offset, true);
+    v.setUint32(10, length, true);
+    if (multiplier !== undefined) v.setUint32(14, multiplier, true);
+    this.config.addCapability(PCI_CAP_ID_VNDR, body);
+  }
+
+  plugged(intx: IrqLine): void {
+    this.intx = intx;
+  }
+
+  configWritten(offset: number, length: number): void {
+    this.msix.configWritten(offset, length);
+  }
+
+  /** With the BAR placed, queue kicks can bypass the VMM through ioeventfds. */
+  barMapped(index: number, address: number | undefined): void {
+    if (index !== 0 || !this.env.ioevents) return;
+    for (const undo of this.undoIoevents) undo();
+    this.undoIoevents = [];
+    if (address === undefined) return;
+    this.queues.forEach((_, q) => {
+      this.undoIoevents.push(this.env.ioevents!(address + NOTIFY_OFFSET + q * NOTIFY_MULTIPLIER, 2, () => this.kick(q, true)));
+    });
+  }
+
+  private kick(q: number, viaEventfd: boolean): void {
+    if (viaEventfd) this.counters.notifyEventfds++;
+    else this.counters.notifyExits++;
+    if (!(this.status & Status.DRIVER_OK) || this.status & Status.NEEDS_RESET) return;
+    if (q < this.queues.length) this.device.queueNotify(q);
+  }
+
+  // -- BAR 0 -----------------------------------------------------------------
+
+  private readonly bar0: BusDevice = {
+    name: 'virtio-pci-bar0',
+    read: (offset, data) => {
+      if (offset < COMMON_OFFSET + 0x1000) return this.readCommon(offset - COMMON_OFFSET, data);
+      if (offset < ISR_OFFSET + 0x1000) return this.readIsr(offset - ISR_OFFSET, data);
+      if (offset < DEVICE_OFFSET + 0x1000) return this.device.readConfig(offset - DEVICE_OFFSET, data);
+      if (offset >= MSIX_TABLE_OFFSET && offset < MSIX_PBA_OFFSET) return this.msix.tableRegion.read(offset - MSIX_TABLE_OFFSET, data);
+      if (offset >= MSIX_PBA_OFFSET) return this.msix.pbaRegion.read(offset - MSIX_PBA_OFFSET, data);
+      data.fill(0);
+    },
+    write: (offset, data) => {
+      if (offset < COMMON_OFFSET + 0x1000) return this.writeCommon(offset - COMMON_OFFSET, data);
+      if (offset < ISR_OFFSET + 0x1000) return;
+      if (offset < DEVICE_OFFSET + 0x1000) return this.device.writeConfig(offset - DEVICE_OFFSET, data);
+      if (offset < NOTIFY_OFFSET + 0x1000) return this.kick(Math.floor((offset - NOTIFY_OFFSET) / NOTIFY_MULTIPLIER), false);
+      if (offset < MSIX_PBA_OFFSET) return this.msix.tableRegion.write(offset - MSIX_TABLE_OFFSET, data);
+    },
+  };
+
+  /** Reading the ISR returns and clears it, and drops INTx. */
+  private readIsr(offset: number, data: Uint8Array): void {
+    data.fill(0);
+    if (offset !== 0) return;
+    data[0] = this.isr;
+    this.isr = 0;
+    this.intx.set(false);
+  }
+
+  private get selected(): SplitQueue | undefined {
+    return this.queues[this.queueSelect];
+  }
+
+  /** The common configuration structure as the driver would read it now. */
+  private commonSnapshot(): DataView {
+    const v = new DataView(new ArrayBuffer(COMMON_SIZE));
+    const q = this.selected;
+    const featureWord = (features: bigint, select: number): number => (select < 2 ? Number((features >> BigInt(32 * select)) & 0xffffffffn) : 0);
+    v.setUint32(C.DEVICE_FEATURE_SELECT, this.deviceFeatureSelect, true);
+    v.setUint32(C.DEVICE_FEATURE, featureWord(this.offered, this.deviceFeatureSelect), true);
+    v.setUint32(C.DRIVER_FEATURE_SELECT, this.driverFeatureSelect, true);
+    v.setUint32(C.DRIVER_FEATURE, featureWord(this.driverFeatures, this.driverFeatureSelect), true);
+    v.setUint16(C.MSIX_CONFIG, this.configVector, true);
+    v.setUint16(C.NUM_QUEUES, this.queues.length, true);
+    v.setUint8(C.DEVICE_STATUS, this.status);
+    v.setUint8(C.CONFIG_GENERATION, this.generation & 0xff);
+    v.setUint16(C.QUEUE_SELECT, this.queueSelect, true);
+    if (q) {
+      v.setUint16(C.QUEUE_SIZE, q.size, true);
+      v.setUint16(C.QUEUE_MSIX_VECTOR, this.queueVectors[this.queueSelect]!, true);
+      v.setUint16(C.QUEUE_ENABLE, q.ready ? 1 : 0, true);
+      v.setUint16(C.QUEUE_NOTIFY_OFF, this.queueSelect, true);
+      v.setBigUint64(C.QUEUE_DESC, BigInt(q.descTable), true);
+      v.setBigUint64(C.QUEUE_DRIVER, BigInt(q.availRing), true);
+      v.setBigUint64(C.QUEUE_DEVICE, BigInt(q.usedRing), true);
+    }
+    return v;
+  }
+
+  private readCommon(offset: number, data: Uint8Array): void {
+    const v = this.commonSnapshot();
+    for (let i = 0; i < data.length; i++) data[i] = offset + i < COMMON_SIZE ? v.getUint8(offset + i) : 0;
+  }
+
+  /**
+   * Writes of any width: the bytes are laid over the current register values, then
+   * each register the write touched takes its new value.
+   */
+  private writeCommon(offset: number, data: Uint8Array): void {
+    if (offset >= COMMON_SIZE) return;
+    const v = this.commonSnapshot();
+    const end = Math.min(offset + data.length, COMMON_SIZE);
+    for (let i = offset; i < end; i++) v.setUint8(i, data[i - offset]!);
+    const touches = (reg: number, size: number): boolean => offset < reg + size && end > reg;
+    const q = this.selected;
+    const queueWritable = q !== undefined && !q.ready && !(this.status & Status.DRIVER_OK);
+    if (touches(C.DEVICE_FEATURE_SELECT, 4)) this.deviceFeatureSelect = v.getUint32(C.DEVICE_FEATURE_SELECT, true);
+    if (touches(C.DRIVER_FEATURE_SELECT, 4)) this.driverFeatureSelect = v.getUint32(C.DRIVER_FEATURE_SELECT, true);
+    if (touches(C.DRIVER_FEATURE, 4) && this.driverFeatureSelect < 2 && !(this.status & Status.FEATURES_OK)) {
+      const shift = BigInt(32 * this.driverFeatureSelect);
+      const word = BigInt(v.getUint32(C.DRIVER_FEATURE, true));
+      this.driverFeatures = (this.driverFeatures & ~(0xffffffffn << shift)) | (word << shift);
+    }
+    if (touches(C.MSIX_CONFIG, 2)) this.configVector = this.checkVector(v.getUint16(C.MSIX_CONFIG, true));
+    if (touches(C.QUEUE_SELECT, 2)) this.queueSelect = v.getUint16(C.QUEUE_SELECT, true);
+    else if (q) {
+      if (touches(C.QUEUE_MSIX_VECTOR, 2)) this.queueVectors[this.queueSelect] = this.checkVector(v.getUint16(C.QUEUE_MSIX_VECTOR, true));
+      if (queueWritable) {
+        if (touches(C.QUEUE_SIZE, 2)) q.size = v.getUint16(C.QUEUE_SIZE, true);
+        if (touches(C.QUEUE_DESC, 8)) q.descTable = Number(v.getBigUint64(C.QUEUE_DESC, true));
+        if (touches(C.QUEUE_DRIVER, 8)) q.availRing = Number(v.getBigUint64(C.QUEUE_DRIVER, true));
+        if (touches(C.QUEUE_DEVICE, 8)) q.usedRing = Number(v.getBigUint64(C.QUEUE_DEVICE, true));
+        if (touches(C.QUEUE_ENABLE, 2) && v.getUint16(C.QUEUE_ENABLE, true) === 1) q.ready = true;
+      }
+    }
+    if (touches(C.DEVICE_STATUS, 1)) this.writeStatus(v.getUint8(C.DEVICE_STATUS));
+  }
+
+  /** A vector the device does not have reads back as NO_VECTOR, which tells the driver the mapping failed. */
+  private checkVector(vector: number): number {
+    return vector < this.msix.vectors ? vector : NO_VECTOR;
+  }
+
+  private writeStatus(value: number): void {
+    if (value === 0) return this.reset();
+    const rising = value & ~this.status;
+    let next = value | (this.status & Status.NEEDS_RESET);
+    if (rising & Status.FEATURES_OK && !this.featuresAcceptable()) next &= ~Status.FEATURES_OK;
+    this.status = next;
+    if (rising & Status.DRIVER_OK && next & Status.FEATURES_OK) this.activate();
+  }
+
+  /** The driver may accept only what was offered, and must speak virtio 1.x. */
+  private featuresAcceptable(): boolean {
+    return (this.driverFeatures & ~this.offered) === 0n && (this.driverFeatures & bit(VIRTIO_F_VERSION_1)) !== 0n;
+  }
+
+  private activate(): void {
+    const eventIdx = (this.driverFeatures & bit(VIRTIO_F_RING_EVENT_IDX)) !== 0n;
+    try {
+      for (const q of this.queues) {
+        q.eventIdx = eventIdx;
+        if (q.ready) q.validate(this.env.memory);
+      }
+    } catch (e) {
+      if (!(e instanceof QueueError)) throw e;
+      return this.fail(e.message);
+    }
+    this.device.activate({
+      memory: this.env.memory,
+      queues: this.queues,
+      features: this.driverFeatures,
+      interrupt: { queue: (q) => this.interrupt(this.queueVectors[q] ?? NO_VECTOR, 1), configChanged: () => this.configChanged() },
+      fail: (reason) => this.fail(reason),
+    });
+  }
+
+  /** The driver broke the rules: stop the device and tell the driver it needs a reset. */
+  private fail(reason: string): void {
+    if (this.status & Status.NEEDS_RESET) return;
+    this.lastFailure = reason;
+    this.counters.needsReset++;
+    this.status |= Status.NEEDS_RESET;
+    this.configChanged();
+  }
+
+  private configChanged(): void {
+    this.generation++;
+    this.interrupt(this.configVector, 2);
+  }
+
+  private interrupt(vector: number, isrBit: number): void {
+    if (this.msix.enabled) {
+      if (vector !== NO_VECTOR && this.msix.raise(vector)) this.counters.interruptsMsix++;
+      return;
+    }
+    this.isr |= isrBit;
+    this.counters.interruptsIntx++;
+    this.intx.set(true);
+  }
+
+  private reset(): void {
+    this.device.reset();
+    for (const q of this.queues) q.reset();
+    this.queueVectors.fill(NO_VECTOR);
+    this.configVector = NO_VECTOR;
+    this.status = 0;
+    this.driverFeatures = 0n;
+    this.deviceFeatureSelect = this.driverFeatureSelect = this.queueSelect = 0;
+    this.isr = 0;
+    this.intx.set(false);
+    // MSI-X enable and the vector table are PCI state: a virtio reset leaves them.
+  }
+
+  stats(): Record<string, number> {
+    return { ...this.counters, msixDeferred: this.msix.deferred, ...this.device.stats() };
+  }
+}

@@ -1,0 +1,162 @@
+// The split virtqueue (virtio 1.x, "Split Virtqueues"): the descriptor table, the
+// available ring the driver fills and the used ring the device fills, all in guest
+// memory. One implementation serves every device.
+//
+// The guest is untrusted: every index is checked against the queue size, every
+// buffer against guest RAM, chains are walked at most queue-size hops, nested
+// indirect tables are refused. A driver that breaks these rules gets QueueError,
+// which the transport turns into DEVICE_NEEDS_RESET.
+import type { GuestMemory } from '../memory/guest-memory.js';
+import type { DescriptorChain, Segment } from './chain.js';
+
+export const VIRTQ_DESC_F_NEXT = 1;
+export const VIRTQ_DESC_F_WRITE = 2;
+export const VIRTQ_DESC_F_INDIRECT = 4;
+export const VIRTQ_AVAIL_F_NO_INTERRUPT = 1;
+export const VIRTQ_USED_F_NO_NOTIFY = 1;
+export const DESC_SIZE = 16;
+export const USED_ELEM_SIZE = 8;
+export const MAX_QUEUE_SIZE = 32768;
+/** Guest addresses above this cannot be guest RAM and would lose precision as numbers. */
+const MAX_ADDR_HIGH = 2 ** 21;
+
+export class QueueError extends Error {
+  override name = 'QueueError';
+}
+
+export class SplitQueue {
+  /** The size the driver chose (a power of two, at most maxSize). */
+  size: number;
+  ready = false;
+  descTable = 0;
+  availRing = 0;
+  usedRing = 0;
+  /** VIRTIO_F_RING_EVENT_IDX was negotiated. */
+  eventIdx = false;
+  private lastAvail = 0;
+  private nextUsed = 0;
+  /** The used index at the last interrupt decision (EVENT_IDX). */
+  private signalledUsed = 0;
+
+  constructor(readonly maxSize: number) {
+    if (!isPowerOfTwo(maxSize) || maxSize > MAX_QUEUE_SIZE) throw new Error(`bad virtqueue size ${maxSize}`);
+    this.size = maxSize;
+  }
+
+  reset(): void {
+    this.size = this.maxSize;
+    this.ready = false;
+    this.descTable = this.availRing = this.usedRing = 0;
+    this.eventIdx = false;
+    this.lastAvail = this.nextUsed = this.signalledUsed = 0;
+  }
+
+  /** Checks the driver's size and ring placement before first use. */
+  validate(mem: GuestMemory): void {
+    const n = this.size;
+    if (!isPowerOfTwo(n) || n > this.maxSize) throw new QueueError(`queue size ${n} is not a power of two up to ${this.maxSize}`);
+    checkArea(mem, 'descriptor table', this.descTable, DESC_SIZE * n, 16);
+    checkArea(mem, 'available ring', this.availRing, 6 + 2 * n, 2);
+    checkArea(mem, 'used ring', this.usedRing, 6 + USED_ELEM_SIZE * n, 4);
+  }
+
+  /** The next chain the driver made available, or undefined when there is none. */
+  pop(mem: GuestMemory): DescriptorChain | undefined {
+    const availIdx = mem.loadU16Acquire(this.availRing + 2);
+    const pending = (availIdx - this.lastAvail) & 0xffff;
+    if (pending === 0) return undefined;
+    if (pending > this.size) throw new QueueError(`available index ${availIdx} is ${pending} entries ahead of the device (queue size ${this.size})`);
+    const head = mem.readU16(this.availRing + 4 + 2 * (this.lastAvail % this.size));
+    this.lastAvail = (this.lastAvail + 1) & 0xffff;
+    return this.readChain(mem, head);
+  }
+
+  /** Puts the last popped chain back: the device could not use it yet. */
+  unpop(): void {
+    this.lastAvail = (this.lastAvail - 1) & 0xffff;
+  }
+
+  /** Walks one chain, following at most one indirect table, in at most `size` descriptors. */
+  private readChain(mem: GuestMemory, head: number): DescriptorChain {
+    if (head >= this.size) throw new QueueError(`chain head ${head} is outside the descriptor table (size ${this.size})`);
+    const readable: Segment[] = [];
+    const writable: Segment[] = [];
+    let table = this.descTable;
+    let tableSize = this.size;
+    let index = head;
+    let indirect = false;
+    for (let seen = 0; ; ) {
+      if (++seen > this.size) throw new QueueError(`chain at ${head} is longer than the queue (a loop?)`);
+      const d = table + index * DESC_SIZE;
+      const lo = mem.readU32(d);
+      const hi = mem.readU32(d + 4);
+      const len = mem.readU32(d + 8);
+      const flags = mem.readU16(d + 12);
+      const next = mem.readU16(d + 14);
+      if (hi >= MAX_ADDR_HIGH) throw new QueueError(`descriptor ${index} points outside guest RAM`);
+      const addr = hi * 2 ** 32 + lo;
+      if (flags & VIRTQ_DESC_F_INDIRECT) {
+        if (indirect) throw new QueueError('an indirect table holds another indirect descriptor');
+        if (flags & VIRTQ_DESC_F_NEXT) throw new QueueError('an indirect descriptor also has NEXT set');
+        if (len === 0 || len % DESC_SIZE !== 0) throw new QueueError(`indirect table length ${len} is not a non-zero multiple of ${DESC_SIZE}`);
+        if (!mem.contains(addr, len)) throw new QueueError(`indirect table at 0x${addr.toString(16)} is outside guest RAM`);
+        indirect = true;
+        table = addr;
+        tableSize = len / DESC_SIZE;
+        index = 0;
+        continue;
+      }
+      if (!mem.contains(addr, len)) throw new QueueError(`buffer [0x${addr.toString(16)}, +${len}) is outside guest RAM`);
+      if (flags & VIRTQ_DESC_F_WRITE) writable.push({ addr, len });
+      else if (writable.length) throw new QueueError('a device-readable buffer follows a device-writable one');
+      else readable.push({ addr, len });
+      if (!(flags & VIRTQ_DESC_F_NEXT)) break;
+      if (next >= tableSize) throw new QueueError(`descriptor ${index} links to ${next}, outside its table (size ${tableSize})`);
+      index = next;
+    }
+    return { head, readable, writable };
+  }
+
+  /** Returns a chain to the driver, saying how many bytes the device wrote into it. */
+  pushUsed(mem: GuestMemory, head: number, written: number): void {
+    const elem = this.usedRing + 4 + USED_ELEM_SIZE * (this.nextUsed % this.size);
+    mem.writeU32(elem, head);
+    mem.writeU32(elem + 4, written);
+    this.nextUsed = (this.nextUsed + 1) & 0xffff;
+    // The entry must be visible before the index that publishes it.
+    mem.storeU16Release(this.usedRing + 2, this.nextUsed);
+  }
+
+  /** Whether the driver wants an interrupt for what was used since the last time this said yes. */
+  needsInterrupt(mem: GuestMemory): boolean {
+    if (!this.eventIdx) return !(mem.readU16(this.availRing) & VIRTQ_AVAIL_F_NO_INTERRUPT);
+    const usedEvent = mem.loadU16Acquire(this.availRing + 4 + 2 * this.size);
+    const old = this.signalledUsed;
+    this.signalledUsed = this.nextUsed;
+    return ((this.nextUsed - usedEvent - 1) & 0xffff) < ((this.nextUsed - old) & 0xffff);
+  }
+
+  /** Asks the driver not to notify while the device is already working through the ring. */
+  disableNotifications(mem: GuestMemory): void {
+    if (!this.eventIdx) mem.storeU16Release(this.usedRing, VIRTQ_USED_F_NO_NOTIFY);
+  }
+
+  /**
+   * Asks the driver to notify for the next buffer; returns true when buffers arrived
+   * meanwhile (the caller must then go on, or it would wait for a kick that never comes).
+   */
+  enableNotifications(mem: GuestMemory): boolean {
+    if (this.eventIdx) mem.storeU16Release(this.usedRing + 4 + USED_ELEM_SIZE * this.size, this.lastAvail);
+    else mem.storeU16Release(this.usedRing, 0);
+    return mem.loadU16Acquire(this.availRing + 2) !== this.lastAvail;
+  }
+}
+
+function isPowerOfTwo(n: number): boolean {
+  return Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
+}
+
+function checkArea(mem: GuestMemory, what: string, addr: number, len: number, align: number): void {
+  if (addr % align !== 0) throw new QueueError(`${what} at 0x${addr.toString(16)} is not ${align}-byte aligned`);
+  if (!mem.contains(addr, len)) throw new QueueError(`${what} [0x${addr.toString(16)}, +${len}) is outside guest RAM`);
+}
