@@ -1,4 +1,5 @@
 // The tsvisor command line: run, nested, doctor.
+import fs from 'node:fs';
 import { parseArgs } from 'node:util';
 import { FetchError } from '../guest/debian.js';
 import { runNested } from '../nested/nested-host.js';
@@ -9,17 +10,26 @@ import { parseRunArgs } from './run-options.js';
 import { parseSize } from './size.js';
 
 export const USAGE = `usage:
-  tsvisor run [options]             boot a guest (the default guest when no --kernel)
+  tsvisor run [options]             boot a guest (the default guest when no --kernel: Debian's
+                                    kernel, busybox, virtio-rng and a 256 MiB scratch disk)
       --kernel FILE                 bzImage or ELF vmlinux
       --initrd FILE                 initramfs
       --append "CMDLINE"            kernel command line (default guest: "console=ttyS0 quiet panic=-1")
       --memory SIZE, -m SIZE        guest RAM, e.g. 512M or 2G (default 512M)
       --cpus N                      vCPUs (default 1)
       --serial stdio|file:PATH      where the 16550 UART's output goes (default stdio)
+      --console serial|virtio       what stdin/stdout connect to: the UART (ttyS0, default) or a
+                                    virtio-console (hvc0)
+      --drive file=PATH[,format=raw][,if=virtio][,readonly=on][,serial=ID][,cache=writeback|none]
+                                    a raw image on a virtio-blk disk (repeatable; vda, vdb, ...)
+      --device virtio-rng           a virtio entropy device (/dev/hwrng)
+      --ioeventfd on|off            virtio queue kicks without a VM exit (default on)
+      --irqfd on|off                MSI-X interrupts through irqfd, else KVM_SIGNAL_MSI (default on)
       --accel auto|kvm|nested       auto: /dev/kvm if hardware-backed, else the nested KVM host
       --stats                       print exit and device counters when the guest ends
-  tsvisor nested [--memory SIZE] [--cpus N] -- COMMAND [ARGS...]
-                                    run a command inside the nested KVM host
+  tsvisor nested [--memory SIZE] [--cpus N] [--writable DIR]... -- COMMAND [ARGS...]
+                                    run a command inside the nested KVM host (host / read-only,
+                                    each DIR writable at its own path)
   tsvisor doctor [--json] [--quick] report KVM access, its backing, and whether the nested host starts
 exit status of run: 0 guest powered off or rebooted, 1 error, 2 bad usage, 3 guest panicked,
                     4 triple fault or KVM failure, 125 the nested host failed,
@@ -31,15 +41,21 @@ async function nestedCommand(argv: string[]): Promise<number> {
   if (split < 0 || split === argv.length - 1) throw new UsageError('nested needs a command after --');
   let values;
   try {
-    ({ values } = parseArgs({ args: argv.slice(0, split), options: { memory: { type: 'string', short: 'm' }, cpus: { type: 'string' } }, strict: true }));
+    ({ values } = parseArgs({
+      args: argv.slice(0, split),
+      options: { memory: { type: 'string', short: 'm' }, cpus: { type: 'string' }, writable: { type: 'string', multiple: true } },
+      strict: true,
+    }));
   } catch (e) {
     throw new UsageError((e as Error).message.split('\n')[0]!);
   }
   const memoryMiB = values.memory ? Math.floor(parseSize(values.memory, '--memory') / 2 ** 20) : undefined;
   const cpus = values.cpus ? Number(values.cpus) : undefined;
   if (cpus !== undefined && !(Number.isInteger(cpus) && cpus >= 1 && cpus <= 8)) throw new UsageError('--cpus must be 1 to 8');
+  const writable = values.writable ?? [];
+  for (const dir of writable) if (!fs.statSync(dir, { throwIfNoEntry: false })?.isDirectory()) throw new UsageError(`--writable ${dir} is not a directory`);
   const [command, ...args] = argv.slice(split + 1);
-  return runNested({ command: command!, args, memoryMiB, cpus, stdin: 'inherit' });
+  return runNested({ command: command!, args, memoryMiB, cpus, writable, stdin: 'inherit' });
 }
 
 export async function main(argv: string[]): Promise<number> {

@@ -18,9 +18,10 @@ export function defaultGuestCmdline(console: 'serial' | 'virtio'): string {
 
 /**
  * pvpanic-mmio binds the QEMU0001 ACPI device so a panic ends the VM at once; the
- * virtio drivers bind tsvisor's PCI devices; ext4 mounts what the guest makes on them.
+ * virtio drivers bind tsvisor's PCI devices; ext4 (which needs crc32c, loaded by
+ * name at mount time) mounts what the guest makes on them.
  */
-const GUEST_MODULES = ['pvpanic_mmio', 'virtio_pci', 'virtio_blk', 'virtio_rng', 'virtio_console', 'ext4'];
+const GUEST_MODULES = ['pvpanic_mmio', 'virtio_pci', 'virtio_blk', 'virtio_rng', 'virtio_console', 'crc32c_generic', 'ext4'];
 
 const INIT = `#!/bin/busybox sh
 /bin/busybox --install -s

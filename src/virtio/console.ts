@@ -1,6 +1,11 @@
 // virtio-console (virtio 1.x, "Console Device"), single port: the guest's hvc0.
 // Bytes the guest transmits go to the host's output; host input waits in a buffer
 // until the driver offers receive buffers, so nothing typed early is lost.
+//
+// Input is held until the guest first transmits: Linux's driver posts receive
+// buffers before it has registered hvc0, and drops data that lands in between.
+// Without the multiport feature there is no "port open" message; the first
+// output is the sign that the console is up.
 import { readStream, totalLength, writeStream } from './chain.js';
 import { completeChain, drainQueue, readConfigBytes, VirtioId, type ActiveQueues, type VirtioDevice } from './device.js';
 
@@ -18,6 +23,8 @@ export class VirtioConsole implements VirtioDevice {
   readonly configSize = CONFIG_SIZE;
   private readonly config = new Uint8Array(CONFIG_SIZE);
   private active: ActiveQueues | undefined;
+  /** The guest has written to the port since the last reset. */
+  private live = false;
   private pending: Uint8Array[] = [];
   private pendingBytes = 0;
   private readonly counters = { bytesIn: 0, bytesOut: 0, inputDropped: 0 };
@@ -37,6 +44,7 @@ export class VirtioConsole implements VirtioDevice {
 
   reset(): void {
     this.active = undefined;
+    this.live = false;
   }
 
   /** Host input for the guest (keyboard, a pipe). */
@@ -67,13 +75,17 @@ export class VirtioConsole implements VirtioDevice {
       }
       completeChain(active, TRANSMIT_QUEUE, chain.head, 0);
     });
+    if (!this.live) {
+      this.live = true;
+      this.deliverInput();
+    }
   }
 
   /** Moves pending input into receive buffers while there are both. */
   private deliverInput(): void {
     const active = this.active;
     const q = active?.queues[RECEIVE_QUEUE];
-    if (!active || !q?.ready || this.pendingBytes === 0) return;
+    if (!active || !q?.ready || !this.live || this.pendingBytes === 0) return;
     const data = Buffer.concat(this.pending);
     let used = 0;
     drainQueue(active, RECEIVE_QUEUE, (chain) => {

@@ -1,9 +1,12 @@
 // Boots Debian's kernel under tsvisor with real drivers and a real shell. All
 // scenarios share one nested KVM host (or run directly on hardware KVM).
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import readline from 'node:readline';
-import { before, test } from 'node:test';
+import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { defaultGuest, USERSPACE_BANNER } from '../../src/guest/default-guest.js';
 import { kvmBacking } from '../../src/vmm/accel.js';
@@ -12,6 +15,9 @@ import { SCENARIOS as ALL_SCENARIOS, type ScenarioResult } from '../support/boot
 const BIN = fileURLToPath(new URL('../../../bin/tsvisor.js', import.meta.url));
 const SCENARIO_SCRIPT = fileURLToPath(new URL('../support/boot-scenarios.js', import.meta.url));
 const results = new Map<string, ScenarioResult>();
+/** Host directory for the scenarios' disk images, shared writable with the nested host. */
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsvisor-it-'));
+after(() => fs.rmSync(dir, { recursive: true, force: true }));
 
 /** No scenario takes this long; past it the nested host is presumed wedged. */
 const STALL_MS = 6 * 60_000;
@@ -24,8 +30,8 @@ const ATTEMPTS = 3;
 function runScenarios(kernel: string, initrd: string, names: string[]): Promise<{ stderr: string; stalled: boolean }> {
   const script = [SCENARIO_SCRIPT, kernel, initrd, ...names];
   const [cmd, args] =
-    kvmBacking() === 'hardware' ? [process.execPath, script] : [process.execPath, [BIN, 'nested', '--', process.execPath, ...script]];
-  const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    kvmBacking() === 'hardware' ? [process.execPath, script] : [process.execPath, [BIN, 'nested', '--writable', dir, '--', process.execPath, ...script]];
+  const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, TSVISOR_TEST_DIR: dir } });
   let stderr = '';
   let stalled = false;
   let timer: NodeJS.Timeout;
@@ -110,4 +116,87 @@ test('a kernel that panics while booting exits 3 with the panic text', () => {
   const r = result('early-panic');
   assert.equal(r.status, 3, r.stderr + r.console.slice(-3000));
   assert.ok(r.console.includes('Kernel panic - not syncing'), r.console.slice(-2000));
+});
+
+/** A file's bytes out of an ext2 image, read on the host with e2fsprogs' debugfs. */
+function debugfsCat(image: string, file: string): string {
+  const r = spawnSync('debugfs', ['-R', `cat ${file}`, image], { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  return r.stdout;
+}
+
+test('virtio: the guest\'s stock drivers bind every device, with the right IDs on PCI and on the virtio bus', () => {
+  const r = result('virtio-devices');
+  assert.equal(r.status, 0, r.stderr + r.console.slice(-3000));
+  // virtio device IDs: 2 block (twice), 4 entropy, 3 console.
+  assert.equal((r.console.match(/vdev 0x0002 virtio_blk/g) ?? []).length, 2, r.console.slice(-4000));
+  assert.match(r.console, /vdev 0x0004 virtio_rng/);
+  assert.match(r.console, /vdev 0x0003 virtio_console/);
+  assert.match(r.console, /pci 0x1b36:0x0008 class=0x060000/);
+  assert.match(r.console, /pci 0x1af4:0x1042 class=0x010000/);
+  assert.match(r.console, /pci 0x1af4:0x1044 class=0x00ff00/);
+  assert.match(r.console, /pci 0x1af4:0x1043 class=0x078000/);
+  assert.match(r.console, /serial=tsv-data/);
+  assert.match(r.console, /hwrng=4096/);
+});
+
+test('virtio-console: the shell runs on hvc0 and its output reaches stdout', () => {
+  const r = result('virtio-devices');
+  assert.match(r.console, /\/dev\/hvc0/);
+  assert.ok(r.console.includes(USERSPACE_BANNER));
+});
+
+test('virtio-blk: a filesystem the guest made and filled is in the host file, readable by debugfs and clean for e2fsck', () => {
+  const r = result('virtio-devices');
+  assert.ok(r.console.includes('FS-2'), r.console.slice(-3000));
+  const image = path.join(dir, 'data.img');
+  assert.equal(debugfsCat(image, '/hello.txt'), 'hello from the guest\n');
+  const numbers = Array.from({ length: 20000 }, (_, i) => `${i + 1}\n`).join('');
+  assert.equal(debugfsCat(image, '/numbers.txt'), numbers);
+  const fsck = spawnSync('e2fsck', ['-fn', image], { encoding: 'utf8' });
+  assert.equal(fsck.status, 0, fsck.stdout + fsck.stderr);
+});
+
+test('virtio-blk: a read-only drive refuses writes in the guest and its file is untouched', () => {
+  const r = result('virtio-devices');
+  assert.match(r.console, /ro=1/);
+  assert.match(r.console, /ro-write-status=1/);
+  const ro = fs.readFileSync(path.join(dir, 'ro.img'));
+  assert.ok(ro.every((b) => b === 0));
+});
+
+test('virtio: with ioeventfd and irqfd, queue kicks and interrupts bypass the VMM\'s exit path', () => {
+  const r = result('virtio-devices');
+  const blk = /virtio-blk0: notifyExits=(\d+) notifyEventfds=(\d+) interruptsMsix=(\d+) interruptsIntx=(\d+)/.exec(r.stderr);
+  assert.ok(blk, r.stderr);
+  assert.equal(Number(blk[1]), 0, 'no kick exited');
+  assert.ok(Number(blk[2]) > 100, 'kicks came through the ioeventfd');
+  assert.ok(Number(blk[3]) > 100, 'completions were MSI-X interrupts');
+});
+
+test('virtio-blk: data the guest synced survives tsvisor being killed with SIGKILL', () => {
+  const r = result('crash');
+  assert.equal(r.signal, 'SIGKILL', r.stderr + r.console.slice(-3000));
+  const pattern = Array.from({ length: 100000 }, (_, i) => `${100000 + i}\n`).join('');
+  const image = fs.readFileSync(path.join(dir, 'crash.img'));
+  assert.equal(image.subarray(0, pattern.length).toString(), pattern);
+});
+
+test('virtio-blk: a request past the end of the image fails with an I/O error in the guest, and tsvisor goes on', () => {
+  const r = result('out-of-range');
+  assert.equal(r.status, 0, r.stderr + r.console.slice(-3000));
+  assert.ok(r.console.includes('READ-2'));
+  assert.match(r.console, /I\/O error/);
+  assert.match(r.console, /oor-status=1/);
+  assert.ok(r.console.includes('alive-42'), 'the guest carried on');
+  assert.match(r.stderr, /ioErrors=[1-9]/);
+});
+
+test('virtio: with ioeventfd and irqfd off, every kick is an exit and interrupts still arrive', () => {
+  const r = result('out-of-range');
+  const blk = /virtio-blk0: notifyExits=(\d+) notifyEventfds=(\d+) interruptsMsix=(\d+)/.exec(r.stderr);
+  assert.ok(blk, r.stderr);
+  assert.ok(Number(blk[1]) > 10);
+  assert.equal(Number(blk[2]), 0);
+  assert.ok(Number(blk[3]) > 10);
 });

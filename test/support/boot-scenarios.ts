@@ -2,6 +2,7 @@
 // `SCENARIO <json>` line each. It runs where /dev/kvm is hardware-backed: inside
 // the nested KVM host here, directly on a machine with VT-x/AMD-V.
 // usage: node boot-scenarios.js KERNEL INITRD [SCENARIO...]   (default: all)
+// Disk images go to $TSVISOR_TEST_DIR (a host directory the caller inspects afterwards).
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -11,6 +12,13 @@ import { fileURLToPath } from 'node:url';
 const BIN = fileURLToPath(new URL('../../../bin/tsvisor.js', import.meta.url));
 const [kernel, initrd, ...only] = process.argv.slice(2);
 
+export interface DriveSpec {
+  /** File name inside the test directory; a sparse image of sizeMiB is made fresh. */
+  file: string;
+  sizeMiB: number;
+  options?: string;
+}
+
 export interface Scenario {
   name: string;
   input: string;
@@ -19,11 +27,20 @@ export interface Scenario {
   /** Send the console to a file (--serial file:PATH) instead of stdout. */
   serialFile?: boolean;
   stats?: boolean;
+  drives?: DriveSpec[];
+  args?: string[];
+  /** Type the input only once this appears on the console (as a user at a prompt would). */
+  inputAfter?: string;
+  /** SIGKILL tsvisor as soon as this appears on the console. */
+  killOn?: string;
+  /** When `marker` appears on the console, cut the drive's file down to `sizeMiB` behind tsvisor's back. */
+  truncateOn?: { marker: string; file: string; sizeMiB: number };
 }
 
 export interface ScenarioResult {
   name: string;
   status: number | null;
+  signal: string | null;
   console: string;
   /** What reached stdout (empty when the console went to a file). */
   stdout: string;
@@ -36,7 +53,59 @@ export const SCENARIOS: Scenario[] = [
   { name: 'reboot', input: 'reboot\n', serialFile: true },
   { name: 'sysrq-panic', input: 'echo c > /proc/sysrq-trigger\n' },
   { name: 'early-panic', input: '', append: 'console=ttyS0 quiet panic=-1 rdinit=/no/such/init' },
+  {
+    // The guest's own drivers on every virtio device, a filesystem the host reads back, a read-only
+    // drive, and the shell on hvc0 instead of the UART.
+    name: 'virtio-devices',
+    stats: true,
+    args: ['--console', 'virtio', '--device', 'virtio-rng'],
+    inputAfter: 'Enter \'help\'',
+    append: 'console=ttyS0 console=hvc0 quiet panic=-1',
+    drives: [
+      { file: 'data.img', sizeMiB: 64, options: 'serial=tsv-data' },
+      { file: 'ro.img', sizeMiB: 8, options: 'readonly=on' },
+    ],
+    input: [
+      'tty',
+      'for d in /sys/bus/virtio/devices/*; do echo "vdev $(cat $d/device) $(basename $(readlink $d/driver))"; done',
+      'for f in /sys/bus/pci/devices/*; do echo "pci $(cat $f/vendor):$(cat $f/device) class=$(cat $f/class)"; done',
+      'echo "serial=$(cat /sys/block/vda/serial)"',
+      'echo "hwrng=$(head -c 4096 /dev/hwrng | wc -c)"',
+      'mkdir -p /mnt && mke2fs -q -L tsvdata /dev/vda && mount -t ext2 /dev/vda /mnt',
+      'echo "hello from the guest" > /mnt/hello.txt && seq 1 20000 > /mnt/numbers.txt && sync && umount /mnt && echo FS-$((1+1))',
+      'echo "ro=$(cat /sys/block/vdb/ro)"',
+      'dd if=/dev/zero of=/dev/vdb bs=512 count=1; echo "ro-write-status=$?"',
+      'poweroff',
+      '',
+    ].join('\n'),
+  },
+  {
+    // Data the guest synced is in the image even when tsvisor dies right after.
+    name: 'crash',
+    drives: [{ file: 'crash.img', sizeMiB: 16 }],
+    input: 'seq 100000 199999 > /tmp/pattern && dd if=/tmp/pattern of=/dev/vda bs=4096 conv=fsync 2>/dev/null && sync && echo SYNCED-$((1+1))\nsleep 600\n',
+    killOn: 'SYNCED-2',
+  },
+  {
+    // The exit path (no ioeventfd, KVM_SIGNAL_MSI), and a request beyond the end of the image.
+    name: 'out-of-range',
+    stats: true,
+    args: ['--ioeventfd', 'off', '--irqfd', 'off'],
+    drives: [{ file: 'small.img', sizeMiB: 8 }],
+    input: [
+      'dd if=/dev/vda of=/dev/null bs=4096 count=64 iflag=direct && echo READ-$((1+1))',
+      'echo TRUNCATE-$((1+1)); sleep 3',
+      'dd if=/dev/vda of=/dev/null bs=4096 skip=1800 count=1 iflag=direct; echo "oor-status=$?"',
+      'echo alive-$((6*7))',
+      'poweroff',
+      '',
+    ].join('\n'),
+    truncateOn: { marker: 'TRUNCATE-2', file: 'small.img', sizeMiB: 4 },
+  },
 ];
+
+/** Where scenarios put their disk images. */
+export const testDir = (): string => process.env.TSVISOR_TEST_DIR ?? os.tmpdir();
 
 function runScenario(s: Scenario): Promise<ScenarioResult> {
   const args = ['run', '--accel', 'kvm', '--kernel', kernel!, '--initrd', initrd!, '--memory', '512M', '--cpus', String(s.cpus ?? 1)];
@@ -44,19 +113,41 @@ function runScenario(s: Scenario): Promise<ScenarioResult> {
   const consoleFile = path.join(os.tmpdir(), `${s.name}-console.log`);
   if (s.serialFile) args.push('--serial', `file:${consoleFile}`);
   if (s.stats) args.push('--stats');
+  for (const d of s.drives ?? []) {
+    const file = path.join(testDir(), d.file);
+    fs.rmSync(file, { force: true });
+    fs.writeFileSync(file, '');
+    fs.truncateSync(file, d.sizeMiB * 2 ** 20);
+    args.push('--drive', `file=${file}${d.options ? ',' + d.options : ''}`);
+  }
+  args.push(...(s.args ?? []));
   const t0 = Date.now();
   const child = spawn(process.execPath, [BIN, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
-  child.stdout.on('data', (d) => (out += d));
+  let truncated = false;
+  let typed = false;
+  const type = () => {
+    typed = true;
+    child.stdin.end(s.input);
+  };
+  child.stdout.on('data', (d) => {
+    out += d;
+    if (!typed && s.inputAfter && out.includes(s.inputAfter)) type();
+    if (s.killOn && out.includes(s.killOn)) child.kill('SIGKILL');
+    if (s.truncateOn && !truncated && out.includes(s.truncateOn.marker)) {
+      truncated = true;
+      fs.truncateSync(path.join(testDir(), s.truncateOn.file), s.truncateOn.sizeMiB * 2 ** 20);
+    }
+  });
   child.stderr.on('data', (d) => (err += d));
-  child.stdin.end(s.input);
+  if (!s.inputAfter) type();
   const timer = setTimeout(() => child.kill('SIGKILL'), 240_000);
   return new Promise((resolve) =>
-    child.on('close', (status) => {
+    child.on('close', (status, signal) => {
       clearTimeout(timer);
       const console = s.serialFile ? fs.readFileSync(consoleFile, 'utf8') : out;
-      resolve({ name: s.name, status, console, stdout: out, stderr: err, seconds: (Date.now() - t0) / 1000 });
+      resolve({ name: s.name, status, signal, console, stdout: out, stderr: err, seconds: (Date.now() - t0) / 1000 });
     }),
   );
 }

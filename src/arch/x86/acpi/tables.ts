@@ -84,7 +84,6 @@ const FADT_WBINVD = 1 << 0;
 const FADT_PWR_BUTTON = 1 << 4; // no fixed power button
 const FADT_SLP_BUTTON = 1 << 5; // no fixed sleep button
 const BOOT_ARCH_VGA_NOT_PRESENT = 1 << 2;
-const BOOT_ARCH_MSI_NOT_SUPPORTED = 1 << 3;
 const BOOT_ARCH_ASPM_DISABLED = 1 << 4;
 
 /** FADT revision 6. SMI_CMD is zero: the platform is always in ACPI mode. */
@@ -97,7 +96,7 @@ export function fadt(dsdtAddr: number): Buffer {
   b.writeUInt32LE(PM1A_CNT_BLK, at(64));
   b[at(88)] = PM1_EVT_LEN;
   b[at(89)] = PM1_CNT_LEN;
-  b.writeUInt16LE(BOOT_ARCH_VGA_NOT_PRESENT | BOOT_ARCH_MSI_NOT_SUPPORTED | BOOT_ARCH_ASPM_DISABLED, at(109));
+  b.writeUInt16LE(BOOT_ARCH_VGA_NOT_PRESENT | BOOT_ARCH_ASPM_DISABLED, at(109));
   b.writeUInt32LE(FADT_WBINVD | FADT_PWR_BUTTON | FADT_SLP_BUTTON, at(112));
   b[at(131)] = 1; // FADT minor version: 6.1
   b.writeBigUInt64LE(BigInt(dsdtAddr), at(140));
