@@ -1,0 +1,168 @@
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, test } from 'node:test';
+import { RawImage } from '../../src/backends/raw-image.js';
+import { BlkStatus, BlkType, VirtioBlock } from '../../src/virtio/block.js';
+import type { ActiveQueues } from '../../src/virtio/device.js';
+import { SimDriver, type Buf } from '../support/virtio-driver.js';
+
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsvisor-blk-'));
+after(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+const SECTORS = 64;
+
+function setup(opts: { readOnly?: boolean; serial?: string } = {}) {
+  const file = path.join(dir, `disk-${Math.random().toString(36).slice(2)}.img`);
+  const initial = Buffer.alloc(SECTORS * 512);
+  for (let i = 0; i < initial.length; i++) initial[i] = i % 251;
+  fs.writeFileSync(file, initial);
+  const image = RawImage.open({ path: file, readOnly: opts.readOnly ?? false, cache: 'writeback' });
+  const blk = new VirtioBlock({ name: 'blk', image, serial: opts.serial });
+  const d = new SimDriver(16, true);
+  const events = { interrupts: 0, failures: [] as string[] };
+  const active: ActiveQueues = {
+    memory: d.mem,
+    queues: [d.queue],
+    features: 0n,
+    interrupt: { queue: () => events.interrupts++, configChanged: () => {} },
+    fail: (why) => events.failures.push(why),
+  };
+  blk.activate(active);
+  return { file, blk, d, events };
+}
+
+type Setup = ReturnType<typeof setup>;
+
+/** Posts one request (header, then `data` buffers, then a status byte) and waits for it to complete. */
+async function request(s: Setup, type: number, sector: number, data: Buf[]): Promise<{ status: number; len: number }> {
+  const header = s.d.alloc(16);
+  s.d.mem.writeU32(header, type);
+  s.d.mem.writeU64(header + 8, BigInt(sector));
+  const status = s.d.alloc(1, 0xee);
+  const head = s.d.post([{ addr: header, len: 16 }, ...data, { addr: status, len: 1, write: true }]);
+  s.blk.queueNotify();
+  for (let i = 0; i < 200; i++) {
+    const used = s.d.takeUsed();
+    if (used.length) {
+      assert.equal(used[0]!.id, head);
+      return { status: s.d.mem.readU8(status), len: used[0]!.len };
+    }
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  throw new Error('request never completed');
+}
+
+test('virtio-blk: writes land in the file, reads come from it, byte for byte', async () => {
+  const s = setup();
+  const out = s.d.alloc(1024, 0x5a);
+  assert.deepEqual(await request(s, BlkType.OUT, 3, [{ addr: out, len: 1024 }]), { status: BlkStatus.OK, len: 1 });
+  const file = fs.readFileSync(s.file);
+  assert.ok(file.subarray(3 * 512, 5 * 512).every((b) => b === 0x5a));
+  assert.equal(file[3 * 512 - 1], (3 * 512 - 1) % 251, 'the sector before is untouched');
+  // A read split over two buffers of odd sizes.
+  const a = s.d.alloc(300);
+  const b = s.d.alloc(724);
+  assert.deepEqual(await request(s, BlkType.IN, 2, [{ addr: a, len: 300, write: true }, { addr: b, len: 724, write: true }]), { status: BlkStatus.OK, len: 1025 });
+  const got = Buffer.concat([s.d.mem.read(a, 300), s.d.mem.read(b, 724)]);
+  assert.deepEqual(got, file.subarray(2 * 512, 4 * 512));
+  assert.deepEqual(await request(s, BlkType.FLUSH, 0, []), { status: BlkStatus.OK, len: 1 });
+  await s.blk.close();
+});
+
+test('virtio-blk: out-of-range sectors, partial sectors and unknown types get IOERR or UNSUPP, never touching the file', async () => {
+  const s = setup();
+  const before = fs.readFileSync(s.file);
+  const buf = s.d.alloc(1024, 0x77);
+  assert.equal((await request(s, BlkType.OUT, SECTORS - 1, [{ addr: buf, len: 1024 }])).status, BlkStatus.IOERR);
+  assert.equal((await request(s, BlkType.IN, SECTORS, [{ addr: buf, len: 512, write: true }])).status, BlkStatus.IOERR);
+  assert.equal((await request(s, BlkType.IN, 2 ** 60, [{ addr: buf, len: 512, write: true }])).status, BlkStatus.IOERR);
+  assert.equal((await request(s, BlkType.OUT, 0, [{ addr: buf, len: 100 }])).status, BlkStatus.IOERR);
+  assert.equal((await request(s, 0x7777, 0, [])).status, BlkStatus.UNSUPP);
+  // A discard with flags it must not have, and one with a truncated range list.
+  const range = s.d.alloc(16);
+  s.d.mem.writeU32(range + 12, 1);
+  assert.equal((await request(s, BlkType.DISCARD, 0, [{ addr: range, len: 16 }])).status, BlkStatus.UNSUPP);
+  assert.equal((await request(s, BlkType.DISCARD, 0, [{ addr: range, len: 10 }])).status, BlkStatus.UNSUPP);
+  assert.deepEqual(fs.readFileSync(s.file), before);
+  await s.blk.close();
+});
+
+test('virtio-blk: a request with no status byte or a short header is answered without a crash', async () => {
+  const s = setup();
+  // No writable byte at all: nothing can be reported, the chain just goes back.
+  const header = s.d.alloc(16);
+  const head = s.d.post([{ addr: header, len: 16 }]);
+  s.blk.queueNotify();
+  await new Promise((r) => setTimeout(r, 20));
+  assert.deepEqual(s.d.takeUsed(), [{ id: head, len: 0 }]);
+  // An 8-byte header.
+  const short = s.d.alloc(8);
+  const status = s.d.alloc(1, 0xee);
+  s.d.post([{ addr: short, len: 8 }, { addr: status, len: 1, write: true }]);
+  s.blk.queueNotify();
+  await new Promise((r) => setTimeout(r, 20));
+  assert.equal(s.d.mem.readU8(status), BlkStatus.IOERR);
+  await s.blk.close();
+});
+
+test('virtio-blk: a read-only drive refuses writes, discards and zeroing', async () => {
+  const s = setup({ readOnly: true });
+  const before = fs.readFileSync(s.file);
+  const buf = s.d.alloc(512, 1);
+  assert.equal((await request(s, BlkType.OUT, 0, [{ addr: buf, len: 512 }])).status, BlkStatus.IOERR);
+  const range = s.d.alloc(16);
+  s.d.mem.writeU32(range + 8, 1);
+  assert.equal((await request(s, BlkType.WRITE_ZEROES, 0, [{ addr: range, len: 16 }])).status, BlkStatus.IOERR);
+  assert.equal((await request(s, BlkType.IN, 0, [{ addr: buf, len: 512, write: true }])).status, BlkStatus.OK);
+  assert.deepEqual(fs.readFileSync(s.file), before);
+  await s.blk.close();
+});
+
+test('virtio-blk: GET_ID returns the serial; WRITE_ZEROES and DISCARD leave zeros', async () => {
+  const s = setup({ serial: 'tsv-1' });
+  const id = s.d.alloc(20, 0xff);
+  assert.equal((await request(s, BlkType.GET_ID, 0, [{ addr: id, len: 20, write: true }])).status, BlkStatus.OK);
+  assert.equal(Buffer.from(s.d.mem.read(id, 20)).toString('latin1'), 'tsv-1' + '\0'.repeat(15));
+  const range = s.d.alloc(32);
+  s.d.mem.writeU64(range, 4n);
+  s.d.mem.writeU32(range + 8, 2);
+  s.d.mem.writeU32(range + 12, 0);
+  s.d.mem.writeU64(range + 16, 10n);
+  s.d.mem.writeU32(range + 24, 1);
+  s.d.mem.writeU32(range + 28, 1); // unmap allowed
+  assert.equal((await request(s, BlkType.WRITE_ZEROES, 0, [{ addr: range, len: 32 }])).status, BlkStatus.OK);
+  const discard = s.d.alloc(16);
+  s.d.mem.writeU64(discard, 20n);
+  s.d.mem.writeU32(discard + 8, 8);
+  assert.equal((await request(s, BlkType.DISCARD, 0, [{ addr: discard, len: 16 }])).status, BlkStatus.OK);
+  const file = fs.readFileSync(s.file);
+  assert.ok(file.subarray(4 * 512, 6 * 512).every((b) => b === 0));
+  assert.ok(file.subarray(10 * 512, 11 * 512).every((b) => b === 0));
+  assert.ok(file.subarray(20 * 512, 28 * 512).every((b) => b === 0), 'discarded sectors read as zeros (hole punched)');
+  assert.equal(file[6 * 512], (6 * 512) % 251, 'outside the ranges nothing changed');
+  assert.equal(file.length, SECTORS * 512, 'the file keeps its size');
+  await s.blk.close();
+});
+
+test('virtio-blk: many requests in flight at once all complete, and a hostile chain fails the device instead of the VMM', async () => {
+  const s = setup();
+  const bufs = Array.from({ length: 8 }, (_, i) => s.d.alloc(512, i + 1));
+  for (let i = 0; i < 8; i++) {
+    const header = s.d.alloc(16);
+    s.d.mem.writeU32(header, BlkType.OUT);
+    s.d.mem.writeU64(header + 8, BigInt(i));
+    s.d.postIndirect([{ addr: header, len: 16 }, { addr: bufs[i]!, len: 512 }, { addr: s.d.alloc(1), len: 1, write: true }]);
+  }
+  s.blk.queueNotify();
+  for (let t = 0; t < 100 && s.blk.stats().writes < 8; t++) await new Promise((r) => setTimeout(r, 5));
+  assert.equal(s.blk.stats().writes, 8);
+  assert.ok(s.blk.stats().maxInFlight > 1, 'requests overlapped');
+  const file = fs.readFileSync(s.file);
+  for (let i = 0; i < 8; i++) assert.ok(file.subarray(i * 512, (i + 1) * 512).every((b) => b === i + 1));
+  s.d.publish(99); // a head outside the table
+  s.blk.queueNotify();
+  assert.equal(s.events.failures.length, 1);
+  await s.blk.close();
+});
