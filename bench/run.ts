@@ -2,9 +2,14 @@
 //  - boot: wall time from start to the default guest's first userspace line,
 //    tsvisor against `qemu-system-x86_64 -accel kvm -M pc`, same kernel and initrd;
 //  - pio-exit: ns per port-I/O exit of a tiny real-mode guest, tsvisor against a
-//    bare KVM_RUN loop in C (bench/pio-exit.c).
-// Both run where KVM is hardware-backed: inside the nested KVM host here. The PIO
+//    bare KVM_RUN loop in C (bench/pio-exit.c);
+//  - blk: virtio-blk sequential read/write MB/s and 4 KiB random-read IOPS from
+//    inside the guest (bench/blk-bench.c, O_DIRECT, one request at a time), on the
+//    same image, tsvisor against `qemu -accel kvm` with virtio-blk-pci; and VM exits
+//    per request with ioeventfd/irqfd on and off.
+// All run where KVM is hardware-backed: inside the nested KVM host here. The PIO
 // benchmark also runs on this machine's own /dev/kvm.
+// BENCH_ONLY=boot,pio,blk picks sections.
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -19,6 +24,10 @@ const BIN = path.join(ROOT, 'bin', 'tsvisor.js');
 const SELF = fileURLToPath(import.meta.url);
 const BOOT_RUNS = Number(process.env.BENCH_BOOT_RUNS ?? 5);
 const PIO_EXITS = Number(process.env.BENCH_PIO_EXITS ?? 20000);
+
+const BLK_MIB = Number(process.env.BENCH_BLK_MIB ?? 128);
+const BLK_RANDOM_READS = Number(process.env.BENCH_BLK_RANDOM_READS ?? 4000);
+const ONLY = new Set((process.env.BENCH_ONLY ?? 'boot,pio,blk').split(','));
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
@@ -55,12 +64,90 @@ async function bootBench(kernel: string, initrd: string): Promise<void> {
   report('boot to first userspace line (s, median)', median(t), median(q), 'qemu -accel kvm -M pc', `runs: tsvisor ${t.map((x) => x.toFixed(1)).join(' ')} | qemu ${q.map((x) => x.toFixed(1)).join(' ')}`);
 }
 
-function compilePeer(): string {
+function compile(source: string, flags: string[] = []): string {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsvisor-bench-'));
-  const exe = path.join(dir, 'pio-exit');
-  const r = spawnSync('cc', ['-O2', '-o', exe, path.join(ROOT, 'bench', 'pio-exit.c')], { encoding: 'utf8' });
+  const exe = path.join(dir, path.basename(source, '.c'));
+  const r = spawnSync('cc', ['-O2', ...flags, '-o', exe, path.join(ROOT, 'bench', source)], { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`cc failed: ${r.stderr}`);
   return exe;
+}
+
+const compilePeer = () => compile('pio-exit.c');
+
+/** Boots a guest, types `input` once its shell is up, and resolves with everything it printed once it exits. */
+function session(cmd: string, args: string[], input: string): Promise<{ out: string; err: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    let typed = false;
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`${cmd}: did not finish within 15 minutes:\n${out.slice(-2000)}`));
+    }, 900_000);
+    child.stdout.on('data', (d) => {
+      out += d;
+      if (!typed && out.includes(USERSPACE_BANNER)) {
+        typed = true;
+        child.stdin.end(input);
+      }
+    });
+    child.stderr.on('data', (d) => (err += d));
+    child.on('close', () => {
+      clearTimeout(timer);
+      resolve({ out, err });
+    });
+  });
+}
+
+type BlkResults = Record<'seqwrite' | 'seqread' | 'randread', number> & { requests: number };
+
+function blkResults(out: string): BlkResults {
+  const r = { requests: 0 } as BlkResults;
+  for (const m of out.matchAll(/RESULT (\w+) ([\d.]+) \S+ (\d+)/g)) {
+    r[m[1] as 'seqwrite'] = Number(m[2]);
+    r.requests += Number(m[3]);
+  }
+  if (r.seqwrite === undefined || r.seqread === undefined || r.randread === undefined) throw new Error(`the guest reported no results:\n${out.slice(-3000)}`);
+  return r;
+}
+
+/** Exits the block device caused (its BAR accesses) per request, from `run --stats`. */
+function exitsPerRequest(stats: string, requests: number): string {
+  const m = /mmio virtio-blk0: reads=(\d+) writes=(\d+)/.exec(stats);
+  const k = /virtio-blk0: notifyExits=(\d+) notifyEventfds=(\d+) interruptsMsix=(\d+)/.exec(stats);
+  if (!m || !k) throw new Error(`no virtio-blk0 statistics:\n${stats}`);
+  const exits = Number(m[1]) + Number(m[2]);
+  return `${(exits / requests).toFixed(3)} exits/request (${exits} BAR exits, ${k[1]} kicks by exit, ${k[2]} by ioeventfd, ${k[3]} MSI-X interrupts, ${requests} requests)`;
+}
+
+async function blkBench(kernel: string): Promise<void> {
+  const tool = compile('blk-bench.c', ['-static']);
+  const guest = defaultGuest(undefined, [{ type: 'file', path: 'bin/blk-bench', data: fs.readFileSync(tool), mode: 0o755 }]);
+  // The image lives in the nested host's RAM (tmpfs), so both VMMs are measured, not 9p.
+  const image = path.join(fs.existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir(), `tsvisor-bench-${process.pid}.img`);
+  fs.writeFileSync(image, '');
+  fs.truncateSync(image, (BLK_MIB + 16) * 2 ** 20);
+  const input = [`blk-bench seqwrite /dev/vda ${BLK_MIB}`, `blk-bench seqread /dev/vda ${BLK_MIB}`, `blk-bench randread /dev/vda ${BLK_RANDOM_READS}`, 'poweroff', ''].join('\n');
+  const append = DEFAULT_GUEST_CMDLINE;
+  const tsvisor = (paths: string) => [BIN, 'run', '--accel', 'kvm', '--kernel', kernel, '--initrd', guest.initrd, '--memory', '512M', '--append', append, '--drive', `file=${image},format=raw,if=virtio`, '--stats', '--ioeventfd', paths, '--irqfd', paths];
+  const qemu = ['-accel', 'kvm', '-M', 'pc', '-cpu', 'host', '-m', '512', '-nodefaults', '-no-user-config', '-display', 'none', '-serial', 'stdio', '-no-reboot', '-kernel', kernel, '-initrd', guest.initrd, '-append', append];
+  qemu.push('-drive', `file=${image},format=raw,if=none,id=d0,cache=writeback`, '-device', 'virtio-blk-pci,drive=d0');
+  try {
+    const on = await session(process.execPath, tsvisor('on'), input);
+    const q = blkResults((await session('qemu-system-x86_64', qemu, input)).out);
+    const t = blkResults(on.out);
+    report('virtio-blk sequential write, 1 MiB O_DIRECT (MB/s)', t.seqwrite, q.seqwrite, 'qemu virtio-blk-pci');
+    report('virtio-blk sequential read, 1 MiB O_DIRECT (MB/s)', t.seqread, q.seqread, 'qemu virtio-blk-pci');
+    report('virtio-blk 4 KiB random read, queue depth 1 (IOPS)', t.randread, q.randread, 'qemu virtio-blk-pci');
+    const off = await session(process.execPath, tsvisor('off'), input);
+    const t2 = blkResults(off.out);
+    process.stdout.write(`BENCH virtio-blk exits, ioeventfd+irqfd on: ${exitsPerRequest(on.err, t.requests)}\n`);
+    process.stdout.write(`BENCH virtio-blk exits, ioeventfd+irqfd off: ${exitsPerRequest(off.err, t2.requests)}\n`);
+    report('virtio-blk 4 KiB random read, ioeventfd+irqfd off vs on (IOPS)', t2.randread, t.randread, 'tsvisor with them on');
+  } finally {
+    fs.rmSync(image, { force: true });
+  }
 }
 
 async function pioBench(where: string, peer: string): Promise<void> {
@@ -79,17 +166,19 @@ function report(what: string, ours: number, peer: number, peerName: string, extr
 
 async function main(): Promise<void> {
   const [mode, kernel, initrd] = process.argv.slice(2);
-  if (mode === 'inner' || mode === 'inner-pio') {
-    await pioBench('nested host KVM', compilePeer());
-    if (mode === 'inner') await bootBench(kernel!, initrd!);
+  if (mode === 'inner') {
+    if (ONLY.has('pio')) await pioBench('nested host KVM', compilePeer());
+    if (ONLY.has('boot')) await bootBench(kernel!, initrd!);
+    if (ONLY.has('blk')) await blkBench(kernel!);
     return;
   }
   const guest = defaultGuest();
-  if (fs.existsSync('/dev/kvm')) await pioBench(`this machine's /dev/kvm (${kvmBacking()})`, compilePeer());
+  if (fs.existsSync('/dev/kvm') && ONLY.has('pio')) await pioBench(`this machine's /dev/kvm (${kvmBacking()})`, compilePeer());
   if (kvmBacking() === 'hardware') {
-    await bootBench(guest.kernel, guest.initrd);
+    if (ONLY.has('boot')) await bootBench(guest.kernel, guest.initrd);
+    if (ONLY.has('blk')) await blkBench(guest.kernel);
   } else {
-    const r = spawnSync(process.execPath, [BIN, 'nested', '--', process.execPath, SELF, 'inner', guest.kernel, guest.initrd], { stdio: ['ignore', 'inherit', 'inherit'] });
+    const r = spawnSync(process.execPath, [BIN, 'nested', '--memory', '3G', '--', process.execPath, SELF, 'inner', guest.kernel, guest.initrd], { stdio: ['ignore', 'inherit', 'inherit'] });
     if (r.status !== 0) throw new Error(`the nested benchmark failed with status ${r.status}`);
   }
 }

@@ -2,6 +2,7 @@
 // an initramfs holding busybox, the modules the guest needs, and an init that
 // brings up a shell on the console. poweroff/reboot go through busybox init.
 import fs from 'node:fs';
+import type { CpioEntry } from './cpio.js';
 import { fetchBusybox, fetchKernel } from './debian.js';
 import { buildInitramfs, LOAD_MODULES } from './initramfs.js';
 import { indexModules, resolveModules } from './kernel-modules.js';
@@ -55,7 +56,8 @@ export interface GuestImage {
   cmdline: string;
 }
 
-export function defaultGuest(log?: (line: string) => void): GuestImage {
+/** `extra` adds files to the initramfs (benchmarks bring their tools this way). */
+export function defaultGuest(log?: (line: string) => void, extra: readonly CpioEntry[] = []): GuestImage {
   const kernel = fetchKernel(log);
   const busybox = fetchBusybox(log);
   const modules = resolveModules(indexModules(kernel.modulesDir), GUEST_MODULES);
@@ -66,6 +68,7 @@ export function defaultGuest(log?: (line: string) => void): GuestImage {
     files: [
       { type: 'file', path: 'etc/inittab', data: Buffer.from(INITTAB) },
       { type: 'file', path: 'etc/profile', data: Buffer.from(PROFILE) },
+      ...extra,
     ],
   });
   if (!fs.existsSync(kernel.vmlinuz)) throw new Error(`${kernel.vmlinuz} is missing from the cached kernel package`);

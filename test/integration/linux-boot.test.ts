@@ -182,6 +182,11 @@ test('virtio-blk: data the guest synced survives tsvisor being killed with SIGKI
   assert.equal(image.subarray(0, pattern.length).toString(), pattern);
 });
 
+test('pci: with MSI off in the guest, a virtio disk works over INTx through the IOAPIC (level-triggered, GSI from _PRT)', () => {
+  const r = result('crash');
+  assert.match(r.console, /IO-APIC\s+17-fasteoi\s+virtio0/, r.console.slice(-2000));
+});
+
 test('virtio-blk: a request past the end of the image fails with an I/O error in the guest, and tsvisor goes on', () => {
   const r = result('out-of-range');
   assert.equal(r.status, 0, r.stderr + r.console.slice(-3000));

@@ -5,7 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { parseRunArgs } from '../../src/cli/run-options.js';
+import { parseRunArgs, RUN_FLAGS } from '../../src/cli/run-options.js';
 import { parseSize } from '../../src/cli/size.js';
 import { UsageError } from '../../src/cli/errors.js';
 import { chooseAccel } from '../../src/vmm/accel.js';
@@ -111,6 +111,11 @@ test('bad input ends with one clear line and a non-zero status, never a stack tr
     [['run', '--bogus'], 2, /Unknown option '--bogus'/],
     [['launch'], 2, /unknown command "launch"/],
     [['nested', 'true'], 2, /needs a command after --/],
+    [['run', '--drive', `file=${path.join(dir, 'no-disk.img')}`], 1, /drive .*no-disk.img does not exist/],
+    [['run', '--drive', `file=${unreadable}`], 1, /drive .* is not a file/],
+    [['run', '--drive', 'file=x.img,if=scsi'], 2, /--drive if "scsi" must be virtio/],
+    [['run', '--device', 'e1000e'], 2, /unknown device/],
+    [['nested', '--writable', path.join(dir, 'nope'), '--', 'true'], 2, /--writable .* is not a directory/],
   ];
   for (const [args, status, re] of cases) {
     const r = tsvisor(...args);
@@ -126,5 +131,5 @@ test('bad input ends with one clear line and a non-zero status, never a stack tr
 test('help lists every run flag', () => {
   const r = tsvisor('--help');
   assert.equal(r.status, 0);
-  for (const flag of ['--kernel', '--initrd', '--append', '--memory', '--cpus', '--serial', '--accel', '--stats']) assert.ok(r.stdout.includes(flag), flag);
+  for (const flag of Object.keys(RUN_FLAGS).filter((f) => f !== 'help')) assert.ok(r.stdout.includes(`--${flag}`), flag);
 });
