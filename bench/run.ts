@@ -121,17 +121,21 @@ function exitsPerRequest(stats: string, requests: number): string {
   return `${(exits / requests).toFixed(3)} exits/request (${exits} BAR exits, ${k[1]} kicks by exit, ${k[2]} by ioeventfd, ${k[3]} MSI-X interrupts, ${requests} requests)`;
 }
 
-async function blkBench(kernel: string): Promise<void> {
+/** The default guest's initramfs with bench/blk-bench.c built in (static, so it needs nothing else). */
+function blkBenchInitrd(): string {
   const tool = compile('blk-bench.c', ['-static']);
-  const guest = defaultGuest(undefined, [{ type: 'file', path: 'bin/blk-bench', data: fs.readFileSync(tool), mode: 0o755 }]);
+  return defaultGuest(undefined, [{ type: 'file', path: 'bin/blk-bench', data: fs.readFileSync(tool), mode: 0o755 }]).initrd;
+}
+
+async function blkBench(kernel: string, initrd: string): Promise<void> {
   // The image lives in the nested host's RAM (tmpfs), so both VMMs are measured, not 9p.
   const image = path.join(fs.existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir(), `tsvisor-bench-${process.pid}.img`);
   fs.writeFileSync(image, '');
   fs.truncateSync(image, (BLK_MIB + 16) * 2 ** 20);
   const input = [`blk-bench seqwrite /dev/vda ${BLK_MIB}`, `blk-bench seqread /dev/vda ${BLK_MIB}`, `blk-bench randread /dev/vda ${BLK_RANDOM_READS}`, 'poweroff', ''].join('\n');
   const append = DEFAULT_GUEST_CMDLINE;
-  const tsvisor = (paths: string) => [BIN, 'run', '--accel', 'kvm', '--kernel', kernel, '--initrd', guest.initrd, '--memory', '512M', '--append', append, '--drive', `file=${image},format=raw,if=virtio`, '--stats', '--ioeventfd', paths, '--irqfd', paths];
-  const qemu = ['-accel', 'kvm', '-M', 'pc', '-cpu', 'host', '-m', '512', '-nodefaults', '-no-user-config', '-display', 'none', '-serial', 'stdio', '-no-reboot', '-kernel', kernel, '-initrd', guest.initrd, '-append', append];
+  const tsvisor = (paths: string) => [BIN, 'run', '--accel', 'kvm', '--kernel', kernel, '--initrd', initrd, '--memory', '512M', '--append', append, '--drive', `file=${image},format=raw,if=virtio`, '--stats', '--ioeventfd', paths, '--irqfd', paths];
+  const qemu = ['-accel', 'kvm', '-M', 'pc', '-cpu', 'host', '-m', '512', '-nodefaults', '-no-user-config', '-display', 'none', '-serial', 'stdio', '-no-reboot', '-kernel', kernel, '-initrd', initrd, '-append', append];
   qemu.push('-drive', `file=${image},format=raw,if=none,id=d0,cache=writeback`, '-device', 'virtio-blk-pci,drive=d0');
   try {
     const on = await session(process.execPath, tsvisor('on'), input);
@@ -165,20 +169,23 @@ function report(what: string, ours: number, peer: number, peerName: string, extr
 }
 
 async function main(): Promise<void> {
-  const [mode, kernel, initrd] = process.argv.slice(2);
+  const [mode, kernel, initrd, innerBlkInitrd] = process.argv.slice(2);
   if (mode === 'inner') {
     if (ONLY.has('pio')) await pioBench('nested host KVM', compilePeer());
     if (ONLY.has('boot')) await bootBench(kernel!, initrd!);
-    if (ONLY.has('blk')) await blkBench(kernel!);
+    if (ONLY.has('blk')) await blkBench(kernel!, innerBlkInitrd!);
     return;
   }
   const guest = defaultGuest();
   if (fs.existsSync('/dev/kvm') && ONLY.has('pio')) await pioBench(`this machine's /dev/kvm (${kvmBacking()})`, compilePeer());
+  // Built here: the nested host has neither the package cache nor the network.
+  const blkInitrd = blkBenchInitrd();
   if (kvmBacking() === 'hardware') {
     if (ONLY.has('boot')) await bootBench(guest.kernel, guest.initrd);
-    if (ONLY.has('blk')) await blkBench(guest.kernel);
+    if (ONLY.has('blk')) await blkBench(guest.kernel, blkInitrd);
   } else {
-    const r = spawnSync(process.execPath, [BIN, 'nested', '--memory', '3G', '--', process.execPath, SELF, 'inner', guest.kernel, guest.initrd], { stdio: ['ignore', 'inherit', 'inherit'] });
+    const inner = [process.execPath, SELF, 'inner', guest.kernel, guest.initrd, blkInitrd];
+    const r = spawnSync(process.execPath, [BIN, 'nested', '--memory', '3G', '--', ...inner], { stdio: ['ignore', 'inherit', 'inherit'] });
     if (r.status !== 0) throw new Error(`the nested benchmark failed with status ${r.status}`);
   }
 }

@@ -8,17 +8,8 @@ import { VirtioConsole } from '../../src/virtio/console.js';
 import { VirtioPciDevice } from '../../src/virtio/pci-transport.js';
 import { VirtioRng } from '../../src/virtio/rng.js';
 import { COM1_PORT, installPcDevices } from '../../src/vmm/pc-devices.js';
+import { rng } from '../support/seeded-random.js';
 
-/** xorshift32: the same sequence on every run, so a failure can be replayed. */
-function rng(seed: number): () => number {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    return (x >>> 0) / 2 ** 32;
-  };
-}
 
 const DEVICE_PORTS = [0x3f8, 0x60, 0x64, 0x70, 0x71, 0x600, 0x602, 0x604, 0x505, 0x80, 0xcf8, 0xcfc, 0xcfe];
 

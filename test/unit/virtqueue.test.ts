@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { QueueError, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../src/virtio/queue.js';
 import { AVAIL_RING, DESC_TABLE, RAM_SIZE, SimDriver, USED_RING } from '../support/virtio-driver.js';
+import { rng } from '../support/seeded-random.js';
 
 test('virtqueue: chains come out as readable then writable segments, and used entries go back in order', () => {
   const d = new SimDriver(8);
@@ -144,16 +145,6 @@ test('virtqueue: zero-length buffers are allowed and carry nothing', () => {
   assert.equal(c.readable[0]!.len + c.writable[0]!.len, 0);
 });
 
-/** A tiny seeded PRNG, so a failure names the seed that reproduces it. */
-function rng(seed: number): () => number {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    return (x >>> 0) / 2 ** 32;
-  };
-}
 
 test('virtqueue: random descriptor tables yield in-RAM, bounded chains or QueueError, never anything else', () => {
   for (let seed = 1; seed <= 300; seed++) {
