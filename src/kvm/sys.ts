@@ -25,6 +25,8 @@ const c = {
   epollCtl: libc.func('int epoll_ctl(int epfd, int op, int fd, void *event)'),
   epollWait: libc.func('int epoll_wait(int epfd, void *events, int maxevents, int timeout)'),
   fallocate: libc.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)'),
+  preadv2: libc.func('long preadv2(int fd, const void *iov, int iovcnt, int64_t offset, int flags)'),
+  pwritev2: libc.func('long pwritev2(int fd, const void *iov, int iovcnt, int64_t offset, int flags)'),
 };
 
 export const O_RDWR = 0o2;
@@ -41,6 +43,9 @@ export const EOPNOTSUPP = 95;
 export const FALLOC_FL_KEEP_SIZE = 0x01;
 export const FALLOC_FL_PUNCH_HOLE = 0x02;
 export const FALLOC_FL_ZERO_RANGE = 0x10;
+const RWF_NOWAIT = 0x8;
+/** struct iovec: u64 base, u64 length. */
+export const IOVEC_SIZE = 16;
 const EPOLL_CTL_ADD = 1;
 const EPOLL_CTL_DEL = 2;
 const EPOLLIN = 1;
@@ -181,4 +186,13 @@ export function epollWaitAsync(epfd: number, events: Buffer, timeoutMs: number, 
  */
 export function fallocate(fd: number, mode: number, offset: number, length: number): number {
   return c.fallocate(fd, mode, offset, length) < 0 ? koffi.errno() : 0;
+}
+
+/**
+ * preadv2/pwritev2 with RWF_NOWAIT: moves data only if it can without blocking
+ * (a page-cache hit); returns the bytes moved or -errno (-EAGAIN: it would block).
+ */
+export function ioNowait(op: 'read' | 'write', fd: number, iov: Buffer, offset: number): number {
+  const n = Number((op === 'read' ? c.preadv2 : c.pwritev2)(fd, iov, iov.length / IOVEC_SIZE, offset, RWF_NOWAIT));
+  return n < 0 ? -koffi.errno() : n;
 }

@@ -107,6 +107,15 @@ export class GuestMemory {
     return r.bytes.subarray(addr - r.start, addr - r.start + len);
   }
 
+  /**
+   * The host virtual address of [addr, addr+len), for handing guest buffers to the
+   * kernel (iovecs); undefined for memory that is not a host mapping (tests).
+   */
+  hostAddress(addr: number, len: number): bigint | undefined {
+    const r = this.region(addr, len);
+    return r.mapping.pointer === null ? undefined : r.hostAddress + BigInt(addr - r.start);
+  }
+
   read(addr: number, len: number): Uint8Array {
     return this.slice(addr, len).slice();
   }

@@ -4,7 +4,7 @@
 // reach the file.
 import type { RawImage } from '../backends/raw-image.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
-import { guestViews, readStream, subSegments, totalLength, writeStream, type DescriptorChain, type Segment } from './chain.js';
+import { guestIovecs, guestViews, readStream, subSegments, totalLength, writeStream, type DescriptorChain, type Segment } from './chain.js';
 import { bit, completeChain, drainQueue, readConfigBytes, VirtioId, type ActiveQueues, type VirtioDevice } from './device.js';
 
 const F = { SIZE_MAX: 1, SEG_MAX: 2, RO: 5, BLK_SIZE: 6, FLUSH: 9, TOPOLOGY: 10, DISCARD: 13, WRITE_ZEROES: 14 } as const;
@@ -139,7 +139,7 @@ export class VirtioBlock implements VirtioDevice {
         case BlkType.IN: {
           const len = statusAt;
           this.checkRange(sector, len);
-          const n = await this.image.read(sector * SECTOR_SIZE, guestViews(mem, inData));
+          const n = await this.image.read(sector * SECTOR_SIZE, guestViews(mem, inData), guestIovecs(mem, inData));
           if (n !== len) throw new RequestError(BlkStatus.IOERR); // the file ended early (shrunk under us)
           this.counters.reads++;
           this.counters.bytesRead += len;
@@ -149,7 +149,7 @@ export class VirtioBlock implements VirtioDevice {
           const len = totalLength(outData);
           this.checkWritable();
           this.checkRange(sector, len);
-          const n = await this.image.write(sector * SECTOR_SIZE, guestViews(mem, outData));
+          const n = await this.image.write(sector * SECTOR_SIZE, guestViews(mem, outData), guestIovecs(mem, outData));
           if (n !== len) throw new RequestError(BlkStatus.IOERR);
           this.counters.writes++;
           this.counters.bytesWritten += len;
@@ -216,7 +216,7 @@ export class VirtioBlock implements VirtioDevice {
   }
 
   stats(): Record<string, number> {
-    return { ...this.counters, inFlight: this.inFlight.size };
+    return { ...this.counters, inFlight: this.inFlight.size, nowaitIo: this.image.counters.nowait, poolIo: this.image.counters.pool };
   }
 
   /** Lets in-flight requests finish, then closes the image (their data is in the file). */

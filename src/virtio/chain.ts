@@ -65,3 +65,16 @@ export function writeStream(mem: GuestMemory, segs: readonly Segment[], offset: 
 export function guestViews(mem: GuestMemory, segs: readonly Segment[]): Uint8Array[] {
   return segs.filter((s) => s.len > 0).map((s) => mem.slice(s.addr, s.len));
 }
+
+/** The segments as a struct iovec array of host addresses, or undefined if guest memory is not host-mapped. */
+export function guestIovecs(mem: GuestMemory, segs: readonly Segment[]): Buffer | undefined {
+  const live = segs.filter((s) => s.len > 0);
+  const iov = Buffer.alloc(16 * live.length);
+  for (let i = 0; i < live.length; i++) {
+    const host = mem.hostAddress(live[i]!.addr, live[i]!.len);
+    if (host === undefined) return undefined;
+    iov.writeBigUInt64LE(host, 16 * i);
+    iov.writeBigUInt64LE(BigInt(live[i]!.len), 16 * i + 8);
+  }
+  return iov;
+}

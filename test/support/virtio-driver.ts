@@ -25,7 +25,8 @@ export interface Buf {
 }
 
 export class SimDriver {
-  readonly mem = GuestMemory.fromBuffers([{ start: gpa(0), size: RAM_SIZE }]);
+  /** memfd-backed, as in a VM, so devices can hand buffers to the kernel by host address. */
+  readonly mem = GuestMemory.create([{ start: gpa(0), size: RAM_SIZE }]);
   readonly queue: SplitQueue;
   private availIdx = 0;
   private usedSeen = 0;

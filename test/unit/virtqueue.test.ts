@@ -173,6 +173,7 @@ test('virtqueue: random descriptor tables yield in-RAM, bounded chains or QueueE
         assert.ok(e instanceof QueueError, `seed ${seed}: ${(e as Error).stack}`);
       }
     }
+    d.mem.close();
   }
 });
 
