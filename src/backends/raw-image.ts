@@ -1,9 +1,10 @@
 // A raw disk image file: the block back-end. A request is first tried with
 // preadv2/pwritev2(RWF_NOWAIT) on the calling thread: when the data is in the host
 // page cache that finishes at once, without the two thread hand-offs of the pool.
-// Whatever would block runs on libuv's pool threads (preadv/pwritev straight from
-// and into guest memory), so requests proceed off the vCPU threads and the event
-// loop, several at a time.
+// Files on tmpfs or ramfs (which refuse RWF_NOWAIT but never wait for a device)
+// are read and written on the calling thread too. Whatever could block runs on
+// libuv's pool threads (preadv/pwritev straight from and into guest memory), so
+// requests proceed off the vCPU threads and the event loop, several at a time.
 //
 // cache=writeback goes through the host page cache; flush is fdatasync.
 // cache=none opens with O_DIRECT; a request whose guest buffers are not aligned
@@ -28,6 +29,8 @@ const write = promisify(fs.write);
 const fdatasync = promisify(fs.fdatasync);
 const close = promisify(fs.close);
 const ZERO_CHUNK = new Uint8Array(1 << 20);
+/** statfs f_type of the filesystems whose files live in memory. */
+const MEMORY_FS = new Set([0x01021994 /* tmpfs */, 0x858458f6 /* ramfs */]);
 
 export class ImageError extends Error {
   override name = 'ImageError';
@@ -39,9 +42,18 @@ export class RawImage {
   private noFallocate = false;
   /** RWF_NOWAIT is refused for this file (per direction): go straight to the pool. */
   private readonly noNowait = { read: false, write: false };
-  readonly counters = { nowait: 0, pool: 0 };
+  /** Requests done on the calling thread, and on the pool. */
+  readonly counters = { inline: 0, pool: 0 };
 
-  private constructor(readonly path: string, private readonly fd: number, readonly size: number, readonly readOnly: boolean, readonly cache: CacheMode) {}
+  private constructor(
+    readonly path: string,
+    private readonly fd: number,
+    readonly size: number,
+    readonly readOnly: boolean,
+    readonly cache: CacheMode,
+    /** The file lives in memory: I/O on it never waits for a device. */
+    private readonly inMemory: boolean,
+  ) {}
 
   /** Opens the image; throws ImageError with a one-line reason. */
   static open(opts: RawImageOptions): RawImage {
@@ -60,7 +72,7 @@ export class RawImage {
       fs.closeSync(fd);
       throw new ImageError(`drive ${opts.path} is not a file`);
     }
-    return new RawImage(opts.path, fd, st.size, opts.readOnly, opts.cache);
+    return new RawImage(opts.path, fd, st.size, opts.readOnly, opts.cache, MEMORY_FS.has(fs.statfsSync(opts.path).type));
   }
 
   /**
@@ -81,15 +93,19 @@ export class RawImage {
     if (iov && !this.noNowait[op]) {
       const n = ioNowait(op, this.fd, iov, offset);
       if (n === want) {
-        this.counters.nowait++;
+        this.counters.inline++;
         return n;
       }
       if (n > 0) done = n;
       else if (n === -EOPNOTSUPP) this.noNowait[op] = true; // the filesystem has no non-blocking path
       // -EAGAIN (would block), -EINVAL (O_DIRECT alignment): the pool does this one.
     }
-    this.counters.pool++;
     const rest = skip(bufs, done);
+    if (this.inMemory && this.cache === 'writeback') {
+      this.counters.inline++;
+      return done + this.transferSync(offset + done, rest, op);
+    }
+    this.counters.pool++;
     return done + (await this.direct(offset + done, rest, op, () => this.transfer(offset + done, rest, op)));
   }
 
@@ -100,6 +116,18 @@ export class RawImage {
     const want = bufs.reduce((n, b) => n + b.length, 0);
     while (done < want) {
       const n = op === 'read' ? await readv(this.fd, rest, offset + done) : await writev(this.fd, rest, offset + done);
+      if (n === 0) break;
+      done += n;
+      rest = skip(rest, n);
+    }
+    return done;
+  }
+
+  /** The calling thread's version of transfer(), for files in memory. */
+  private transferSync(offset: number, bufs: Uint8Array[], op: 'read' | 'write'): number {
+    let done = 0;
+    for (let rest = bufs; rest.length; ) {
+      const n = op === 'read' ? fs.readvSync(this.fd, rest, offset + done) : fs.writevSync(this.fd, rest, offset + done);
       if (n === 0) break;
       done += n;
       rest = skip(rest, n);

@@ -288,6 +288,7 @@ export function formatStats(s: MachineStats): string {
   lines.push(`  serial0: ${Object.entries(s.serial).map(([k, n]) => `${k}=${n}`).join(' ')}`);
   lines.push(`  coalesced writes (no exit): ${s.coalescedWrites}`);
   for (const [name, c] of Object.entries(s.virtio)) lines.push(`  ${name}: ${Object.entries(c).map(([k, n]) => `${k}=${n}`).join(' ')}`);
+  for (const [name, why] of Object.entries(s.virtioFailures)) lines.push(`  ${name} needed a reset: ${why}`);
   lines.push(`  event loop wakeups: ${s.eventLoopWakeups}`);
   return lines.join('\n') + '\n';
 }

@@ -216,7 +216,7 @@ export class VirtioBlock implements VirtioDevice {
   }
 
   stats(): Record<string, number> {
-    return { ...this.counters, inFlight: this.inFlight.size, nowaitIo: this.image.counters.nowait, poolIo: this.image.counters.pool };
+    return { ...this.counters, inFlight: this.inFlight.size, inlineIo: this.image.counters.inline, poolIo: this.image.counters.pool };
   }
 
   /** Lets in-flight requests finish, then closes the image (their data is in the file). */

@@ -21,7 +21,12 @@ const NO_VECTOR = 0xffff;
 
 export const Status = { ACKNOWLEDGE: 1, DRIVER: 2, DRIVER_OK: 4, FEATURES_OK: 8, NEEDS_RESET: 0x40, FAILED: 0x80 } as const;
 
-const CapType = { COMMON: 1, NOTIFY: 2, ISR: 3, DEVICE: 4 } as const;
+const CapType = { COMMON: 1, NOTIFY: 2, ISR: 3, DEVICE: 4, PCI_CFG: 5 } as const;
+/** Where, inside the PCI_CFG capability, the driver picks the BAR, offset and length, and the data window. */
+const PCI_CFG_BAR = 4;
+const PCI_CFG_OFFSET = 8;
+const PCI_CFG_LENGTH = 12;
+const PCI_CFG_DATA = 16;
 
 /** BAR 0 layout: one page per structure. */
 const COMMON_OFFSET = 0x0000;
@@ -98,6 +103,8 @@ export class VirtioPciDevice implements PciDevice {
   private queueSelect = 0;
   private isr = 0;
   private undoIoevents: (() => void)[] = [];
+  /** Config-space offset of the PCI_CFG capability. */
+  private readonly pciCfgCap: number;
 
   constructor(readonly device: VirtioDevice, private readonly env: VirtioPciEnv) {
     this.name = device.name;
@@ -120,13 +127,16 @@ export class VirtioPciDevice implements PciDevice {
     this.addVirtioCap(CapType.ISR, ISR_OFFSET, 1);
     if (device.configSize) this.addVirtioCap(CapType.DEVICE, DEVICE_OFFSET, device.configSize);
     this.addVirtioCap(CapType.NOTIFY, NOTIFY_OFFSET, NOTIFY_MULTIPLIER * this.queues.length, NOTIFY_MULTIPLIER);
+    this.pciCfgCap = this.addVirtioCap(CapType.PCI_CFG, 0, 0, undefined, 4);
+    this.config.setWritable(this.pciCfgCap + PCI_CFG_BAR, [0xff]);
+    this.config.setWritable(this.pciCfgCap + PCI_CFG_OFFSET, [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
     this.msix.addCapability(this.config, 0, MSIX_TABLE_OFFSET, 0, MSIX_PBA_OFFSET);
     this.bars = [{ index: 0, kind: 'memory', size: BAR0_SIZE, region: this.bar0 }];
   }
 
-  /** struct virtio_pci_cap (+ notify_off_multiplier for the notify capability). */
-  private addVirtioCap(type: number, offset: number, length: number, multiplier?: number): void {
-    const body = new Uint8Array(multiplier === undefined ? 14 : 18);
+  /** struct virtio_pci_cap, plus a 4-byte trailer (notify_off_multiplier, or pci_cfg_data); returns its offset. */
+  private addVirtioCap(type: number, offset: number, length: number, multiplier?: number, trailer = multiplier === undefined ? 0 : 4): number {
+    const body = new Uint8Array(14 + trailer);
     const v = new DataView(body.buffer);
     body[0] = body.length + 2; // cap_len counts the ID and next bytes
     body[1] = type;
@@ -134,7 +144,28 @@ export class VirtioPciDevice implements PciDevice {
     v.setUint32(6, offset, true);
     v.setUint32(10, length, true);
     if (multiplier !== undefined) v.setUint32(14, multiplier, true);
-    this.config.addCapability(PCI_CAP_ID_VNDR, body);
+    return this.config.addCapability(PCI_CAP_ID_VNDR, body);
+  }
+
+  /**
+   * The PCI_CFG capability is a window into BAR 0 through configuration space: the
+   * driver sets bar/offset/length, then reads or writes pci_cfg_data.
+   */
+  private pciCfgWindow(): { offset: number; length: number } | undefined {
+    const cap = this.pciCfgCap;
+    const length = this.config.u32(cap + PCI_CFG_LENGTH);
+    const offset = this.config.u32(cap + PCI_CFG_OFFSET);
+    if (this.config.u8(cap + PCI_CFG_BAR) !== 0 || ![1, 2, 4].includes(length) || offset % length !== 0 || offset + length > BAR0_SIZE) return undefined;
+    return { offset, length };
+  }
+
+  configRead(offset: number, data: Uint8Array): void {
+    const at = this.pciCfgCap + PCI_CFG_DATA;
+    if (offset >= at + 4 || offset + data.length <= at) return;
+    const w = this.pciCfgWindow();
+    const window = new Uint8Array(4);
+    if (w) this.bar0.read(w.offset, window.subarray(0, w.length));
+    for (let i = 0; i < data.length; i++) if (offset + i >= at && offset + i < at + 4) data[i] = window[offset + i - at]!;
   }
 
   plugged(intx: IrqLine): void {
@@ -143,6 +174,9 @@ export class VirtioPciDevice implements PciDevice {
 
   configWritten(offset: number, length: number): void {
     this.msix.configWritten(offset, length);
+    const at = this.pciCfgCap + PCI_CFG_DATA;
+    const w = this.pciCfgWindow();
+    if (w && offset <= at && offset + length >= at + w.length) this.bar0.write(w.offset, this.config.bytes.slice(at, at + w.length));
   }
 
   /** With the BAR placed, queue kicks can bypass the VMM through ioeventfds. */

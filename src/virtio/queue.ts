@@ -85,8 +85,11 @@ export class SplitQueue {
     let tableSize = this.size;
     let index = head;
     let indirect = false;
+    // At most `size` descriptors in the table, and at most `size` in an indirect table
+    // (the driver's limit; a longer walk is a loop).
+    let limit = this.size;
     for (let seen = 0; ; ) {
-      if (++seen > this.size) throw new QueueError(`chain at ${head} is longer than the queue (a loop?)`);
+      if (++seen > limit) throw new QueueError(`chain at ${head} is longer than the queue (a loop?)`);
       const d = table + index * DESC_SIZE;
       const lo = mem.readU32(d);
       const hi = mem.readU32(d + 4);
@@ -103,6 +106,9 @@ export class SplitQueue {
         indirect = true;
         table = addr;
         tableSize = len / DESC_SIZE;
+        if (tableSize > this.size) throw new QueueError(`indirect table of ${tableSize} descriptors is longer than the queue (${this.size})`);
+        limit = tableSize;
+        seen = 0;
         index = 0;
         continue;
       }

@@ -238,6 +238,7 @@ export class Machine {
       serial: { ...this.serial.counters },
       coalescedWrites: this.ring?.drained ?? 0,
       virtio: Object.fromEntries(this.virtio.map((v) => [v.name, v.stats()])),
+      virtioFailures: Object.fromEntries(this.virtio.filter((v) => v.lastFailure).map((v) => [v.name, v.lastFailure!])),
       eventLoopWakeups: this.events.wakeups,
     };
   }
@@ -266,6 +267,8 @@ export interface MachineStats {
   coalescedWrites: number;
   /** Per virtio device: transport counters (kicks by exit and by eventfd, interrupts) and the device's own. */
   virtio: Record<string, Record<string, number>>;
+  /** Why a virtio device last set DEVICE_NEEDS_RESET, by device. */
+  virtioFailures: Record<string, string>;
   eventLoopWakeups: number;
 }
 

@@ -20,7 +20,7 @@ const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsvisor-it-'));
 after(() => fs.rmSync(dir, { recursive: true, force: true }));
 
 /** No scenario takes this long; past it the nested host is presumed wedged. */
-const STALL_MS = 6 * 60_000;
+const STALL_MS = 8 * 60_000;
 const ATTEMPTS = 3;
 
 /**

@@ -144,7 +144,7 @@ function runScenario(s: Scenario): Promise<ScenarioResult> {
   });
   child.stderr.on('data', (d) => (err += d));
   if (!s.inputAfter) type();
-  const timer = setTimeout(() => child.kill('SIGKILL'), 240_000);
+  const timer = setTimeout(() => child.kill('SIGKILL'), 360_000);
   return new Promise((resolve) =>
     child.on('close', (status, signal) => {
       clearTimeout(timer);

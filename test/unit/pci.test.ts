@@ -96,9 +96,9 @@ test('pci: identity, capability list (virtio structures and MSI-X), interrupt pi
   assert.equal(r.cfg.read(devfn, 0x08) >>> 8, 0x00ff00);
   assert.equal(r.cfg.read(devfn, 0x06, 2) & 0x10, 0x10, 'capability list bit');
   const caps = capabilities(r, devfn);
-  assert.deepEqual(caps.map(([id]) => id), [0x09, 0x09, 0x09, 0x11], 'common, ISR, notify, MSI-X (rng has no device config)');
+  assert.deepEqual(caps.map(([id]) => id), [0x09, 0x09, 0x09, 0x09, 0x11], 'common, ISR, notify, PCI config access, MSI-X (rng has no device config)');
   const cfgTypes = caps.filter(([id]) => id === 0x09).map(([, at]) => r.cfg.read(devfn, at + 3, 1));
-  assert.deepEqual(cfgTypes, [1, 3, 2]);
+  assert.deepEqual(cfgTypes, [1, 3, 2, 5]);
   assert.equal(r.cfg.read(devfn, 0x3d, 1), 1, 'INTA#');
   assert.equal(r.cfg.read(devfn, 0x3c, 1), 17, 'slot 1 INTA# is GSI 17, as the _PRT says');
   assert.equal(r.cfg.read(0x50, 0), 0xffffffff, 'an empty slot reads all-ones');
@@ -213,4 +213,30 @@ test('virtio-pci: INTx until MSI-X is enabled; MSI-X vectors held while masked a
   assert.equal(dev.counters.interruptsIntx, 2);
   assert.equal(dev.counters.interruptsMsix, 2);
   assert.equal(dev.counters.notifyExits, 4);
+});
+
+test('virtio-pci: the PCI configuration access capability is a working window into BAR 0', () => {
+  const r = rig();
+  const { devfn } = r.add();
+  const cap = capabilities(r, devfn).find(([id, at]) => id === 0x09 && r.cfg.read(devfn, at + 3, 1) === 5)![1];
+  // Read device_feature (select 1) through the window: VERSION_1 is bit 0.
+  r.cfg.write(devfn, cap + 4, 0, 1);
+  r.cfg.write(devfn, cap + 8, 0x00); // device_feature_select
+  r.cfg.write(devfn, cap + 12, 4);
+  r.cfg.write(devfn, cap + 16, 1);
+  r.cfg.write(devfn, cap + 8, 0x04); // device_feature
+  assert.equal(r.cfg.read(devfn, cap + 16) & 1, 1);
+  // Write device_status, then see it through the BAR the normal way.
+  r.cfg.write(devfn, cap + 8, 0x14);
+  r.cfg.write(devfn, cap + 12, 1);
+  r.cfg.write(devfn, cap + 16, 1, 1);
+  const d = driver(r, devfn);
+  assert.equal(d.status(), 1);
+  // A window outside the BAR, or of a bad length, reads zero and writes nothing.
+  r.cfg.write(devfn, cap + 8, 0x10000);
+  assert.equal(r.cfg.read(devfn, cap + 16, 1), 0);
+  r.cfg.write(devfn, cap + 8, 0x14);
+  r.cfg.write(devfn, cap + 12, 3);
+  r.cfg.write(devfn, cap + 16, 0, 1);
+  assert.equal(d.status(), 1);
 });

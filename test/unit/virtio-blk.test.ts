@@ -67,7 +67,7 @@ test('virtio-blk: writes land in the file, reads come from it, byte for byte', a
   assert.deepEqual(await request(s, BlkType.IN, 2, [{ addr: a, len: 300, write: true }, { addr: b, len: 724, write: true }]), { status: BlkStatus.OK, len: 1025 });
   const got = Buffer.concat([s.d.mem.read(a, 300), s.d.mem.read(b, 724)]);
   assert.deepEqual(got, file.subarray(2 * 512, 4 * 512));
-  assert.ok(s.blk.stats().nowaitIo! > 0, 'page-cache hits completed without the thread pool');
+  assert.ok(s.blk.stats().inlineIo! > 0, 'page-cache hits completed without the thread pool');
   assert.deepEqual(await request(s, BlkType.FLUSH, 0, []), { status: BlkStatus.OK, len: 1 });
   await s.blk.close();
 });

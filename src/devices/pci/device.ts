@@ -26,4 +26,6 @@ export interface PciDevice {
   barMapped?(index: number, address: number | undefined): void;
   /** The guest wrote configuration bytes [offset, offset+length) (after the write mask applied). */
   configWritten?(offset: number, length: number): void;
+  /** Lets registers that are windows onto something else fill in `data` (already holding the config bytes). */
+  configRead?(offset: number, data: Uint8Array): void;
 }

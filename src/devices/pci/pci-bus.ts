@@ -147,6 +147,7 @@ export class PciBus {
     const slot = this.slots.get(devfn);
     if (!slot) return void data.fill(0xff);
     slot.device.config.read(offset, data);
+    slot.device.configRead?.(offset, data);
     // BAR registers come from the bus's placement, not the config bytes.
     for (let i = 0; i < data.length; i++) {
       const reg = offset + i - PCI_BAR0;
