@@ -76,6 +76,7 @@ const compilePeer = () => compile('pio-exit.c');
 
 /** Boots a guest, types `input` once its shell is up, and resolves with everything it printed once it exits. */
 function session(cmd: string, args: string[], input: string): Promise<{ out: string; err: string }> {
+  process.stderr.write(`# ${path.basename(cmd)} ${args.filter((a) => a.startsWith('--io') || a.startsWith('--irq') || a === 'on' || a === 'off').join(' ')}\n`);
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] });
     let out = '';
@@ -83,7 +84,7 @@ function session(cmd: string, args: string[], input: string): Promise<{ out: str
     let typed = false;
     const timer = setTimeout(() => {
       child.kill('SIGKILL');
-      reject(new Error(`${cmd}: did not finish within 15 minutes:\n${out.slice(-2000)}`));
+      reject(new Error(`${cmd}: did not finish within 15 minutes:\n${out.slice(-2000)}\n${err.slice(-2000)}`));
     }, 900_000);
     child.stdout.on('data', (d) => {
       out += d;

@@ -18,11 +18,10 @@ export class EventLoop {
   private nextToken = STOP_TOKEN + 1;
   private waiting = false;
   private closed = false;
-  /** Handler errors; device code must never take the VMM down. */
-  readonly errors: unknown[] = [];
   wakeups = 0;
 
-  constructor() {
+  /** `onError` gets what a handler throws: device code must never take the VMM down. */
+  constructor(private readonly onError: (e: unknown) => void) {
     epollAdd(this.epfd, this.stopFd, STOP_TOKEN);
   }
 
@@ -54,7 +53,7 @@ export class EventLoop {
         try {
           this.handlers.get(token)?.handler();
         } catch (e) {
-          if (this.errors.length < 100) this.errors.push(e);
+          this.onError(e);
         }
       }
       this.arm();

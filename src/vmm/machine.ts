@@ -70,7 +70,7 @@ export class Machine {
   readonly pci: PciBus;
   readonly virtio: VirtioPciDevice[] = [];
   private readonly virtioConsole: VirtioConsole | undefined;
-  private readonly events = new EventLoop();
+  private readonly events = new EventLoop((e) => this.deviceError(e));
   private readonly msiSinks: (IrqfdMsiSink | SignalMsiSink)[] = [];
   private readonly threads: VcpuThread[] = [];
   private ring: CoalescedRing | undefined;

@@ -32,7 +32,6 @@ export class Msix {
   private config: ConfigSpace | undefined;
   /** The message last handed to the sink per vector, so routes change only when the table does. */
   private readonly routed: (MsiMessage | undefined)[];
-  fired = 0;
   /** Raises that found their vector masked and were left pending. */
   deferred = 0;
 
@@ -115,7 +114,6 @@ export class Msix {
       this.routed[vector] = message;
       this.sink.route(vector, message);
     }
-    this.fired++;
     this.sink.fire(vector, message);
   }
 
