@@ -106,15 +106,13 @@ export class RawImage {
       return done + this.transferSync(offset + done, rest, op);
     }
     this.counters.pool++;
-    return done + (await this.direct(offset + done, rest, op, () => this.transfer(offset + done, rest, op)));
+    return done + (await this.onPool(offset + done, rest, op));
   }
 
   /** Loops until every byte moved or the file ended. */
   private async transfer(offset: number, bufs: Uint8Array[], op: 'read' | 'write'): Promise<number> {
     let done = 0;
-    let rest = bufs;
-    const want = bufs.reduce((n, b) => n + b.length, 0);
-    while (done < want) {
+    for (let rest = bufs; rest.length; ) {
       const n = op === 'read' ? await readv(this.fd, rest, offset + done) : await writev(this.fd, rest, offset + done);
       if (n === 0) break;
       done += n;
@@ -135,11 +133,11 @@ export class RawImage {
     return done;
   }
 
-  /** With O_DIRECT, buffers the kernel refuses (EINVAL: misaligned) go through an aligned bounce buffer. */
-  private async direct(offset: number, bufs: Uint8Array[], op: 'read' | 'write', plain: () => Promise<number>): Promise<number> {
-    if (this.cache !== 'none') return plain();
+  /** On the pool; with O_DIRECT, buffers the kernel refuses (EINVAL: misaligned) go through an aligned bounce buffer. */
+  private async onPool(offset: number, bufs: Uint8Array[], op: 'read' | 'write'): Promise<number> {
+    if (this.cache !== 'none') return this.transfer(offset, bufs, op);
     try {
-      return await plain();
+      return await this.transfer(offset, bufs, op);
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'EINVAL') throw e;
     }
