@@ -6,7 +6,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { KernelImageError } from '../arch/x86/linux-loader.js';
 import { ImageError, RawImage } from '../backends/raw-image.js';
-import { defaultGuest, defaultGuestCmdline } from '../guest/default-guest.js';
+import { consoleCmdline, defaultGuest, defaultGuestCmdline } from '../guest/default-guest.js';
 import { runNested, STOP_SIGNALS } from '../nested/nested-host.js';
 import { chooseAccel } from '../vmm/accel.js';
 import { VirtioBlock } from '../virtio/block.js';
@@ -68,8 +68,7 @@ type GuestOptions = RunOptions & { kernel: string; append: string };
 
 /** Fills in the default guest when no kernel was given: its kernel and initrd, virtio-rng, a scratch disk. */
 function withGuest(opts: RunOptions): { opts: GuestOptions; cleanup(): void } {
-  const console = opts.console === 'virtio' ? 'console=ttyS0 console=hvc0' : 'console=ttyS0';
-  if (opts.kernel) return { opts: { ...opts, kernel: opts.kernel, append: opts.append ?? console }, cleanup: () => {} };
+  if (opts.kernel) return { opts: { ...opts, kernel: opts.kernel, append: opts.append ?? consoleCmdline(opts.console) }, cleanup: () => {} };
   const guest = defaultGuest((l) => process.stderr.write(l + '\n'));
   const scratch = opts.drives.length === 0 ? scratchDrive() : undefined;
   return {

@@ -10,12 +10,20 @@ import { indexModules, resolveModules } from './kernel-modules.js';
 /** Printed by the guest's init once userspace runs; benchmarks time boots up to it. */
 export const USERSPACE_BANNER = 'tsvisor default guest: userspace is up';
 
-export const DEFAULT_GUEST_CMDLINE = 'console=ttyS0 quiet panic=-1';
-
-/** With a virtio console, hvc0 comes last so it becomes /dev/console once its driver loads. */
-export function defaultGuestCmdline(console: 'serial' | 'virtio'): string {
-  return console === 'virtio' ? DEFAULT_GUEST_CMDLINE.replace('console=ttyS0', 'console=ttyS0 console=hvc0') : DEFAULT_GUEST_CMDLINE;
+/**
+ * The console= arguments for where stdio goes. With a virtio console, hvc0 comes
+ * last so it becomes /dev/console once its driver loads; the UART still gets the
+ * early messages.
+ */
+export function consoleCmdline(console: 'serial' | 'virtio'): string {
+  return console === 'virtio' ? 'console=ttyS0 console=hvc0' : 'console=ttyS0';
 }
+
+export function defaultGuestCmdline(console: 'serial' | 'virtio'): string {
+  return `${consoleCmdline(console)} quiet panic=-1`;
+}
+
+export const DEFAULT_GUEST_CMDLINE = defaultGuestCmdline('serial');
 
 /**
  * pvpanic-mmio binds the QEMU0001 ACPI device so a panic ends the VM at once; the
