@@ -77,22 +77,23 @@ export class RawImage {
 
   /**
    * Reads into `bufs` from `offset`; returns the bytes read (short only at the end of
-   * the file). `iov`, the same buffers as host iovecs, enables the RWF_NOWAIT path.
+   * the file). `iovecs` gives the same buffers as host iovecs, which the RWF_NOWAIT
+   * path needs; it is only asked for when that path is tried.
    */
-  read(offset: number, bufs: Uint8Array[], iov?: Buffer): Promise<number> {
-    return this.move('read', offset, bufs, iov);
+  read(offset: number, bufs: Uint8Array[], iovecs?: () => Buffer | undefined): Promise<number> {
+    return this.move('read', offset, bufs, iovecs);
   }
 
-  write(offset: number, bufs: Uint8Array[], iov?: Buffer): Promise<number> {
-    return this.move('write', offset, bufs, iov);
+  write(offset: number, bufs: Uint8Array[], iovecs?: () => Buffer | undefined): Promise<number> {
+    return this.move('write', offset, bufs, iovecs);
   }
 
-  private async move(op: 'read' | 'write', offset: number, bufs: Uint8Array[], iov: Buffer | undefined): Promise<number> {
-    const want = bufs.reduce((n, b) => n + b.length, 0);
+  private async move(op: 'read' | 'write', offset: number, bufs: Uint8Array[], iovecs: (() => Buffer | undefined) | undefined): Promise<number> {
     let done = 0;
-    if (iov && !this.noNowait[op]) {
+    const iov = iovecs && !this.noNowait[op] ? iovecs() : undefined;
+    if (iov) {
       const n = ioNowait(op, this.fd, iov, offset);
-      if (n === want) {
+      if (n === byteLength(bufs)) {
         this.counters.inline++;
         return n;
       }
@@ -141,7 +142,7 @@ export class RawImage {
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'EINVAL') throw e;
     }
-    const len = bufs.reduce((n, b) => n + b.length, 0);
+    const len = byteLength(bufs);
     const size = Math.max(4096, Math.ceil(len / 4096) * 4096);
     const memfd = memfdCreate('tsvisor-bounce', size);
     const mapping = mmapShared(memfd, size);
@@ -191,6 +192,10 @@ export class RawImage {
     this.closed = true;
     await close(this.fd);
   }
+}
+
+function byteLength(bufs: Uint8Array[]): number {
+  return bufs.reduce((n, b) => n + b.length, 0);
 }
 
 function skip(bufs: Uint8Array[], n: number): Uint8Array[] {

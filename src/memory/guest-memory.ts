@@ -11,6 +11,14 @@ import { closeFd, memfdCreate, mmapShared, munmap, type Mapping } from '../kvm/s
 export type GuestAddress = number & { readonly __brand: 'GuestAddress' };
 export const gpa = (n: number): GuestAddress => n as GuestAddress;
 
+/**
+ * A u64 the guest gave as two u32 halves, as a number; Infinity when it is beyond
+ * 2^53, where no guest address or sector can be.
+ */
+export function u64ToNumber(lo: number, hi: number): number {
+  return hi >= 2 ** 21 ? Infinity : hi * 2 ** 32 + lo;
+}
+
 export class GuestMemoryError extends Error {
   constructor(readonly addr: number, readonly length: number, why = 'outside guest RAM') {
     super(`guest access [0x${addr.toString(16)}, +0x${length.toString(16)}) ${why}`);
@@ -173,16 +181,21 @@ export class GuestMemory {
    * consistent): how a device reads an index the driver publishes.
    */
   loadU16Acquire(addr: number): number {
-    const r = this.region(addr, 2);
-    if (addr % 2) throw new GuestMemoryError(addr, 2, 'is not 2-byte aligned');
-    return Atomics.load(r.u16, (addr - r.start) / 2);
+    const [u16, index] = this.u16Slot(addr);
+    return Atomics.load(u16, index);
   }
 
   /** A u16 store ordered after every earlier access, with a full fence: how a device publishes an index. */
   storeU16Release(addr: number, v: number): void {
+    const [u16, index] = this.u16Slot(addr);
+    Atomics.store(u16, index, v);
+  }
+
+  /** The region's u16 view and the index of the aligned u16 at `addr`. */
+  private u16Slot(addr: number): [Uint16Array, number] {
     const r = this.region(addr, 2);
     if (addr % 2) throw new GuestMemoryError(addr, 2, 'is not 2-byte aligned');
-    Atomics.store(r.u16, (addr - r.start) / 2, v);
+    return [r.u16, (addr - r.start) / 2];
   }
 
   close(): void {

@@ -3,7 +3,7 @@
 // Malformed or out-of-range requests complete with IOERR or UNSUPP; they never
 // reach the file.
 import type { RawImage } from '../backends/raw-image.js';
-import type { GuestMemory } from '../memory/guest-memory.js';
+import { u64ToNumber, type GuestMemory } from '../memory/guest-memory.js';
 import { guestIovecs, guestViews, readStream, subSegments, totalLength, writeStream, type DescriptorChain, type Segment } from './chain.js';
 import { bit, completeChain, drainQueue, readConfigBytes, VirtioId, type ActiveQueues, type VirtioDevice } from './device.js';
 
@@ -129,9 +129,7 @@ export class VirtioBlock implements VirtioDevice {
     }
     const h = new DataView(header.buffer);
     const type = h.getUint32(0, true);
-    const sectorLo = h.getUint32(8, true);
-    const sectorHi = h.getUint32(12, true);
-    const sector = sectorHi >= 2 ** 21 ? Number.MAX_SAFE_INTEGER : sectorHi * 2 ** 32 + sectorLo;
+    const sector = u64ToNumber(h.getUint32(8, true), h.getUint32(12, true));
     const inData = subSegments(chain.writable, 0, statusAt);
     const outData = subSegments(chain.readable, HEADER_SIZE, totalLength(chain.readable) - HEADER_SIZE);
     try {
@@ -139,7 +137,7 @@ export class VirtioBlock implements VirtioDevice {
         case BlkType.IN: {
           const len = statusAt;
           this.checkRange(sector, len);
-          const n = await this.image.read(sector * SECTOR_SIZE, guestViews(mem, inData), guestIovecs(mem, inData));
+          const n = await this.image.read(sector * SECTOR_SIZE, guestViews(mem, inData), () => guestIovecs(mem, inData));
           if (n !== len) throw new RequestError(BlkStatus.IOERR); // the file ended early (shrunk under us)
           this.counters.reads++;
           this.counters.bytesRead += len;
@@ -149,7 +147,7 @@ export class VirtioBlock implements VirtioDevice {
           const len = totalLength(outData);
           this.checkWritable();
           this.checkRange(sector, len);
-          const n = await this.image.write(sector * SECTOR_SIZE, guestViews(mem, outData), guestIovecs(mem, outData));
+          const n = await this.image.write(sector * SECTOR_SIZE, guestViews(mem, outData), () => guestIovecs(mem, outData));
           if (n !== len) throw new RequestError(BlkStatus.IOERR);
           this.counters.writes++;
           this.counters.bytesWritten += len;
@@ -197,8 +195,7 @@ export class VirtioBlock implements VirtioDevice {
     const bytes = readStream(mem, payload, 0, len)!;
     const v = new DataView(bytes.buffer);
     for (let at = 0; at < len; at += RANGE_SIZE) {
-      const hi = v.getUint32(at + 4, true);
-      const sector = hi >= 2 ** 21 ? Number.MAX_SAFE_INTEGER : hi * 2 ** 32 + v.getUint32(at, true);
+      const sector = u64ToNumber(v.getUint32(at, true), v.getUint32(at + 4, true));
       const count = v.getUint32(at + 8, true);
       const flags = v.getUint32(at + 12, true);
       // Only WRITE_ZEROES knows the unmap flag; no other flag exists.

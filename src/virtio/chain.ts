@@ -1,6 +1,7 @@
 // A descriptor chain as a device sees it: the driver-readable buffers, then the
 // device-writable ones, each already checked to lie inside guest RAM. Devices
 // treat each side as one byte stream and never assume how the driver framed it.
+import { IOVEC_SIZE } from '../kvm/sys.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
 
 export interface Segment {
@@ -69,12 +70,12 @@ export function guestViews(mem: GuestMemory, segs: readonly Segment[]): Uint8Arr
 /** The segments as a struct iovec array of host addresses, or undefined if guest memory is not host-mapped. */
 export function guestIovecs(mem: GuestMemory, segs: readonly Segment[]): Buffer | undefined {
   const live = segs.filter((s) => s.len > 0);
-  const iov = Buffer.alloc(16 * live.length);
+  const iov = Buffer.alloc(IOVEC_SIZE * live.length);
   for (let i = 0; i < live.length; i++) {
     const host = mem.hostAddress(live[i]!.addr, live[i]!.len);
     if (host === undefined) return undefined;
-    iov.writeBigUInt64LE(host, 16 * i);
-    iov.writeBigUInt64LE(BigInt(live[i]!.len), 16 * i + 8);
+    iov.writeBigUInt64LE(host, IOVEC_SIZE * i);
+    iov.writeBigUInt64LE(BigInt(live[i]!.len), IOVEC_SIZE * i + 8);
   }
   return iov;
 }

@@ -129,7 +129,7 @@ export class VirtioPciDevice implements PciDevice {
     this.addVirtioCap(CapType.NOTIFY, NOTIFY_OFFSET, NOTIFY_MULTIPLIER * this.queues.length, NOTIFY_MULTIPLIER);
     this.pciCfgCap = this.addVirtioCap(CapType.PCI_CFG, 0, 0, undefined, 4);
     this.config.setWritable(this.pciCfgCap + PCI_CFG_BAR, [0xff]);
-    this.config.setWritable(this.pciCfgCap + PCI_CFG_OFFSET, [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+    this.config.setWritable(this.pciCfgCap + PCI_CFG_OFFSET, new Uint8Array(12).fill(0xff)); // offset, length, data
     this.msix.addCapability(this.config, 0, MSIX_TABLE_OFFSET, 0, MSIX_PBA_OFFSET);
     this.bars = [{ index: 0, kind: 'memory', size: BAR0_SIZE, region: this.bar0 }];
   }

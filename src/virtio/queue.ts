@@ -6,7 +6,7 @@
 // buffer against guest RAM, chains are walked at most queue-size hops, nested
 // indirect tables are refused. A driver that breaks these rules gets QueueError,
 // which the transport turns into DEVICE_NEEDS_RESET.
-import type { GuestMemory } from '../memory/guest-memory.js';
+import { u64ToNumber, type GuestMemory } from '../memory/guest-memory.js';
 import type { DescriptorChain, Segment } from './chain.js';
 
 export const VIRTQ_DESC_F_NEXT = 1;
@@ -17,8 +17,6 @@ export const VIRTQ_USED_F_NO_NOTIFY = 1;
 export const DESC_SIZE = 16;
 export const USED_ELEM_SIZE = 8;
 export const MAX_QUEUE_SIZE = 32768;
-/** Guest addresses above this cannot be guest RAM and would lose precision as numbers. */
-const MAX_ADDR_HIGH = 2 ** 21;
 
 export class QueueError extends Error {
   override name = 'QueueError';
@@ -91,13 +89,11 @@ export class SplitQueue {
     for (let seen = 0; ; ) {
       if (++seen > limit) throw new QueueError(`chain at ${head} is longer than the queue (a loop?)`);
       const d = table + index * DESC_SIZE;
-      const lo = mem.readU32(d);
-      const hi = mem.readU32(d + 4);
+      const addr = u64ToNumber(mem.readU32(d), mem.readU32(d + 4));
       const len = mem.readU32(d + 8);
       const flags = mem.readU16(d + 12);
       const next = mem.readU16(d + 14);
-      if (hi >= MAX_ADDR_HIGH) throw new QueueError(`descriptor ${index} points outside guest RAM`);
-      const addr = hi * 2 ** 32 + lo;
+      if (addr === Infinity) throw new QueueError(`descriptor ${index} points outside guest RAM`);
       if (flags & VIRTQ_DESC_F_INDIRECT) {
         if (indirect) throw new QueueError('an indirect table holds another indirect descriptor');
         if (flags & VIRTQ_DESC_F_NEXT) throw new QueueError('an indirect descriptor also has NEXT set');

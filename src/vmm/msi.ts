@@ -16,9 +16,14 @@ const PIC_PINS = 16;
 export class GsiRouting {
   private readonly msi = new Map<number, MsiMessage>();
   private nextGsi = IOAPIC_PINS;
+  /** The routes KVM_CREATE_IRQCHIP installs: GSIs 0-15 to both PICs and the IOAPIC, 16-23 to the IOAPIC. */
+  private readonly chipRoutes: GsiRoute[] = [];
   updates = 0;
 
-  constructor(private readonly vm: Vm) {}
+  constructor(private readonly vm: Vm) {
+    for (let pin = 0; pin < PIC_PINS; pin++) this.chipRoutes.push({ gsi: pin, kind: 'irqchip', chip: pin < 8 ? IrqChip.PIC_MASTER : IrqChip.PIC_SLAVE, pin: pin % 8 });
+    for (let pin = 0; pin < IOAPIC_PINS; pin++) this.chipRoutes.push({ gsi: pin, kind: 'irqchip', chip: IrqChip.IOAPIC, pin });
+  }
 
   allocate(): number {
     return this.nextGsi++;
@@ -26,9 +31,7 @@ export class GsiRouting {
 
   setMsi(gsi: number, message: MsiMessage): void {
     this.msi.set(gsi, message);
-    const routes: GsiRoute[] = [];
-    for (let pin = 0; pin < PIC_PINS; pin++) routes.push({ gsi: pin, kind: 'irqchip', chip: pin < 8 ? IrqChip.PIC_MASTER : IrqChip.PIC_SLAVE, pin: pin % 8 });
-    for (let pin = 0; pin < IOAPIC_PINS; pin++) routes.push({ gsi: pin, kind: 'irqchip', chip: IrqChip.IOAPIC, pin });
+    const routes: GsiRoute[] = [...this.chipRoutes];
     for (const [g, m] of this.msi) routes.push({ gsi: g, kind: 'msi', ...m });
     this.vm.setGsiRouting(routes);
     this.updates++;
