@@ -11,7 +11,8 @@ import { parseSize } from './size.js';
 
 export const USAGE = `usage:
   tsvisor run [options]             boot a guest (the default guest when no --kernel: Debian's
-                                    kernel, busybox, virtio-rng and a 256 MiB scratch disk)
+                                    kernel, busybox, virtio-rng, a 256 MiB scratch disk, and
+                                    virtio-net on user-mode networking unless --device adds a card)
       --kernel FILE                 bzImage or ELF vmlinux
       --initrd FILE                 initramfs
       --append "CMDLINE"            kernel command line (default guest: "console=ttyS0 quiet panic=-1")
@@ -23,10 +24,23 @@ export const USAGE = `usage:
       --drive file=PATH[,format=raw][,if=virtio][,readonly=on][,serial=ID][,cache=writeback|none]
                                     a raw image on a virtio-blk disk (repeatable; vda, vdb, ...)
       --device virtio-rng           a virtio entropy device (/dev/hwrng)
+      --netdev user,id=ID[,net=ADDR/PREFIX][,host=IP][,dhcpstart=IP][,dns=IP][,resolver=IP[:PORT]]
+               [,hostfwd=tcp:[HOSTIP]:HOSTPORT-[GUESTIP]:GUESTPORT]...
+                                    user-mode networking: DHCP, DNS, NAT through host sockets
+                                    (default 10.0.2.0/24, gateway .2, DNS .3, leases from .15)
+      --netdev tap,id=ID[,ifname=NAME][,script=no][,downscript=no][,queues=N]
+                                    a tap interface (created if missing; needs CAP_NET_ADMIN)
+      --netdev bridge,id=ID,br=BRIDGE[,queues=N]
+                                    a new tap enslaved to an existing Linux bridge
+      --device virtio-net-pci,netdev=ID[,mac=MAC][,queues=N]
+                                    a virtio network card (N queue pairs: multi-queue)
+      --device e1000,netdev=ID[,mac=MAC]
+                                    an emulated Intel 82540EM network card
       --ioeventfd on|off            virtio queue kicks without a VM exit (default on)
       --irqfd on|off                MSI-X interrupts through irqfd, else KVM_SIGNAL_MSI (default on)
       --accel auto|kvm|nested       auto: /dev/kvm if hardware-backed, else the nested KVM host
       --stats                       print exit and device counters when the guest ends
+                                    (SIGUSR1 prints them while it runs)
   tsvisor nested [--memory SIZE] [--cpus N] [--writable DIR]... -- COMMAND [ARGS...]
                                     run a command inside the nested KVM host (host / read-only,
                                     each DIR writable at its own path)

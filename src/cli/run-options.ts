@@ -3,6 +3,8 @@
 import { parseArgs } from 'node:util';
 import { MiB, MIN_MEMORY } from '../arch/x86/layout.js';
 import type { CacheMode } from '../backends/raw-image.js';
+import { checkUserNet, DEFAULT_USER_NET, type HostForward, type UserNetConfig } from '../net/user/config.js';
+import { formatMac, parseIpv4, parseMac } from '../net/packet.js';
 import type { AccelRequest } from '../vmm/accel.js';
 import { UsageError } from './errors.js';
 import { formatSize, parseSize } from './size.js';
@@ -19,6 +21,28 @@ export interface DriveSpec {
 
 export type ConsoleKind = 'serial' | 'virtio';
 
+/** One `--netdev`: where a network card's packets go. */
+export type NetdevSpec =
+  | { kind: 'user'; id: string; user: UserNetConfig }
+  | { kind: 'tap'; id: string; ifname?: string; queues?: number }
+  | { kind: 'bridge'; id: string; bridge: string; queues?: number };
+
+/** One network card `--device`. */
+export interface NicSpec {
+  model: 'virtio-net' | 'e1000';
+  netdev: string;
+  mac?: Uint8Array;
+  queues?: number;
+}
+
+/** The options text each spec came from, for the run inside the nested host. */
+export interface NetworkOptions {
+  netdevs: NetdevSpec[];
+  nics: NicSpec[];
+  /** The flags as given, re-passed verbatim to a nested run. */
+  args: string[];
+}
+
 export interface RunOptions {
   kernel?: string;
   initrd?: string;
@@ -31,6 +55,7 @@ export interface RunOptions {
   drives: DriveSpec[];
   /** `--device virtio-rng`. */
   rng: boolean;
+  network: NetworkOptions;
   /** Where stdio connects: the UART (ttyS0) or virtio-console (hvc0). */
   console: ConsoleKind;
   ioeventfd: boolean;
@@ -51,6 +76,7 @@ export const RUN_FLAGS = {
   stats: { type: 'boolean' },
   drive: { type: 'string', multiple: true },
   device: { type: 'string', multiple: true },
+  netdev: { type: 'string', multiple: true },
   console: { type: 'string' },
   ioeventfd: { type: 'string' },
   irqfd: { type: 'string' },
@@ -74,6 +100,7 @@ export function parseRunArgs(argv: readonly string[]): RunOptions & { help: bool
   const accel = values.accel ?? 'auto';
   if (accel !== 'auto' && accel !== 'kvm' && accel !== 'nested') throw new UsageError(`--accel "${accel}" must be auto, kvm or nested`);
   if (values.initrd !== undefined && values.kernel === undefined) throw new UsageError('--initrd needs --kernel (the default guest brings its own initrd)');
+  const devices = (values.device ?? []).map(parseDevice);
   return {
     kernel: values.kernel,
     initrd: values.initrd,
@@ -84,7 +111,8 @@ export function parseRunArgs(argv: readonly string[]): RunOptions & { help: bool
     accel,
     stats: values.stats ?? false,
     drives: (values.drive ?? []).map(parseDrive),
-    rng: (values.device ?? []).map(parseDevice).includes('virtio-rng'),
+    rng: devices.some((d) => d === 'virtio-rng'),
+    network: parseNetwork(values.netdev ?? [], values.device ?? [], devices),
     console: oneOf(values.console ?? 'serial', '--console', ['serial', 'virtio'] as const),
     ioeventfd: onOff(values.ioeventfd ?? 'on', '--ioeventfd'),
     irqfd: onOff(values.irqfd ?? 'on', '--irqfd'),
@@ -101,24 +129,37 @@ function onOff(text: string, flag: string): boolean {
   return oneOf(text, flag, ['on', 'off'] as const) === 'on';
 }
 
-/** QEMU-style `key=value,...`; a doubled comma stands for a comma inside a value. */
-export function parseKeyValues(text: string, flag: string): Map<string, string> {
+/** QEMU-style `key=value,...` in order; a doubled comma stands for a comma inside a value. */
+export function parseKeyValueList(text: string, flag: string): [string, string][] {
+  return text
+    .replaceAll(',,', '\0')
+    .split(',')
+    .map((part) => {
+      const eq = part.indexOf('=');
+      if (eq <= 0) throw new UsageError(`${flag} "${text}": "${part.replaceAll('\0', ',')}" is not key=value`);
+      return [part.slice(0, eq), part.slice(eq + 1).replaceAll('\0', ',')];
+    });
+}
+
+/** `key=value,...` with each key at most once (`repeatable` keys excepted: their last value is kept here). */
+export function parseKeyValues(text: string, flag: string, repeatable: readonly string[] = []): Map<string, string> {
   const out = new Map<string, string>();
-  for (const part of text.replaceAll(',,', '\0').split(',')) {
-    const eq = part.indexOf('=');
-    if (eq <= 0) throw new UsageError(`${flag} "${text}": "${part.replaceAll('\0', ',')}" is not key=value`);
-    const key = part.slice(0, eq);
-    if (out.has(key)) throw new UsageError(`${flag} "${text}": ${key} given twice`);
-    out.set(key, part.slice(eq + 1).replaceAll('\0', ','));
+  for (const [key, value] of parseKeyValueList(text, flag)) {
+    if (out.has(key) && !repeatable.includes(key)) throw new UsageError(`${flag} "${text}": ${key} given twice`);
+    out.set(key, value);
   }
   return out;
+}
+
+function checkKeys(kv: Map<string, string>, flag: string, known: readonly string[]): void {
+  for (const key of kv.keys()) if (!known.includes(key)) throw new UsageError(`${flag}: unknown key "${key}" (known: ${known.join(', ')})`);
 }
 
 const DRIVE_KEYS = ['file', 'format', 'if', 'readonly', 'serial', 'cache'];
 
 export function parseDrive(text: string): DriveSpec {
   const kv = parseKeyValues(text, '--drive');
-  for (const key of kv.keys()) if (!DRIVE_KEYS.includes(key)) throw new UsageError(`--drive: unknown key "${key}" (known: ${DRIVE_KEYS.join(', ')})`);
+  checkKeys(kv, '--drive', DRIVE_KEYS);
   const file = kv.get('file');
   if (!file) throw new UsageError('--drive needs file=PATH');
   oneOf(kv.get('format') ?? 'raw', '--drive format', ['raw'] as const);
@@ -134,12 +175,160 @@ export function parseDrive(text: string): DriveSpec {
 }
 
 /** The `--device` models `run` knows. */
-const DEVICE_MODELS: Record<string, 'virtio-rng'> = { 'virtio-rng': 'virtio-rng', 'virtio-rng-pci': 'virtio-rng' };
+const DEVICE_MODELS: Record<string, 'virtio-rng' | NicSpec['model']> = {
+  'virtio-rng': 'virtio-rng',
+  'virtio-rng-pci': 'virtio-rng',
+  'virtio-net': 'virtio-net',
+  'virtio-net-pci': 'virtio-net',
+  e1000: 'e1000',
+};
 
-export function parseDevice(text: string): 'virtio-rng' {
+export function parseDevice(text: string): 'virtio-rng' | NicSpec['model'] {
   const model = DEVICE_MODELS[text.split(',')[0]!];
   if (!model) throw new UsageError(`--device "${text}": unknown device (known: ${Object.keys(DEVICE_MODELS).join(', ')})`);
+  if (model === 'virtio-rng' && text.includes(',')) throw new UsageError(`--device "${text}": virtio-rng takes no options`);
   return model;
+}
+
+export const MAX_QUEUES = 16;
+
+function parseQueues(text: string | undefined, flag: string): number | undefined {
+  if (text === undefined) return undefined;
+  const n = Number(text);
+  if (!/^\d+$/.test(text) || n < 1 || n > MAX_QUEUES) throw new UsageError(`${flag} queues=${text} must be a whole number from 1 to ${MAX_QUEUES}`);
+  return n;
+}
+
+const NETDEV_KEYS: Record<NetdevSpec['kind'], string[]> = {
+  user: ['id', 'net', 'host', 'dhcpstart', 'dns', 'hostfwd', 'resolver'],
+  tap: ['id', 'ifname', 'script', 'downscript', 'queues', 'vhost'],
+  bridge: ['id', 'br', 'queues'],
+};
+
+export function parseNetdev(text: string): NetdevSpec {
+  const [kind, ...rest] = text.split(',');
+  if (kind !== 'user' && kind !== 'tap' && kind !== 'bridge') throw new UsageError(`--netdev "${text}": the type must be user, tap or bridge`);
+  const pairs = rest.length ? parseKeyValueList(rest.join(','), '--netdev') : [];
+  const kv = new Map(pairs);
+  checkKeys(kv, `--netdev ${kind}`, NETDEV_KEYS[kind]);
+  for (const [key] of pairs) if (key !== 'hostfwd' && pairs.filter(([k]) => k === key).length > 1) throw new UsageError(`--netdev "${text}": ${key} given twice`);
+  const id = kv.get('id');
+  if (!id || !/^[A-Za-z][\w.-]*$/.test(id)) throw new UsageError(`--netdev "${text}" needs id=NAME (a letter, then letters, digits, _ . -)`);
+  if (kind === 'tap') {
+    for (const key of ['script', 'downscript']) {
+      const v = kv.get(key);
+      if (v !== undefined && v !== 'no') throw new UsageError(`--netdev tap: ${key}=${v}: tsvisor runs no scripts; set the tap up beforehand and give ${key}=no`);
+    }
+    if (kv.has('vhost') && kv.get('vhost') !== 'off') throw new UsageError('--netdev tap: vhost=on is not supported yet (the in-VMM back-end serves the tap)');
+    const ifname = kv.get('ifname');
+    if (ifname !== undefined && !/^[\w.-]{1,15}$/.test(ifname)) throw new UsageError(`--netdev tap: ifname "${ifname}" must be 1 to 15 letters, digits, _ . -`);
+    return { kind, id, ifname, queues: parseQueues(kv.get('queues'), '--netdev tap') };
+  }
+  if (kind === 'bridge') {
+    const bridge = kv.get('br');
+    if (!bridge || !/^[\w.-]{1,15}$/.test(bridge)) throw new UsageError('--netdev bridge needs br=NAME (an existing Linux bridge)');
+    return { kind, id, bridge, queues: parseQueues(kv.get('queues'), '--netdev bridge') };
+  }
+  return { kind, id, user: parseUserNet(kv, pairs.filter(([k]) => k === 'hostfwd').map(([, v]) => v)) };
+}
+
+function ipv4Option(kv: Map<string, string>, key: string, fallback: number): number {
+  const text = kv.get(key);
+  if (text === undefined) return fallback;
+  const ip = parseIpv4(text);
+  if (ip === undefined) throw new UsageError(`--netdev user: ${key}=${text} is not an IPv4 address`);
+  return ip;
+}
+
+function parseUserNet(kv: Map<string, string>, hostfwds: string[]): UserNetConfig {
+  const d = DEFAULT_USER_NET;
+  let { network, prefixLength } = d;
+  const net = kv.get('net');
+  if (net !== undefined) {
+    const m = /^([\d.]+)(?:\/(\d+))?$/.exec(net);
+    const ip = m ? parseIpv4(m[1]!) : undefined;
+    prefixLength = m?.[2] !== undefined ? Number(m[2]) : 24;
+    if (ip === undefined || prefixLength < 8 || prefixLength > 29) throw new UsageError(`--netdev user: net=${net} must be ADDRESS/PREFIX with a prefix of 8 to 29`);
+    network = ip;
+  }
+  // Addresses not given move with the network: the same host part as QEMU's defaults.
+  const within = (addr: number): number => (network | (addr & ~((0xffffffff << (32 - prefixLength)) >>> 0))) >>> 0;
+  const config: UserNetConfig = {
+    network,
+    prefixLength,
+    host: ipv4Option(kv, 'host', within(d.host)),
+    dns: ipv4Option(kv, 'dns', within(d.dns)),
+    dhcpStart: ipv4Option(kv, 'dhcpstart', within(d.dhcpStart)),
+    hostForwards: hostfwds.map(parseHostForward),
+  };
+  const resolver = kv.get('resolver');
+  if (resolver !== undefined) {
+    const m = /^([\d.]+)(?::(\d+))?$/.exec(resolver);
+    const port = m?.[2] !== undefined ? Number(m[2]) : 53;
+    if (!m || parseIpv4(m[1]!) === undefined || port < 1 || port > 65535) throw new UsageError(`--netdev user: resolver=${resolver} must be IPV4[:PORT]`);
+    config.resolver = { address: m[1]!, port };
+  }
+  const problem = checkUserNet(config);
+  if (problem) throw new UsageError(`--netdev user: ${problem}`);
+  return config;
+}
+
+/** `tcp:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT`, as QEMU writes it. */
+function parseHostForward(text: string): HostForward {
+  const m = /^(tcp)?:([\d.]*):(\d+)-([\d.]*):(\d+)$/.exec(text);
+  const bad = () => new UsageError(`--netdev user: hostfwd=${text} must be tcp:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT (TCP only)`);
+  if (!m) throw bad();
+  const hostPort = Number(m[3]);
+  const guestPort = Number(m[5]);
+  if (hostPort < 1 || hostPort > 65535 || guestPort < 1 || guestPort > 65535) throw bad();
+  if (m[2] && parseIpv4(m[2]) === undefined) throw bad();
+  const guestAddress = m[4] ? parseIpv4(m[4]) : undefined;
+  if (m[4] && guestAddress === undefined) throw bad();
+  return { hostAddress: m[2] ?? '', hostPort, guestAddress, guestPort };
+}
+
+const NIC_KEYS = { 'virtio-net': ['netdev', 'mac', 'queues'], e1000: ['netdev', 'mac'] } as const;
+
+function parseNic(text: string, model: NicSpec['model']): NicSpec {
+  const rest = text.slice(text.indexOf(',') + 1);
+  if (!text.includes(',')) throw new UsageError(`--device ${model} needs netdev=ID`);
+  const kv = parseKeyValues(rest, '--device');
+  checkKeys(kv, `--device ${model}`, NIC_KEYS[model]);
+  const netdev = kv.get('netdev');
+  if (!netdev) throw new UsageError(`--device ${model} needs netdev=ID`);
+  const macText = kv.get('mac');
+  const mac = macText === undefined ? undefined : parseMac(macText);
+  if (macText !== undefined && (!mac || mac[0]! & 1)) throw new UsageError(`--device ${model}: mac=${macText} must be a unicast address like 52:54:00:12:34:56`);
+  return { model, netdev, mac, queues: parseQueues(kv.get('queues'), `--device ${model}`) };
+}
+
+/** `--netdev` and network `--device` texts, as on the command line. */
+export function parseNetworkArgs(netdevs: string[], devices: string[]): NetworkOptions {
+  return parseNetwork(netdevs, devices, devices.map(parseDevice));
+}
+
+/** Netdevs and the cards on them: every card names a netdev, every netdev serves one card. */
+function parseNetwork(netdevTexts: string[], deviceTexts: string[], models: ReturnType<typeof parseDevice>[]): NetworkOptions {
+  const netdevs = netdevTexts.map(parseNetdev);
+  const nics = deviceTexts.flatMap((text, i) => (models[i] === 'virtio-rng' ? [] : [parseNic(text, models[i] as NicSpec['model'])]));
+  const ids = new Set<string>();
+  for (const n of netdevs) {
+    if (ids.has(n.id)) throw new UsageError(`--netdev id=${n.id} given twice`);
+    ids.add(n.id);
+  }
+  const used = new Set<string>();
+  for (const nic of nics) {
+    const netdev = netdevs.find((n) => n.id === nic.netdev);
+    if (!netdev) throw new UsageError(`--device ${nic.model}: no --netdev with id=${nic.netdev}`);
+    if (used.has(nic.netdev)) throw new UsageError(`--netdev ${nic.netdev} is used by two devices`);
+    used.add(nic.netdev);
+    if (nic.model === 'e1000' && netdev.kind !== 'user' && (netdev.queues ?? 1) > 1) throw new UsageError(`--device e1000 has one queue; --netdev ${netdev.id} has queues=${netdev.queues}`);
+  }
+  const unused = netdevs.find((n) => !used.has(n.id));
+  if (unused) throw new UsageError(`--netdev ${unused.id} is not used by any --device`);
+  const macs = nics.map((n) => n.mac && formatMac(n.mac)).filter((m) => m !== undefined);
+  if (new Set(macs).size !== macs.length) throw new UsageError('two network devices have the same mac');
+  return { netdevs, nics, args: [...netdevTexts.flatMap((t) => ['--netdev', t]), ...deviceTexts.filter((_, i) => models[i] !== 'virtio-rng').flatMap((t) => ['--device', t])] };
 }
 
 export function parseSerial(text: string): SerialTarget {

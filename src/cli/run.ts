@@ -9,12 +9,15 @@ import { ImageError, RawImage } from '../backends/raw-image.js';
 import { consoleCmdline, defaultGuest, defaultGuestCmdline } from '../guest/default-guest.js';
 import { runNested, STOP_SIGNALS } from '../nested/nested-host.js';
 import { chooseAccel } from '../vmm/accel.js';
+import { TapBackend, TapError } from '../net/tap.js';
+import { UserNetwork } from '../net/user/user-network.js';
+import type { NetBackend } from '../net/backend.js';
 import { VirtioBlock } from '../virtio/block.js';
 import type { VirtioDevice } from '../virtio/device.js';
 import { VirtioRng } from '../virtio/rng.js';
-import { Machine, type MachineExit, type MachineStats } from '../vmm/machine.js';
+import { Machine, type MachineExit, type MachineStats, type NicConfig } from '../vmm/machine.js';
 import { ExitCode, UserError } from './errors.js';
-import type { DriveSpec, RunOptions, SerialTarget } from './run-options.js';
+import { parseNetworkArgs, type DriveSpec, type NetworkOptions, type RunOptions, type SerialTarget } from './run-options.js';
 import { formatSize } from './size.js';
 
 const log = (line: string) => process.stderr.write(`tsvisor: ${line}\n`);
@@ -79,10 +82,14 @@ function withGuest(opts: RunOptions): { opts: GuestOptions; cleanup(): void } {
       append: opts.append ?? defaultGuestCmdline(opts.console),
       rng: true,
       drives: scratch ? [scratch.drive] : opts.drives,
+      network: opts.network.nics.length ? opts.network : DEFAULT_GUEST_NETWORK,
     },
     cleanup: () => scratch?.remove(),
   };
 }
+
+/** The default guest's network card: virtio-net on user-mode networking, as a user would write it. */
+const DEFAULT_GUEST_NETWORK: NetworkOptions = parseNetworkArgs(['user,id=net0'], ['virtio-net-pci,netdev=net0']);
 
 /** The `run` argument list that reproduces these options for a tsvisor inside the nested host. */
 function innerRunArgs(opts: GuestOptions): string[] {
@@ -98,6 +105,7 @@ function innerRunArgs(opts: GuestOptions): string[] {
     args.push('--drive', kv.join(','));
   }
   if (opts.rng) args.push('--device', 'virtio-rng');
+  args.push(...opts.network.args);
   args.push('--console', opts.console, '--ioeventfd', opts.ioeventfd ? 'on' : 'off', '--irqfd', opts.irqfd ? 'on' : 'off');
   return args;
 }
@@ -140,6 +148,38 @@ function virtioDevices(opts: GuestOptions): VirtioDevice[] {
   return devices;
 }
 
+/** Opens each card's back-end (a tap, user-mode networking and its forwarded ports); closes them all if one fails. */
+async function networkCards(network: NetworkOptions): Promise<NicConfig[]> {
+  const nics: NicConfig[] = [];
+  const counts = { 'virtio-net': 0, e1000: 0 };
+  try {
+    for (const [i, spec] of network.nics.entries()) {
+      const netdev = network.netdevs.find((n) => n.id === spec.netdev)!;
+      let backend: NetBackend;
+      if (netdev.kind === 'user') {
+        const user = new UserNetwork(netdev.user);
+        await user.listen();
+        backend = user;
+      } else {
+        backend = new TapBackend({ ifname: netdev.kind === 'tap' ? netdev.ifname : undefined, bridge: netdev.kind === 'bridge' ? netdev.bridge : undefined, queues: netdev.queues ?? spec.queues ?? 1 });
+      }
+      const n = counts[spec.model]++;
+      nics.push({
+        model: spec.model,
+        name: spec.model === 'e1000' ? `e1000-${n}` : `virtio-net${n}`,
+        backend,
+        mac: spec.mac ?? Uint8Array.of(0x52, 0x54, 0x00, 0x12, 0x34, 0x56 + i),
+        queues: spec.queues ?? backend.queues,
+      });
+    }
+  } catch (e) {
+    await Promise.allSettled(nics.map((n) => n.backend.close()));
+    if (e instanceof TapError || (e instanceof Error && e.message.startsWith('hostfwd:'))) throw new UserError(e.message);
+    throw e;
+  }
+  return nics;
+}
+
 /** Enough nested-host RAM for the guest plus the host's own kernel and tsvisor. */
 function nestedMemoryMiB(opts: RunOptions): number {
   return Math.max(2048, Math.ceil(opts.memory / 2 ** 20) + 1536);
@@ -152,9 +192,11 @@ async function runOnKvm(opts: GuestOptions): Promise<number> {
   const virtioConsole = opts.console === 'virtio';
   const output = serialSink(virtioConsole && opts.serial.kind === 'stdio' ? { kind: 'discard' } : opts.serial);
   const consoleOutput = virtioConsole ? serialSink({ kind: 'stdio' }) : undefined;
+  const nics = await networkCards(opts.network);
   let machine: Machine;
   try {
     machine = Machine.create({
+      nics,
       kernel,
       initrd,
       cmdline: opts.append,
@@ -168,6 +210,7 @@ async function runOnKvm(opts: GuestOptions): Promise<number> {
     });
   } catch (e) {
     output.close();
+    await Promise.allSettled(nics.map((n) => n.backend.close()));
     if (e instanceof KernelImageError) throw new UserError(`kernel ${opts.kernel}: ${e.message}`);
     throw e;
   }
@@ -177,9 +220,13 @@ async function runOnKvm(opts: GuestOptions): Promise<number> {
     signal = sig;
     machine.end('stopped', `host signal ${sig}`);
   };
+  // SIGUSR1 prints the counters while the guest runs.
+  const printStats = () => process.stderr.write(formatStats(machine.stats()));
   for (const sig of STOP_SIGNALS) process.on(sig, onSignal);
+  process.on('SIGUSR1', printStats);
   const exit = await machine.run();
   for (const sig of STOP_SIGNALS) process.off(sig, onSignal);
+  process.off('SIGUSR1', printStats);
   input.detach();
   await output.flush();
   await consoleOutput?.flush();
@@ -287,6 +334,15 @@ export function formatStats(s: MachineStats): string {
   lines.push(`  serial0: ${Object.entries(s.serial).map(([k, n]) => `${k}=${n}`).join(' ')}`);
   lines.push(`  coalesced writes (no exit): ${s.coalescedWrites}`);
   for (const [name, c] of Object.entries(s.virtio)) lines.push(`  ${name}: ${Object.entries(c).map(([k, n]) => `${k}=${n}`).join(' ')}`);
+  for (const n of s.nics) {
+    const e = n.exits;
+    const drops = Object.entries(n.drops).map(([k, v]) => `${k.replace(/^(backend\.)?drop\./, '$1')}=${v}`).join(' ');
+    lines.push(
+      `  nic ${n.name} (${n.model} on ${n.backend}): exits mmio-reads=${e.mmioReads} mmio-writes=${e.mmioWrites} pio-reads=${e.pioReads} pio-writes=${e.pioWrites}` +
+        ` eventfd-kicks=${n.eventfdKicks} interrupts=${n.interrupts} tx=${n.txPackets}/${n.txBytes}B rx=${n.rxPackets}/${n.rxBytes}B drops: ${drops || 'none'}`,
+    );
+    lines.push(`    ${Object.entries(n.detail).map(([k, v]) => `${k}=${v}`).join(' ')}`);
+  }
   for (const [name, why] of Object.entries(s.virtioFailures)) lines.push(`  ${name} needed a reset: ${why}`);
   lines.push(`  event loop wakeups: ${s.eventLoopWakeups}`);
   return lines.join('\n') + '\n';

@@ -27,10 +27,32 @@ export const DEFAULT_GUEST_CMDLINE = defaultGuestCmdline('serial');
 
 /**
  * pvpanic-mmio binds the QEMU0001 ACPI device so a panic ends the VM at once; the
- * virtio drivers bind tsvisor's PCI devices; ext4 (which needs crc32c, loaded by
- * name at mount time) mounts what the guest makes on them.
+ * virtio drivers and e1000 bind tsvisor's PCI devices; ext4 (which needs crc32c,
+ * loaded by name at mount time) mounts what the guest makes on them.
  */
-const GUEST_MODULES = ['pvpanic_mmio', 'virtio_pci', 'virtio_blk', 'virtio_rng', 'virtio_console', 'crc32c_generic', 'ext4'];
+const GUEST_MODULES = ['pvpanic_mmio', 'virtio_pci', 'virtio_blk', 'virtio_rng', 'virtio_console', 'virtio_net', 'e1000', 'crc32c_generic', 'ext4'];
+
+/** Where Debian's busybox udhcpc looks for its script: it configures the interface from the lease. */
+export const UDHCPC_SCRIPT = 'etc/udhcpc/default.script';
+
+const UDHCPC = `#!/bin/sh
+case "$1" in
+deconfig)
+  ip addr flush dev "$interface"
+  ip link set "$interface" up
+  ;;
+bound|renew)
+  ip addr flush dev "$interface"
+  ip addr add "$ip/\${mask:-24}" dev "$interface"
+  [ -n "$router" ] && ip route replace default via "\${router%% *}" dev "$interface"
+  if [ -n "$dns" ]; then
+    : > /etc/resolv.conf
+    for d in $dns; do echo "nameserver $d" >> /etc/resolv.conf; done
+  fi
+  echo "udhcpc: $interface has $ip/\${mask:-24} via \${router:-none}"
+  ;;
+esac
+`;
 
 const INIT = `#!/bin/busybox sh
 /bin/busybox --install -s
@@ -41,6 +63,9 @@ mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /tmp
 ${LOAD_MODULES}
+ip link set lo up
+# The first network card asks for an address in the background; boot does not wait.
+if [ -e /sys/class/net/eth0 ]; then (udhcpc -i eth0 -q -n -t 5 -T 2 >/dev/null 2>&1 &); fi
 # The console may have moved to hvc0 now that its driver is loaded.
 exec </dev/console >/dev/console 2>&1
 hostname tsvisor
@@ -76,6 +101,8 @@ export function defaultGuest(log?: (line: string) => void, extra: readonly CpioE
     files: [
       { type: 'file', path: 'etc/inittab', data: Buffer.from(INITTAB) },
       { type: 'file', path: 'etc/profile', data: Buffer.from(PROFILE) },
+      { type: 'dir', path: 'etc/udhcpc' },
+      { type: 'file', path: UDHCPC_SCRIPT, data: Buffer.from(UDHCPC), mode: 0o755 },
       ...extra,
     ],
   });

@@ -27,9 +27,12 @@ const c = {
   fallocate: libc.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)'),
   preadv2: libc.func('long preadv2(int fd, const void *iov, int iovcnt, int64_t offset, int flags)'),
   pwritev2: libc.func('long pwritev2(int fd, const void *iov, int iovcnt, int64_t offset, int flags)'),
+  socket: libc.func('int socket(int domain, int type, int protocol)'),
+  ifNameToIndex: libc.func('unsigned int if_nametoindex(const char *name)'),
 };
 
 export const O_RDWR = 0o2;
+export const O_NONBLOCK = 0o4000;
 export const O_CLOEXEC = 0o2000000;
 export const PROT_READ = 1;
 export const PROT_WRITE = 2;
@@ -40,6 +43,8 @@ export const EFD_NONBLOCK = 0o4000;
 export const EINTR = 4;
 export const EAGAIN = 11;
 export const EOPNOTSUPP = 95;
+export const ENOENT = 2;
+export const ENODEV = 19;
 export const FALLOC_FL_KEEP_SIZE = 0x01;
 export const FALLOC_FL_PUNCH_HOLE = 0x02;
 export const FALLOC_FL_ZERO_RANGE = 0x10;
@@ -195,4 +200,29 @@ export function fallocate(fd: number, mode: number, offset: number, length: numb
 export function ioNowait(op: 'read' | 'write', fd: number, iov: Buffer, offset: number): number {
   const n = Number((op === 'read' ? c.preadv2 : c.pwritev2)(fd, iov, iov.length / IOVEC_SIZE, offset, RWF_NOWAIT));
   return n < 0 ? -koffi.errno() : n;
+}
+
+/** read(2) without throwing: the byte count or -errno (-EAGAIN: nothing to read on a non-blocking fd). */
+export function readFd(fd: number, buf: Uint8Array): number {
+  const n = Number(c.read(fd, buf, buf.length));
+  return n < 0 ? -koffi.errno() : n;
+}
+
+/** write(2) without throwing: the byte count or -errno. */
+export function writeFd(fd: number, buf: Uint8Array): number {
+  const n = Number(c.write(fd, buf, buf.length));
+  return n < 0 ? -koffi.errno() : n;
+}
+
+const AF_INET = 2;
+const SOCK_DGRAM = 2;
+
+/** A datagram socket: the handle network-interface ioctls (SIOC*) go through. */
+export function controlSocket(): number {
+  return check('socket', c.socket(AF_INET, SOCK_DGRAM | O_CLOEXEC, 0));
+}
+
+/** The kernel's index for a network interface, or 0 when there is none by that name. */
+export function ifNameToIndex(name: string): number {
+  return c.ifNameToIndex(name);
 }

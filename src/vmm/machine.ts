@@ -18,6 +18,7 @@ import { e820Map } from '../arch/x86/e820.js';
 import { ramRegions, TSS_ADDR } from '../arch/x86/layout.js';
 import { buildZeroPage, loadInitrd, loadKernel, writeCmdline, writeZeroPage } from '../arch/x86/linux-loader.js';
 import { Bus } from '../devices/bus.js';
+import { E1000 } from '../devices/net/e1000.js';
 import type { Serial } from '../devices/legacy/serial.js';
 import { PCI_CONFIG_IO_PORT } from '../devices/pci/config-io.js';
 import type { PciBus } from '../devices/pci/pci-bus.js';
@@ -25,6 +26,8 @@ import { Cap, ExitReason, SystemEvent } from '../kvm/ioctls.js';
 import { Kvm, type Vm } from '../kvm/kvm.js';
 import { closeFd, eventfd, eventfdDrain } from '../kvm/sys.js';
 import { GuestMemory } from '../memory/guest-memory.js';
+import type { NetBackend } from '../net/backend.js';
+import { VirtioNet } from '../virtio/net.js';
 import { VirtioConsole } from '../virtio/console.js';
 import type { VirtioDevice } from '../virtio/device.js';
 import { VirtioPciDevice, type IoEventRegistrar } from '../virtio/pci-transport.js';
@@ -35,6 +38,16 @@ import { PanicWatcher } from './panic-watcher.js';
 import { COM1_IRQ, installPcDevices } from './pc-devices.js';
 import { VcpuThread, type VcpuStop } from './vcpu-thread.js';
 
+/** A network card: the device model the guest's driver sees, and the back-end its packets use. */
+export interface NicConfig {
+  model: 'virtio-net' | 'e1000';
+  name: string;
+  backend: NetBackend;
+  mac: Uint8Array;
+  /** virtio-net queue pairs. */
+  queues?: number;
+}
+
 export interface MachineConfig {
   kernel: Buffer;
   initrd?: Buffer;
@@ -43,6 +56,8 @@ export interface MachineConfig {
   cpus: number;
   /** Where the guest's UART output goes. */
   serialOutput: (bytes: Uint8Array) => void;
+  /** Network cards, each on its own PCI slot, before the other devices (so the first is eth0). */
+  nics?: NicConfig[];
   /** virtio devices, each on its own PCI slot, in this order. */
   virtio?: VirtioDevice[];
   /** Adds a virtio-console (the guest's hvc0) whose output goes here; host input then goes to it. */
@@ -69,6 +84,7 @@ export class Machine {
   readonly serial: Serial;
   readonly pci: PciBus;
   readonly virtio: VirtioPciDevice[] = [];
+  readonly nics: { config: NicConfig; device: VirtioPciDevice | E1000 }[] = [];
   private readonly virtioConsole: VirtioConsole | undefined;
   private readonly events = new EventLoop((e) => this.deviceError(e));
   private readonly msiSinks: (IrqfdMsiSink | SignalMsiSink)[] = [];
@@ -122,24 +138,37 @@ export class Machine {
     vm.createPit2();
     const machine = new Machine(kvm, vm, memory, config);
     machine.load();
-    machine.plugVirtio();
+    machine.plugDevices();
     return machine;
   }
 
-  /** Each virtio device behind a virtio-pci transport, with its kick and interrupt paths. */
-  private plugVirtio(): void {
+  /** The network cards, then each virtio device behind a virtio-pci transport, with its kick and interrupt paths. */
+  private plugDevices(): void {
     const { vm, config } = this;
     const routing = config.irqfd !== false ? new GsiRouting(vm) : undefined;
     const ioevents: IoEventRegistrar | undefined = config.ioeventfd !== false ? (addr, len, onKick) => this.ioevent(addr, len, onKick) : undefined;
-    const devices = [...(config.virtio ?? []), ...(this.virtioConsole ? [this.virtioConsole] : [])];
-    for (const device of devices) {
+    const plugVirtio = (device: VirtioDevice): VirtioPciDevice => {
       const vectors = device.queueSizes.length + 1;
       const msi = routing ? new IrqfdMsiSink(vm, routing, vectors) : new SignalMsiSink(vm);
       this.msiSinks.push(msi);
       const transport = new VirtioPciDevice(device, { memory: this.memory, msi, ioevents });
       this.pci.add(transport);
       this.virtio.push(transport);
+      return transport;
+    };
+    for (const nic of config.nics ?? []) {
+      if (nic.model === 'e1000') {
+        const e1000 = new E1000(this.memory, nic.backend, nic.mac, nic.name);
+        this.pci.add(e1000);
+        nic.backend.attach(e1000, this.events);
+        this.nics.push({ config: nic, device: e1000 });
+      } else {
+        const net = new VirtioNet(nic.backend, { mac: nic.mac, pairs: nic.queues ?? 1 }, nic.name);
+        nic.backend.attach(net, this.events);
+        this.nics.push({ config: nic, device: plugVirtio(net) });
+      }
     }
+    for (const device of [...(config.virtio ?? []), ...(this.virtioConsole ? [this.virtioConsole] : [])]) plugVirtio(device);
   }
 
   /** An ioeventfd on a guest MMIO address, polled by the event loop; returns its undo. */
@@ -237,16 +266,43 @@ export class Machine {
       unclaimedTop: { pio: topAddresses(this.pio), mmio: topAddresses(this.mmio) },
       serial: { ...this.serial.counters },
       coalescedWrites: this.ring?.drained ?? 0,
-      virtio: Object.fromEntries(this.virtio.map((v) => [v.name, v.stats()])),
+      virtio: Object.fromEntries(this.virtio.filter((v) => !(v.device instanceof VirtioNet)).map((v) => [v.name, v.stats()])),
+      nics: this.nics.map((n) => this.nicStats(n.config, n.device)),
       virtioFailures: Object.fromEntries(this.virtio.filter((v) => v.lastFailure).map((v) => [v.name, v.lastFailure!])),
       eventLoopWakeups: this.events.wakeups,
+    };
+  }
+
+  /**
+   * One network card's accounting, the same fields for every model: the exits its
+   * registers cost, kicks that arrived without an exit, interrupts, traffic, drops.
+   */
+  private nicStats(nic: NicConfig, device: VirtioPciDevice | E1000): NicStats {
+    const mmio = this.mmio.counters().get(nic.name) ?? { reads: 0, writes: 0 };
+    const pio = this.pio.counters().get(nic.name) ?? { reads: 0, writes: 0 };
+    const own = device.stats();
+    const transport = device instanceof VirtioPciDevice ? device.counters : undefined;
+    const pick = (prefix: string) => Object.fromEntries(Object.entries(own).filter(([k]) => k.startsWith(prefix)));
+    return {
+      name: nic.name,
+      model: nic.model,
+      backend: nic.backend.description,
+      exits: { mmioReads: mmio.reads, mmioWrites: mmio.writes, pioReads: pio.reads, pioWrites: pio.writes },
+      eventfdKicks: transport?.notifyEventfds ?? 0,
+      interrupts: transport ? transport.interruptsMsix + transport.interruptsIntx : own.interrupts ?? 0,
+      txPackets: own.txPackets ?? 0,
+      txBytes: own.txBytes ?? 0,
+      rxPackets: own.rxPackets ?? 0,
+      rxBytes: own.rxBytes ?? 0,
+      drops: { ...pick('drop.'), ...pick('backend.drop.') },
+      detail: own,
     };
   }
 
   /** Lets devices finish in-flight I/O and close their back-ends, then frees the VM. */
   async close(): Promise<void> {
     this.events.close();
-    await Promise.allSettled(this.virtio.map((v) => v.device.close()));
+    await Promise.allSettled([...this.virtio.map((v) => v.device.close()), ...this.nics.filter((n) => n.device instanceof E1000).map((n) => (n.device as E1000).close())]);
     for (const s of this.msiSinks) s.close();
     for (const t of this.threads) t.vcpu.close();
     this.vm.close();
@@ -265,11 +321,31 @@ export interface MachineStats {
   serial: Record<string, number>;
   /** Writes KVM queued in the coalesced ring instead of exiting. */
   coalescedWrites: number;
-  /** Per virtio device: transport counters (kicks by exit and by eventfd, interrupts) and the device's own. */
+  /** Per virtio device other than network cards: transport counters (kicks by exit and by eventfd, interrupts) and the device's own. */
   virtio: Record<string, Record<string, number>>;
+  nics: NicStats[];
   /** Why a virtio device last set DEVICE_NEEDS_RESET, by device. */
   virtioFailures: Record<string, string>;
   eventLoopWakeups: number;
+}
+
+export interface NicStats {
+  name: string;
+  model: NicConfig['model'];
+  backend: string;
+  /** Exits the card's registers caused, by bus and direction. */
+  exits: { mmioReads: number; mmioWrites: number; pioReads: number; pioWrites: number };
+  /** Queue kicks that reached the device through an ioeventfd, with no exit. */
+  eventfdKicks: number;
+  interrupts: number;
+  txPackets: number;
+  txBytes: number;
+  rxPackets: number;
+  rxBytes: number;
+  /** Packets dropped, by where and why. */
+  drops: Record<string, number>;
+  /** Everything the device and its back-end count. */
+  detail: Record<string, number>;
 }
 
 function topAddresses(bus: Bus, n = 8): [number, number][] {

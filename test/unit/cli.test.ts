@@ -32,9 +32,33 @@ test('run options: defaults and every flag', () => {
     ...['--kernel', 'k', '--initrd', 'i', '--append', 'a b', '-m', '1G', '--cpus', '2', '--serial', 'file:/tmp/x', '--accel', 'kvm', '--stats'],
     ...['--drive', 'file=/a,,b.img,format=raw,if=virtio,readonly=on,serial=disk1,cache=none', '--drive', 'file=c.img'],
     ...['--device', 'virtio-rng', '--console', 'virtio', '--ioeventfd', 'off', '--irqfd', 'off'],
+    ...['--netdev', 'user,id=u,net=192.168.5.0/24,hostfwd=tcp::2222-:22,hostfwd=tcp:127.0.0.1:8080-10.0.2.20:80', '--device', 'e1000,netdev=u'],
+    ...['--netdev', 'tap,id=t,ifname=tap7,script=no,downscript=no,queues=2', '--device', 'virtio-net-pci,netdev=t,mac=52:54:00:00:00:07,queues=2'],
   ]);
+  const { network, ...rest } = o;
+  assert.deepEqual(network.netdevs[0], {
+    kind: 'user',
+    id: 'u',
+    user: {
+      network: 0xc0a80500,
+      prefixLength: 24,
+      host: 0xc0a80502,
+      dns: 0xc0a80503,
+      dhcpStart: 0xc0a8050f,
+      hostForwards: [
+        { hostAddress: '', hostPort: 2222, guestAddress: undefined, guestPort: 22 },
+        { hostAddress: '127.0.0.1', hostPort: 8080, guestAddress: 0x0a000214, guestPort: 80 },
+      ],
+    },
+  });
+  assert.deepEqual(network.netdevs[1], { kind: 'tap', id: 't', ifname: 'tap7', queues: 2 });
+  assert.deepEqual(network.nics, [
+    { model: 'e1000', netdev: 'u', mac: undefined, queues: undefined },
+    { model: 'virtio-net', netdev: 't', mac: Uint8Array.of(0x52, 0x54, 0, 0, 0, 7), queues: 2 },
+  ]);
+  assert.equal(network.args.length, 8);
   assert.deepEqual(
-    { ...o },
+    { ...rest },
     {
       kernel: 'k',
       initrd: 'i',
@@ -77,6 +101,22 @@ test('run options: bad input is a UsageError naming the flag', () => {
     [['--drive', 'file=x,serial=twenty-one-characters'], /serial/],
     [['--drive', 'file'], /not key=value/],
     [['--device', 'sound-blaster'], /unknown device/],
+    [['--device', 'e1000'], /needs netdev=ID/],
+    [['--device', 'e1000,netdev=x'], /no --netdev with id=x/],
+    [['--netdev', 'user,id=a'], /not used by any --device/],
+    [['--netdev', 'user,id=a', '--netdev', 'user,id=a', '--device', 'e1000,netdev=a'], /given twice/],
+    [['--netdev', 'user,id=a', '--device', 'e1000,netdev=a', '--device', 'virtio-net-pci,netdev=a'], /used by two devices/],
+    [['--netdev', 'vde,id=a'], /user, tap or bridge/],
+    [['--netdev', 'user'], /needs id=/],
+    [['--netdev', 'user,id=a,net=10.0.2.0/30', '--device', 'e1000,netdev=a'], /prefix/],
+    [['--netdev', 'user,id=a,host=192.168.1.1', '--device', 'e1000,netdev=a'], /outside/],
+    [['--netdev', 'user,id=a,hostfwd=udp::53-:53', '--device', 'e1000,netdev=a'], /hostfwd/],
+    [['--netdev', 'user,id=a,smb=/tmp', '--device', 'e1000,netdev=a'], /unknown key "smb"/],
+    [['--netdev', 'tap,id=a,script=/etc/qemu-ifup', '--device', 'e1000,netdev=a'], /runs no scripts/],
+    [['--netdev', 'tap,id=a,queues=2', '--device', 'e1000,netdev=a'], /one queue/],
+    [['--netdev', 'tap,id=a,queues=99', '--device', 'virtio-net-pci,netdev=a'], /queues/],
+    [['--netdev', 'bridge,id=a', '--device', 'e1000,netdev=a'], /br=NAME/],
+    [['--netdev', 'user,id=a', '--device', 'virtio-net-pci,netdev=a,mac=ff:ff:ff:ff:ff:ff'], /unicast/],
     [['--console', 'tty'], /--console/],
     [['--ioeventfd', 'maybe'], /--ioeventfd/],
     [['extra'], /positional/i],
@@ -115,6 +155,7 @@ test('bad input ends with one clear line and a non-zero status, never a stack tr
     [['run', '--drive', `file=${unreadable}`], 1, /drive .* is not a file/],
     [['run', '--drive', 'file=x.img,if=scsi'], 2, /--drive if "scsi" must be virtio/],
     [['run', '--device', 'e1000e'], 2, /unknown device/],
+    [['run', '--netdev', 'tap,id=t,ifname=tsv-no-priv', '--device', 'e1000,netdev=t', '--kernel', notKernel, '--accel', 'kvm'], 1, /tap tsv-no-priv|not a bzImage/],
     [['nested', '--writable', path.join(dir, 'nope'), '--', 'true'], 2, /--writable .* is not a directory/],
   ];
   for (const [args, status, re] of cases) {

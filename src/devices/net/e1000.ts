@@ -1,0 +1,488 @@
+// Intel 82540EM (e1000) Gigabit Ethernet controller, fully emulated: the guest's
+// stock e1000 driver programs it register by register, each access an MMIO exit.
+// Registers, EEPROM (e1000-eeprom.ts), PHY (e1000-phy.ts), descriptor rings in
+// guest memory, checksum and segmentation offloads (e1000-offload.ts) and INTx.
+// The layout and semantics follow Intel's PCI/PCI-X Family of Gigabit Ethernet
+// Controllers Software Developer's Manual (8254x).
+//
+// Every ring and buffer address comes from the guest and is checked against guest
+// RAM before use; a ring that leaves RAM stops that direction and is counted, and
+// the VMM carries on.
+import { dataValue, setDataValue, type BusDevice, type IrqLine } from '../bus.js';
+import { ConfigSpace } from '../pci/config-space.js';
+import type { PciBar, PciDevice } from '../pci/device.js';
+import type { GuestMemory } from '../../memory/guest-memory.js';
+import { VNET_HDR_LEN, withVnetHdr, NO_OFFLOADS, type NetBackend, type NetPort } from '../../net/backend.js';
+import { DropCounter, prefixed } from '../../net/counters.js';
+import { BROADCAST_MAC, ETH_ALEN, ETH_HLEN, formatMac, sameMac } from '../../net/packet.js';
+import { E1000Eeprom } from './e1000-eeprom.js';
+import { insertChecksums, insertLegacyChecksum, segment, type TxContext } from './e1000-offload.js';
+import { E1000Phy } from './e1000-phy.js';
+
+const INTEL = 0x8086;
+const DEVICE_82540EM = 0x100e;
+const MMIO_SIZE = 0x20000;
+const IO_SIZE = 0x40;
+
+/** Register offsets in BAR 0. */
+export const R = {
+  CTRL: 0x0000, STATUS: 0x0008, EECD: 0x0010, EERD: 0x0014, CTRL_EXT: 0x0018, MDIC: 0x0020,
+  ICR: 0x00c0, ITR: 0x00c4, ICS: 0x00c8, IMS: 0x00d0, IMC: 0x00d8,
+  RCTL: 0x0100, TCTL: 0x0400,
+  RDBAL: 0x2800, RDBAH: 0x2804, RDLEN: 0x2808, RDH: 0x2810, RDT: 0x2818,
+  TDBAL: 0x3800, TDBAH: 0x3804, TDLEN: 0x3808, TDH: 0x3810, TDT: 0x3818,
+  STATS_START: 0x4000, STATS_END: 0x4100,
+  MTA: 0x5200, RA: 0x5400,
+} as const;
+
+const CTRL_SLU = 1 << 6;
+const CTRL_RST = 1 << 26;
+const CTRL_PHY_RST = 1 << 31;
+/** Link up, full duplex, 1000 Mb/s (reported and auto-detected), master enabled. */
+const STATUS_VALUE = 0x80000 | 0x300 | 0x400 | 0x80 | 0x2 | 0x1;
+
+export const Icr = { TXDW: 0x01, TXQE: 0x02, LSC: 0x04, RXDMT0: 0x10, RXO: 0x40, RXT0: 0x80 } as const;
+
+const Rctl = { EN: 0x2, UPE: 0x8, MPE: 0x10, LPE: 0x20, BAM: 0x8000, BSEX: 0x02000000, SECRC: 0x04000000 } as const;
+const RCTL_MO_SHIFT = 12;
+const RCTL_RDMTS_SHIFT = 8;
+const RCTL_BSIZE_SHIFT = 16;
+const TCTL_EN = 0x2;
+const RAH_AV = 0x80000000;
+
+/** Descriptor bits. */
+const Txd = { EOP: 0x01, IFCS: 0x02, IC: 0x04, TSE: 0x04, RS: 0x08, DEXT: 0x20 } as const;
+const TXD_DTYP_DATA = 1;
+const TXD_DTYP_CONTEXT = 0;
+const TXD_STAT_DD = 0x01;
+const TXD_POPTS_IXSM = 0x01;
+const TXD_POPTS_TXSM = 0x02;
+const TUCMD_TCP = 0x01;
+const TUCMD_IP = 0x02;
+const Rxd = { DD: 0x01, EOP: 0x02, IXSM: 0x04 } as const;
+const RXD_ERR_RXE = 0x80;
+
+const DESC_SIZE = 16;
+const MIN_FRAME = 60;
+const FCS_LEN = 4;
+/** A packet the driver assembles for one TSO context: 64 KiB of payload and its headers. */
+const MAX_TX_PACKET = 0x10000 + 256;
+const MAX_STD_FRAME = 1522;
+const MAX_JUMBO_FRAME = 16128;
+export type E1000Drop = 'tx-ring-outside-ram' | 'tx-buffer-outside-ram' | 'tx-oversized' | 'tx-bad-tso' | 'rx-ring-outside-ram' | 'rx-buffer-outside-ram' | 'rx-disabled' | 'rx-filtered' | 'rx-oversized';
+
+interface Ring {
+  base: number;
+  /** Descriptors in the ring (RDLEN / 16). */
+  count: number;
+}
+
+export class E1000 implements PciDevice, NetPort {
+  readonly config: ConfigSpace;
+  readonly bars: readonly PciBar[];
+  private readonly regs = new Uint32Array(MMIO_SIZE / 4);
+  private readonly eeprom: E1000Eeprom;
+  private readonly phy = new E1000Phy();
+  private intx: IrqLine = { set: () => {} };
+  private ioAddr = 0;
+  private rxHeld = false;
+  /** INTx is asserted: (ICR & IMS) != 0. */
+  private asserted = false;
+  /** The transmit packet being assembled from data descriptors, and the context it uses. */
+  private txPacket: Uint8Array[] = [];
+  private txLength = 0;
+  /** Why the packet being assembled will be dropped at its last descriptor. */
+  private txDrop: E1000Drop | undefined;
+  private txContext: TxContext = { ipcss: 0, ipcso: 0, ipcse: 0, tucss: 0, tucso: 0, tucse: 0, ipv4: true, tcp: true, hdrLen: 0, mss: 0 };
+  readonly counters = { txPackets: 0, txBytes: 0, rxPackets: 0, rxBytes: 0, txSegmented: 0, rxNoBuffers: 0, interrupts: 0, tdtWrites: 0, rdtWrites: 0 };
+  readonly drops = new DropCounter<E1000Drop>();
+
+  constructor(
+    private readonly memory: GuestMemory,
+    private readonly backend: NetBackend,
+    private readonly mac: Uint8Array,
+    readonly name = 'e1000',
+  ) {
+    this.config = new ConfigSpace({ vendor: INTEL, device: DEVICE_82540EM, classCode: 0x020000, revision: 3, subsystemVendor: INTEL, subsystem: 0x001e, interruptPin: 1 });
+    this.eeprom = new E1000Eeprom(mac, { vendor: INTEL, device: DEVICE_82540EM, subsystemVendor: INTEL, subsystem: 0x001e });
+    this.bars = [
+      { index: 0, kind: 'memory', size: MMIO_SIZE, region: this.mmio },
+      { index: 1, kind: 'io', size: IO_SIZE, region: this.io },
+    ];
+    this.reset();
+    backend.setRxOffloads(NO_OFFLOADS);
+  }
+
+  plugged(intx: IrqLine): void {
+    this.intx = intx;
+  }
+
+  private reset(): void {
+    this.regs.fill(0);
+    this.regs[R.STATUS / 4] = STATUS_VALUE;
+    this.regs[R.CTRL / 4] = CTRL_SLU | 0x1; // full duplex
+    this.regs[R.RA / 4] = this.mac[0]! | (this.mac[1]! << 8) | (this.mac[2]! << 16) | (this.mac[3]! << 24);
+    this.regs[R.RA / 4 + 1] = (this.mac[4]! | (this.mac[5]! << 8) | RAH_AV) >>> 0;
+    this.phy.reset();
+    this.txPacket = [];
+    this.txLength = 0;
+    this.txDrop = undefined;
+    this.asserted = false;
+    this.intx.set(false);
+  }
+
+  // -- registers --------------------------------------------------------------
+
+  private readonly mmio: BusDevice = {
+    name: 'e1000-mmio',
+    read: (offset, data) => setDataValue(data, this.readReg(offset & ~3) >>> (8 * (offset & 3))),
+    write: (offset, data) => {
+      const reg = offset & ~3;
+      const shift = 8 * (offset & 3);
+      const mask = data.length >= 4 ? 0xffffffff : ((1 << (8 * data.length)) - 1) << shift;
+      // Narrow writes merge into the register; the driver itself only writes whole registers.
+      const value = data.length >= 4 ? dataValue(data.subarray(0, 4)) : ((this.regs[reg / 4]! & ~mask) | ((dataValue(data) << shift) & mask)) >>> 0;
+      this.writeReg(reg, value);
+    },
+  };
+
+  /** IOADDR (0) selects a register, IODATA (4) reads or writes it. */
+  private readonly io: BusDevice = {
+    name: 'e1000-io',
+    read: (offset, data) => setDataValue(data, offset === 0 ? this.ioAddr : offset === 4 ? this.readReg(this.ioAddr & (MMIO_SIZE - 4)) : 0),
+    write: (offset, data) => {
+      if (offset === 0) this.ioAddr = dataValue(data.subarray(0, 4));
+      else if (offset === 4) this.writeReg(this.ioAddr & (MMIO_SIZE - 4), dataValue(data.subarray(0, 4)));
+    },
+  };
+
+  private readReg(reg: number): number {
+    switch (reg) {
+      case R.EECD:
+        return this.eeprom.readEecd();
+      case R.EERD:
+        return this.eeprom.readEerd();
+      case R.ICR: {
+        const v = this.regs[R.ICR / 4]!;
+        this.regs[R.ICR / 4] = 0;
+        this.updateIrq();
+        return v;
+      }
+      case R.IMC:
+      case R.ICS:
+        return 0;
+    }
+    if (reg >= R.STATS_START && reg < R.STATS_END) {
+      const v = this.regs[reg / 4]!;
+      this.regs[reg / 4] = 0; // statistics clear on read
+      return v;
+    }
+    return this.regs[reg / 4]!;
+  }
+
+  private writeReg(reg: number, value: number): void {
+    value >>>= 0;
+    switch (reg) {
+      case R.CTRL:
+        if (value & CTRL_RST) return this.reset();
+        this.regs[reg / 4] = (value & ~(CTRL_RST | CTRL_PHY_RST)) >>> 0;
+        if (value & CTRL_SLU) this.raise(Icr.LSC);
+        return;
+      case R.STATUS:
+        return;
+      case R.EECD:
+        return this.eeprom.writeEecd(value);
+      case R.EERD:
+        return this.eeprom.writeEerd(value);
+      case R.MDIC:
+        this.regs[reg / 4] = this.phy.mdic(value);
+        return;
+      case R.ICR:
+        this.regs[R.ICR / 4]! &= ~value;
+        return this.updateIrq();
+      case R.ICS:
+        return this.raise(value);
+      case R.IMS:
+        this.regs[R.IMS / 4]! |= value;
+        return this.updateIrq();
+      case R.IMC:
+        this.regs[R.IMS / 4]! &= ~value;
+        return this.updateIrq();
+      case R.RDLEN:
+      case R.TDLEN:
+        this.regs[reg / 4] = value & 0xfff80; // a multiple of 128 bytes
+        return;
+      case R.RDH:
+      case R.RDT:
+      case R.TDH:
+      case R.TDT:
+        this.regs[reg / 4] = value & 0xffff;
+        if (reg === R.TDT) {
+          this.counters.tdtWrites++;
+          this.transmit();
+        }
+        if (reg === R.RDT) {
+          this.counters.rdtWrites++;
+          this.rxAvailable();
+        }
+        return;
+      case R.RCTL:
+        this.regs[reg / 4] = value;
+        if (value & Rctl.EN) this.rxAvailable();
+        return;
+      case R.TCTL:
+        this.regs[reg / 4] = value;
+        if (value & TCTL_EN) this.transmit();
+        return;
+    }
+    if (reg >= R.STATS_START && reg < R.STATS_END) return; // read-only
+    this.regs[reg / 4] = value;
+  }
+
+  private reg(r: number): number {
+    return this.regs[r / 4]!;
+  }
+
+  // -- interrupts ------------------------------------------------------------
+
+  private raise(causes: number): void {
+    this.regs[R.ICR / 4]! |= causes;
+    this.updateIrq();
+  }
+
+  private updateIrq(): void {
+    const level = (this.reg(R.ICR) & this.reg(R.IMS)) !== 0;
+    if (level && !this.asserted) this.counters.interrupts++;
+    this.asserted = level;
+    this.intx.set(level);
+  }
+
+  // -- rings -----------------------------------------------------------------
+
+  private ring(baseLow: number, baseHigh: number, len: number): Ring {
+    return { base: this.reg(baseHigh) * 2 ** 32 + this.reg(baseLow), count: this.reg(len) / DESC_SIZE };
+  }
+
+  /** The descriptor's guest address, if the ring index is valid and the descriptor lies in RAM. */
+  private descriptor(ring: Ring, index: number): number | undefined {
+    if (index >= ring.count) return undefined;
+    const addr = ring.base + index * DESC_SIZE;
+    return this.memory.contains(addr, DESC_SIZE) ? addr : undefined;
+  }
+
+  // -- transmit --------------------------------------------------------------
+
+  /** Sends what lies between TDH and TDT, at most one lap of the ring. */
+  private transmit(): void {
+    if (!(this.reg(R.TCTL) & TCTL_EN)) return;
+    const ring = this.ring(R.TDBAL, R.TDBAH, R.TDLEN);
+    let head = this.reg(R.TDH);
+    const tail = this.reg(R.TDT);
+    let done = 0;
+    let cause = 0;
+    while (head !== tail && done < ring.count) {
+      const desc = this.descriptor(ring, head);
+      if (desc === undefined) {
+        this.drops.count('tx-ring-outside-ram');
+        break;
+      }
+      const cmd = this.processTxDescriptor(desc);
+      if (cmd & Txd.RS) {
+        this.memory.writeU8(desc + 12, this.memory.readU8(desc + 12) | TXD_STAT_DD);
+        cause |= Icr.TXDW;
+      }
+      head = (head + 1) % ring.count;
+      done++;
+    }
+    this.regs[R.TDH / 4] = head;
+    if (done) this.raise(cause | (head === tail ? Icr.TXQE : 0));
+  }
+
+  /** One descriptor; returns its command bits (for RS). */
+  private processTxDescriptor(desc: number): number {
+    const mem = this.memory;
+    const lenCmd = mem.readU32(desc + 8);
+    const cmd = lenCmd >>> 24;
+    if (!(cmd & Txd.DEXT)) {
+      // Legacy: buffer, length, and an optional checksum at CSO from CSS.
+      this.appendTx(Number(mem.readU64(desc)), lenCmd & 0xffff);
+      if (cmd & Txd.EOP) this.finishTx(cmd & Txd.IC ? { css: mem.readU8(desc + 13), cso: mem.readU8(desc + 10) } : undefined);
+      return cmd;
+    }
+    const dtyp = (lenCmd >>> 20) & 0xf;
+    if (dtyp === TXD_DTYP_CONTEXT) {
+      const tucmd = cmd;
+      this.txContext = {
+        ipcss: mem.readU8(desc),
+        ipcso: mem.readU8(desc + 1),
+        ipcse: mem.readU16(desc + 2),
+        tucss: mem.readU8(desc + 4),
+        tucso: mem.readU8(desc + 5),
+        tucse: mem.readU16(desc + 6),
+        ipv4: (tucmd & TUCMD_IP) !== 0,
+        tcp: (tucmd & TUCMD_TCP) !== 0,
+        hdrLen: mem.readU8(desc + 13),
+        mss: mem.readU16(desc + 14),
+      };
+      return cmd;
+    }
+    if (dtyp === TXD_DTYP_DATA) {
+      this.appendTx(Number(mem.readU64(desc)), lenCmd & 0xfffff);
+      if (cmd & Txd.EOP) {
+        const popts = mem.readU8(desc + 13);
+        this.finishTx(undefined, { ip: (popts & TXD_POPTS_IXSM) !== 0, l4: (popts & TXD_POPTS_TXSM) !== 0 }, (cmd & Txd.TSE) !== 0);
+      }
+    }
+    return cmd;
+  }
+
+  private appendTx(addr: number, len: number): void {
+    if (len === 0 || this.txDrop) return;
+    if (this.txLength + len > MAX_TX_PACKET) this.txDrop = 'tx-oversized';
+    else if (!this.memory.contains(addr, len)) this.txDrop = 'tx-buffer-outside-ram';
+    if (this.txDrop) return;
+    this.txPacket.push(this.memory.read(addr, len));
+    this.txLength += len;
+  }
+
+  private finishTx(legacy?: { css: number; cso: number }, sums?: { ip: boolean; l4: boolean }, tso = false): void {
+    const parts = this.txPacket;
+    const dropped = this.txDrop;
+    this.txPacket = [];
+    this.txLength = 0;
+    this.txDrop = undefined;
+    if (dropped) return this.drops.count(dropped);
+    const packet = Buffer.concat(parts);
+    if (packet.length < ETH_HLEN) return;
+    let frames: Uint8Array[] | undefined = [packet];
+    if (tso) {
+      frames = segment(packet, this.txContext, sums ?? { ip: false, l4: false });
+      if (!frames) return this.drops.count('tx-bad-tso');
+      this.counters.txSegmented++;
+    } else if (packet.length > MAX_JUMBO_FRAME) return this.drops.count('tx-oversized');
+    else if (legacy) insertLegacyChecksum(packet, legacy.css, legacy.cso);
+    else if (sums) insertChecksums(packet, this.txContext, sums);
+    for (const frame of frames) {
+      this.counters.txPackets++;
+      this.counters.txBytes += frame.length;
+      this.backend.send(0, withVnetHdr(frame));
+    }
+  }
+
+  // -- receive ---------------------------------------------------------------
+
+  private rxBufferSize(): number {
+    const rctl = this.reg(R.RCTL);
+    const code = (rctl >>> RCTL_BSIZE_SHIFT) & 3;
+    if (rctl & Rctl.BSEX) return [2048, 16384, 8192, 4096][code]!;
+    return [2048, 1024, 512, 256][code]!;
+  }
+
+  /** RDT moved or receive was enabled: frames held back may go now. */
+  private rxAvailable(): void {
+    if (!this.rxHeld) return;
+    this.rxHeld = false;
+    this.backend.resume(0);
+  }
+
+  receive(_queue: number, packet: Uint8Array): boolean {
+    const rctl = this.reg(R.RCTL);
+    if (!(rctl & Rctl.EN)) {
+      this.drops.count('rx-disabled');
+      return true;
+    }
+    let frame = packet.subarray(VNET_HDR_LEN);
+    if (frame.length < ETH_HLEN) return true;
+    if (!this.accepts(frame, rctl)) {
+      this.drops.count('rx-filtered');
+      return true;
+    }
+    if (frame.length > (rctl & Rctl.LPE ? MAX_JUMBO_FRAME : MAX_STD_FRAME)) {
+      this.drops.count('rx-oversized');
+      return true;
+    }
+    // Short frames are padded as on the wire; the driver strips the 4-byte FCS the hardware leaves.
+    const fcs = rctl & Rctl.SECRC ? 0 : FCS_LEN;
+    const wire = new Uint8Array(Math.max(frame.length, MIN_FRAME) + fcs);
+    wire.set(frame);
+    frame = wire;
+    const ring = this.ring(R.RDBAL, R.RDBAH, R.RDLEN);
+    const size = this.rxBufferSize();
+    const needed = Math.ceil(frame.length / size);
+    let head = this.reg(R.RDH);
+    const tail = this.reg(R.RDT);
+    const free = ring.count ? (tail - head + ring.count) % ring.count : 0;
+    if (free < needed || head >= ring.count) {
+      this.counters.rxNoBuffers++;
+      this.rxHeld = true;
+      this.raise(Icr.RXO);
+      return false;
+    }
+    for (let at = 0; at < frame.length; at += size) {
+      const desc = this.descriptor(ring, head);
+      if (desc === undefined) {
+        this.drops.count('rx-ring-outside-ram');
+        return true;
+      }
+      const chunk = frame.subarray(at, Math.min(at + size, frame.length));
+      const addr = Number(this.memory.readU64(desc));
+      let status = Rxd.DD | Rxd.IXSM | (at + size >= frame.length ? Rxd.EOP : 0);
+      let errors = 0;
+      if (this.memory.contains(addr, chunk.length)) this.memory.write(addr, chunk);
+      else {
+        this.drops.count('rx-buffer-outside-ram');
+        errors = RXD_ERR_RXE;
+        status |= Rxd.EOP;
+      }
+      this.memory.writeU16(desc + 8, chunk.length);
+      this.memory.writeU16(desc + 10, 0);
+      this.memory.writeU8(desc + 13, errors);
+      this.memory.writeU16(desc + 14, 0);
+      this.memory.writeU8(desc + 12, status);
+      head = (head + 1) % ring.count;
+      if (errors) break;
+    }
+    this.regs[R.RDH / 4] = head;
+    this.counters.rxPackets++;
+    this.counters.rxBytes += frame.length - fcs;
+    const left = (tail - head + ring.count) % ring.count;
+    const threshold = ring.count >> (1 + ((rctl >>> RCTL_RDMTS_SHIFT) & 3)); // 1/2, 1/4, 1/8 of the ring
+    this.raise(Icr.RXT0 | (left <= threshold ? Icr.RXDMT0 : 0));
+    return true;
+  }
+
+  /** Unicast: a receive address entry or UPE; multicast: MPE or the hash table; broadcast: BAM. */
+  private accepts(frame: Uint8Array, rctl: number): boolean {
+    if (sameMac(frame, 0, BROADCAST_MAC)) return (rctl & Rctl.BAM) !== 0 || (rctl & Rctl.MPE) !== 0;
+    if (frame[0]! & 1) {
+      if (rctl & Rctl.MPE) return true;
+      const shift = [4, 3, 2, 0][(rctl >>> RCTL_MO_SHIFT) & 3]!;
+      const hash = ((frame[4]! | (frame[5]! << 8)) >>> shift) & 0xfff;
+      return ((this.regs[R.MTA / 4 + (hash >>> 5)]! >>> (hash & 31)) & 1) === 1;
+    }
+    if (rctl & Rctl.UPE) return true;
+    for (let i = 0; i < 16; i++) {
+      const high = this.regs[R.RA / 4 + 2 * i + 1]!;
+      if (!(high & RAH_AV)) continue;
+      const low = this.regs[R.RA / 4 + 2 * i]!;
+      if (readLe32(frame, 0) === low && (frame[4]! | (frame[5]! << 8)) === (high & 0xffff)) return true;
+    }
+    return false;
+  }
+
+  get macAddress(): string {
+    return formatMac(this.mac.subarray(0, ETH_ALEN));
+  }
+
+  stats(): Record<string, number> {
+        return { ...this.counters, ...this.drops.stats(), ...prefixed('backend.', this.backend.stats()) };
+  }
+
+  async close(): Promise<void> {
+    await this.backend.close();
+  }
+}
+
+function readLe32(b: Uint8Array, at: number): number {
+  return (b[at]! | (b[at + 1]! << 8) | (b[at + 2]! << 16) | (b[at + 3]! << 24)) >>> 0;
+}
