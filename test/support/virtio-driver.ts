@@ -24,20 +24,36 @@ export interface Buf {
   write?: boolean;
 }
 
+/** Where a second or later queue of the same device lives: its own rings and data area in shared memory. */
+export interface QueuePlacement {
+  mem: GuestMemory;
+  /** Added to DESC_TABLE, AVAIL_RING and USED_RING. */
+  ringOffset: number;
+  dataStart: number;
+}
+
 export class SimDriver {
   /** memfd-backed, as in a VM, so devices can hand buffers to the kernel by host address. */
-  readonly mem = GuestMemory.create([{ start: gpa(0), size: RAM_SIZE }]);
+  readonly mem: GuestMemory;
   readonly queue: SplitQueue;
+  private readonly descTable: number;
+  private readonly availRing: number;
+  private readonly usedRing: number;
   private availIdx = 0;
   private usedSeen = 0;
   private nextFree = 0;
-  private nextData = DATA_START;
+  private nextData: number;
 
-  constructor(readonly size = 16, eventIdx = false) {
+  constructor(readonly size = 16, eventIdx = false, at?: QueuePlacement) {
+    this.mem = at?.mem ?? GuestMemory.create([{ start: gpa(0), size: RAM_SIZE }]);
+    this.descTable = DESC_TABLE + (at?.ringOffset ?? 0);
+    this.availRing = AVAIL_RING + (at?.ringOffset ?? 0);
+    this.usedRing = USED_RING + (at?.ringOffset ?? 0);
+    this.nextData = at?.dataStart ?? DATA_START;
     this.queue = new SplitQueue(size);
-    this.queue.descTable = DESC_TABLE;
-    this.queue.availRing = AVAIL_RING;
-    this.queue.usedRing = USED_RING;
+    this.queue.descTable = this.descTable;
+    this.queue.availRing = this.availRing;
+    this.queue.usedRing = this.usedRing;
     this.queue.eventIdx = eventIdx;
     this.queue.ready = true;
   }
@@ -60,9 +76,9 @@ export class SimDriver {
 
   /** Makes `head` available (without checking what it points at). */
   publish(head: number): void {
-    this.mem.writeU16(AVAIL_RING + 4 + 2 * (this.availIdx % this.size), head);
+    this.mem.writeU16(this.availRing + 4 + 2 * (this.availIdx % this.size), head);
     this.availIdx = (this.availIdx + 1) & 0xffff;
-    this.mem.writeU16(AVAIL_RING + 2, this.availIdx);
+    this.mem.writeU16(this.availRing + 2, this.availIdx);
   }
 
   /** Posts a chain of buffers through the descriptor table; returns its head. */
@@ -71,7 +87,7 @@ export class SimDriver {
     bufs.forEach((b, i) => {
       const index = (first + i) % this.size;
       const last = i === bufs.length - 1;
-      this.writeDesc(DESC_TABLE, index, { addr: b.addr, len: b.len, flags: (b.write ? VIRTQ_DESC_F_WRITE : 0) | (last ? 0 : VIRTQ_DESC_F_NEXT), next: (index + 1) % this.size });
+      this.writeDesc(this.descTable, index, { addr: b.addr, len: b.len, flags: (b.write ? VIRTQ_DESC_F_WRITE : 0) | (last ? 0 : VIRTQ_DESC_F_NEXT), next: (index + 1) % this.size });
     });
     this.nextFree = (first + bufs.length) % this.size;
     this.publish(first);
@@ -85,7 +101,7 @@ export class SimDriver {
       this.writeDesc(table, i, { addr: b.addr, len: b.len, flags: (b.write ? VIRTQ_DESC_F_WRITE : 0) | (i < bufs.length - 1 ? VIRTQ_DESC_F_NEXT : 0), next: i + 1 }),
     );
     const head = this.nextFree;
-    this.writeDesc(DESC_TABLE, head, { addr: table, len: bufs.length * DESC_SIZE, flags: VIRTQ_DESC_F_INDIRECT, next: 0 });
+    this.writeDesc(this.descTable, head, { addr: table, len: bufs.length * DESC_SIZE, flags: VIRTQ_DESC_F_INDIRECT, next: 0 });
     this.nextFree = (head + 1) % this.size;
     this.publish(head);
     return head;
@@ -93,10 +109,10 @@ export class SimDriver {
 
   /** Used entries the device published since the last call. */
   takeUsed(): { id: number; len: number }[] {
-    const idx = this.mem.readU16(USED_RING + 2);
+    const idx = this.mem.readU16(this.usedRing + 2);
     const out = [];
     while (this.usedSeen !== idx) {
-      const at = USED_RING + 4 + 8 * (this.usedSeen % this.size);
+      const at = this.usedRing + 4 + 8 * (this.usedSeen % this.size);
       out.push({ id: this.mem.readU32(at), len: this.mem.readU32(at + 4) });
       this.usedSeen = (this.usedSeen + 1) & 0xffff;
     }
@@ -105,10 +121,10 @@ export class SimDriver {
 
   /** EVENT_IDX: interrupt me once the used index passes `idx`. */
   setUsedEvent(idx: number): void {
-    this.mem.writeU16(AVAIL_RING + 4 + 2 * this.size, idx);
+    this.mem.writeU16(this.availRing + 4 + 2 * this.size, idx);
   }
 
   get availEvent(): number {
-    return this.mem.readU16(USED_RING + 4 + 8 * this.size);
+    return this.mem.readU16(this.usedRing + 4 + 8 * this.size);
   }
 }

@@ -120,7 +120,7 @@ export class E1000 implements PciDevice, NetPort {
   private reset(): void {
     this.regs.fill(0);
     this.regs[R.STATUS / 4] = STATUS_VALUE;
-    this.regs[R.CTRL / 4] = CTRL_SLU | 0x1; // full duplex
+    this.regs[R.CTRL / 4] = 0x1; // full duplex
     this.regs[R.RA / 4] = this.mac[0]! | (this.mac[1]! << 8) | (this.mac[2]! << 16) | (this.mac[3]! << 24);
     this.regs[R.RA / 4 + 1] = (this.mac[4]! | (this.mac[5]! << 8) | RAH_AV) >>> 0;
     this.phy.reset();
@@ -183,11 +183,13 @@ export class E1000 implements PciDevice, NetPort {
   private writeReg(reg: number, value: number): void {
     value >>>= 0;
     switch (reg) {
-      case R.CTRL:
+      case R.CTRL: {
         if (value & CTRL_RST) return this.reset();
+        const linkUp = (value & CTRL_SLU) !== 0 && !(this.reg(R.CTRL) & CTRL_SLU);
         this.regs[reg / 4] = (value & ~(CTRL_RST | CTRL_PHY_RST)) >>> 0;
-        if (value & CTRL_SLU) this.raise(Icr.LSC);
+        if (linkUp) this.raise(Icr.LSC); // the link comes up once, when the driver sets SLU
         return;
+      }
       case R.STATUS:
         return;
       case R.EECD:
