@@ -1,81 +1,16 @@
 // Boots Debian's kernel under tsvisor with real drivers and a real shell. All
 // scenarios share one nested KVM host (or run directly on hardware KVM).
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import readline from 'node:readline';
-import { after, before, test } from 'node:test';
-import { fileURLToPath } from 'node:url';
-import { defaultGuest, USERSPACE_BANNER } from '../../src/guest/default-guest.js';
-import { kvmBacking } from '../../src/vmm/accel.js';
-import { SCENARIOS as ALL_SCENARIOS, type ScenarioResult } from '../support/boot-scenarios.js';
+import { test } from 'node:test';
+import { USERSPACE_BANNER } from '../../src/guest/default-guest.js';
+import { BOOT_SCENARIOS, type ScenarioResult } from '../support/boot-scenarios.js';
+import { scenarioDir, useScenarios } from '../support/scenario-host.js';
 
-const BIN = fileURLToPath(new URL('../../../bin/tsvisor.js', import.meta.url));
-const SCENARIO_SCRIPT = fileURLToPath(new URL('../support/boot-scenarios.js', import.meta.url));
-const results = new Map<string, ScenarioResult>();
-/** Host directory for the scenarios' disk images, shared writable with the nested host. */
-const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsvisor-it-'));
-after(() => fs.rmSync(dir, { recursive: true, force: true }));
-
-/** No scenario takes this long; past it the nested host is presumed wedged. */
-const STALL_MS = 8 * 60_000;
-const ATTEMPTS = 3;
-
-/**
- * Runs the named scenarios in one host; resolves with those that reported.
- * Streams results, and ends the host if none arrives for STALL_MS.
- */
-function runScenarios(kernel: string, initrd: string, names: string[]): Promise<{ stderr: string; stalled: boolean }> {
-  const script = [SCENARIO_SCRIPT, kernel, initrd, ...names];
-  const [cmd, args] =
-    kvmBacking() === 'hardware' ? [process.execPath, script] : [process.execPath, [BIN, 'nested', '--writable', dir, '--', process.execPath, ...script]];
-  const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, TSVISOR_TEST_DIR: dir } });
-  let stderr = '';
-  let stalled = false;
-  let timer: NodeJS.Timeout;
-  const arm = () => {
-    clearTimeout(timer);
-    timer = setTimeout(() => {
-      stalled = true;
-      child.kill('SIGTERM');
-    }, STALL_MS);
-  };
-  arm();
-  child.stderr.on('data', (d) => (stderr += d));
-  readline.createInterface({ input: child.stdout }).on('line', (line) => {
-    if (!line.startsWith('SCENARIO ')) return;
-    const s = JSON.parse(line.slice(9)) as ScenarioResult;
-    results.set(s.name, s);
-    arm();
-  });
-  return new Promise((resolve) =>
-    child.on('close', () => {
-      clearTimeout(timer);
-      resolve({ stderr, stalled });
-    }),
-  );
-}
-
-before(async () => {
-  const guest = defaultGuest(() => {});
-  // The nested host runs under TCG and has, rarely, stopped making progress on a
-  // loaded machine; the scenarios it had not reported then run in a fresh one.
-  for (let attempt = 1; attempt <= ATTEMPTS; attempt++) {
-    const missing = ALL_SCENARIOS.map((s) => s.name).filter((n) => !results.has(n));
-    if (missing.length === 0) break;
-    const r = await runScenarios(guest.kernel, guest.initrd, missing);
-    if (r.stalled) console.log(`# nested host made no progress for ${STALL_MS / 60000} min (attempt ${attempt}); restarting it for: ${missing.filter((n) => !results.has(n)).join(', ')}`);
-    else if (results.size === 0) throw new Error(`no scenario ran: ${r.stderr.slice(-2000)}`);
-  }
-});
-
-function result(name: string): ScenarioResult {
-  const r = results.get(name);
-  assert.ok(r, `scenario ${name} did not report`);
-  return r;
-}
+const results = useScenarios(BOOT_SCENARIOS.map((s) => s.name));
+const result = (name: string): ScenarioResult => results(name);
 
 test('the default guest reaches userspace, answers typed commands on the serial console, and poweroff exits 0', () => {
   const r = result('command');
@@ -149,7 +84,7 @@ test('virtio-console: the shell runs on hvc0 and its output reaches stdout', () 
 test('virtio-blk: a filesystem the guest made and filled is in the host file, readable by debugfs and clean for e2fsck', () => {
   const r = result('virtio-devices');
   assert.ok(r.console.includes('FS-2'), r.console.slice(-3000));
-  const image = path.join(dir, 'data.img');
+  const image = path.join(scenarioDir, 'data.img');
   assert.equal(debugfsCat(image, '/hello.txt'), 'hello from the guest\n');
   const numbers = Array.from({ length: 20000 }, (_, i) => `${i + 1}\n`).join('');
   assert.equal(debugfsCat(image, '/numbers.txt'), numbers);
@@ -161,7 +96,7 @@ test('virtio-blk: a read-only drive refuses writes in the guest and its file is 
   const r = result('virtio-devices');
   assert.match(r.console, /ro=1/);
   assert.match(r.console, /ro-write-status=1/);
-  const ro = fs.readFileSync(path.join(dir, 'ro.img'));
+  const ro = fs.readFileSync(path.join(scenarioDir, 'ro.img'));
   assert.ok(ro.every((b) => b === 0));
 });
 
@@ -178,7 +113,7 @@ test('virtio-blk: data the guest synced survives tsvisor being killed with SIGKI
   const r = result('crash');
   assert.equal(r.signal, 'SIGKILL', r.stderr + r.console.slice(-3000));
   const pattern = Array.from({ length: 100000 }, (_, i) => `${100000 + i}\n`).join('');
-  const image = fs.readFileSync(path.join(dir, 'crash.img'));
+  const image = fs.readFileSync(path.join(scenarioDir, 'crash.img'));
   assert.equal(image.subarray(0, pattern.length).toString(), pattern);
 });
 

@@ -3,11 +3,13 @@
 // the nested KVM host here, directly on a machine with VT-x/AMD-V.
 // usage: node boot-scenarios.js KERNEL INITRD [SCENARIO...]   (default: all)
 // Disk images go to $TSVISOR_TEST_DIR (a host directory the caller inspects afterwards).
-import { spawn } from 'node:child_process';
+import { execSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+
+import { NET_SCENARIOS, startTestServers } from './net-scenarios.js';
 
 const BIN = fileURLToPath(new URL('../../../bin/tsvisor.js', import.meta.url));
 const [kernel, initrd, ...only] = process.argv.slice(2);
@@ -35,6 +37,13 @@ export interface Scenario {
   killOn?: string;
   /** When `marker` appears on the console, cut the drive's file down to `sizeMiB` behind tsvisor's back. */
   truncateOn?: { marker: string; file: string; sizeMiB: number };
+  /** Shell commands run where tsvisor runs, before it starts (taps, bridges) and after it ends. */
+  hostSetup?: string;
+  hostTeardown?: string;
+  /** When `marker` appears, fetch `url` from the host (the reply goes in the result), then type `then`. */
+  hostFetch?: { marker: string; url: string; then: string };
+  /** Scenarios with the same group boot at the same time (guests that talk to each other). */
+  group?: string;
 }
 
 export interface ScenarioResult {
@@ -46,9 +55,13 @@ export interface ScenarioResult {
   stdout: string;
   stderr: string;
   seconds: number;
+  /** What hostFetch got (or the error it met). */
+  fetched?: string;
+  /** hostSetup's failure, if it failed. */
+  setupError?: string;
 }
 
-export const SCENARIOS: Scenario[] = [
+export const BOOT_SCENARIOS: Scenario[] = [
   { name: 'command', cpus: 2, stats: true, input: 'uname -r\necho tsv-$((6*7))\nnproc\npoweroff\n' },
   { name: 'reboot', input: 'reboot\n', serialFile: true },
   { name: 'sysrq-panic', input: 'echo c > /proc/sysrq-trigger\n' },
@@ -126,17 +139,31 @@ function runScenario(s: Scenario): Promise<ScenarioResult> {
   const t0 = Date.now();
   const child = spawn(process.execPath, [BIN, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
   let out = '';
+  let fetched: string | undefined;
+  let fetching = false;
   let err = '';
   let truncated = false;
   let typed = false;
   const type = () => {
     typed = true;
-    child.stdin.end(s.input);
+    if (s.hostFetch) child.stdin.write(s.input);
+    else child.stdin.end(s.input);
   };
   child.stdout.on('data', (d) => {
     out += d;
     if (!typed && s.inputAfter && out.includes(s.inputAfter)) type();
     if (s.killOn && out.includes(s.killOn)) child.kill('SIGKILL');
+    const f = s.hostFetch;
+    if (f && !fetching && out.includes(f.marker)) {
+      fetching = true;
+      fetch(f.url, { signal: AbortSignal.timeout(30_000) })
+        .then((r) => r.text())
+        .then(
+          (text) => (fetched = text),
+          (e: Error) => (fetched = `fetch failed: ${e.message} ${(e.cause as Error | undefined)?.message ?? ''}`),
+        )
+        .finally(() => child.stdin.end(f.then));
+    }
     if (s.truncateOn && !truncated && out.includes(s.truncateOn.marker)) {
       truncated = true;
       fs.truncateSync(path.join(testDir(), s.truncateOn.file), s.truncateOn.sizeMiB * 2 ** 20);
@@ -149,13 +176,46 @@ function runScenario(s: Scenario): Promise<ScenarioResult> {
     child.on('close', (status, signal) => {
       clearTimeout(timer);
       const console = s.serialFile ? fs.readFileSync(consoleFile, 'utf8') : out;
-      resolve({ name: s.name, status, signal, console, stdout: out, stderr: err, seconds: (Date.now() - t0) / 1000 });
+      resolve({ name: s.name, status, signal, console, stdout: out, stderr: err, seconds: (Date.now() - t0) / 1000, fetched });
     }),
   );
 }
 
-if (kernel && initrd) {
-  for (const s of SCENARIOS.filter((s) => only.length === 0 || only.includes(s.name))) {
-    process.stdout.write(`SCENARIO ${JSON.stringify(await runScenario(s))}\n`);
+export const SCENARIOS: Scenario[] = [...BOOT_SCENARIOS, ...NET_SCENARIOS];
+
+/** Runs the host commands a scenario (or group) needs; the error text if they failed. */
+function hostCommand(command: string | undefined): string | undefined {
+  if (!command) return undefined;
+  try {
+    execSync(command, { stdio: ['ignore', 'ignore', 'pipe'] });
+    return undefined;
+  } catch (e) {
+    return `${command}: ${(e as { stderr?: Buffer }).stderr?.toString().trim() ?? (e as Error).message}`;
   }
+}
+
+/** Boots a scenario, or a group of them together, between its host setup and teardown. */
+async function runGroup(group: Scenario[]): Promise<ScenarioResult[]> {
+  const setupError = hostCommand(group[0]!.hostSetup);
+  try {
+    if (setupError) return group.map((s) => ({ name: s.name, status: null, signal: null, console: '', stdout: '', stderr: '', seconds: 0, setupError }));
+    return await Promise.all(group.map(runScenario));
+  } finally {
+    hostCommand(group[0]!.hostTeardown);
+  }
+}
+
+if (kernel && initrd) {
+  const chosen = SCENARIOS.filter((s) => only.length === 0 || only.includes(s.name));
+  const servers = chosen.some((s) => NET_SCENARIOS.includes(s)) ? await startTestServers() : undefined;
+  const groups: Scenario[][] = [];
+  for (const s of chosen) {
+    const mates = s.group ? groups.find((g) => g[0]!.group === s.group) : undefined;
+    if (mates) mates.push(s);
+    else groups.push([s]);
+  }
+  for (const group of groups) {
+    for (const r of await runGroup(group)) process.stdout.write(`SCENARIO ${JSON.stringify(r)}\n`);
+  }
+  servers?.close();
 }

@@ -1,0 +1,82 @@
+// Runs a test file's boot scenarios (boot-scenarios.ts) in one shared nested KVM
+// host, or directly on hardware KVM, before the file's tests; each test then
+// reads its scenario's result.
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import readline from 'node:readline';
+import { after, before } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { defaultGuest } from '../../src/guest/default-guest.js';
+import { kvmBacking } from '../../src/vmm/accel.js';
+import type { ScenarioResult } from './boot-scenarios.js';
+
+const BIN = fileURLToPath(new URL('../../../bin/tsvisor.js', import.meta.url));
+const SCENARIO_SCRIPT = fileURLToPath(new URL('./boot-scenarios.js', import.meta.url));
+
+/** Host directory for the scenarios' disk images, shared writable with the nested host. */
+export const scenarioDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsvisor-it-'));
+after(() => fs.rmSync(scenarioDir, { recursive: true, force: true }));
+
+/** No scenario takes this long; past it the nested host is presumed wedged. */
+const STALL_MS = 8 * 60_000;
+const ATTEMPTS = 3;
+
+/**
+ * Runs the named scenarios in one host, storing each result as it is reported,
+ * and ends the host if none arrives for STALL_MS.
+ */
+function runScenarios(kernel: string, initrd: string, names: string[], results: Map<string, ScenarioResult>): Promise<{ stderr: string; stalled: boolean }> {
+  const script = [SCENARIO_SCRIPT, kernel, initrd, ...names];
+  const [cmd, args] =
+    kvmBacking() === 'hardware' ? [process.execPath, script] : [process.execPath, [BIN, 'nested', '--writable', scenarioDir, '--', process.execPath, ...script]];
+  const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, TSVISOR_TEST_DIR: scenarioDir } });
+  let stderr = '';
+  let stalled = false;
+  let timer: NodeJS.Timeout;
+  const arm = () => {
+    clearTimeout(timer);
+    timer = setTimeout(() => {
+      stalled = true;
+      child.kill('SIGTERM');
+    }, STALL_MS);
+  };
+  arm();
+  child.stderr.on('data', (d) => (stderr += d));
+  readline.createInterface({ input: child.stdout }).on('line', (line) => {
+    if (!line.startsWith('SCENARIO ')) return;
+    const s = JSON.parse(line.slice(9)) as ScenarioResult;
+    results.set(s.name, s);
+    arm();
+  });
+  return new Promise((resolve) =>
+    child.on('close', () => {
+      clearTimeout(timer);
+      resolve({ stderr, stalled });
+    }),
+  );
+}
+
+/** Boots `names` before the file's tests; returns the lookup tests use. */
+export function useScenarios(names: string[]): (name: string) => ScenarioResult {
+  const results = new Map<string, ScenarioResult>();
+  before(async () => {
+    const guest = defaultGuest(() => {});
+    // The nested host runs under TCG and has, rarely, stopped making progress on a
+    // loaded machine; the scenarios it had not reported then run in a fresh one.
+    for (let attempt = 1; attempt <= ATTEMPTS; attempt++) {
+      const missing = names.filter((n) => !results.has(n));
+      if (missing.length === 0) break;
+      const r = await runScenarios(guest.kernel, guest.initrd, missing, results);
+      if (r.stalled) console.log(`# nested host made no progress for ${STALL_MS / 60000} min (attempt ${attempt}); restarting it for: ${missing.filter((n) => !results.has(n)).join(', ')}`);
+      else if (results.size === 0) throw new Error(`no scenario ran: ${r.stderr.slice(-2000)}`);
+    }
+  });
+  return (name) => {
+    const r = results.get(name);
+    assert.ok(r, `scenario ${name} did not report`);
+    return r;
+  };
+}
