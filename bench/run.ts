@@ -7,14 +7,20 @@
 //    inside the guest (bench/blk-bench.c, O_DIRECT, one request at a time), on the
 //    same image, tsvisor against `qemu -accel kvm` with virtio-blk-pci; and VM exits
 //    per request with ioeventfd/irqfd on and off.
+//  - net: TCP throughput between the guest and the host over a tap, both ways
+//    (iperf3 from Debian's packages on both ends), tsvisor's virtio-net and e1000
+//    against QEMU's virtio-net-pci and e1000 (vhost=off: both serve the tap from
+//    the VMM); and `tsvisor bench io-paths` (exits and interrupts per MB).
 // All run where KVM is hardware-backed: inside the nested KVM host here. The PIO
 // benchmark also runs on this machine's own /dev/kvm.
-// BENCH_ONLY=boot,pio,blk picks sections.
-import { spawn, spawnSync } from 'node:child_process';
+// BENCH_ONLY=boot,pio,blk,net picks sections.
+import { execSync, spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { CpioEntry } from '../src/guest/cpio.js';
+import { fetchPackage } from '../src/guest/debian.js';
 import { defaultGuest, DEFAULT_GUEST_CMDLINE, USERSPACE_BANNER } from '../src/guest/default-guest.js';
 import { kvmBacking } from '../src/vmm/accel.js';
 import { outLoop, runRealMode } from '../test/support/tiny-guest.js';
@@ -27,7 +33,8 @@ const PIO_EXITS = Number(process.env.BENCH_PIO_EXITS ?? 20000);
 
 const BLK_MIB = Number(process.env.BENCH_BLK_MIB ?? 128);
 const BLK_RANDOM_READS = Number(process.env.BENCH_BLK_RANDOM_READS ?? 4000);
-const ONLY = new Set((process.env.BENCH_ONLY ?? 'boot,pio,blk').split(','));
+const NET_SECONDS = Number(process.env.BENCH_NET_SECONDS ?? 10);
+const ONLY = new Set((process.env.BENCH_ONLY ?? 'boot,pio,blk,net').split(','));
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
@@ -155,6 +162,63 @@ async function blkBench(kernel: string, initrd: string): Promise<void> {
   }
 }
 
+/** iperf3 and the libraries it loads: from Debian's packages, and the host's own libc and OpenSSL (the same release). */
+function iperf3(): { bin: string; libraryPath: string; files: CpioEntry[] } {
+  const pkgs = ['iperf3', 'libiperf0', 'libsctp1'].map((p) => fetchPackage(p));
+  const bin = path.join(pkgs[0]!.dir, 'usr/bin/iperf3');
+  const libraryPath = pkgs.slice(1).map((p) => path.join(p.dir, 'usr/lib/x86_64-linux-gnu')).join(':');
+  const ldd = execSync(`ldd ${bin}`, { encoding: 'utf8', env: { ...process.env, LD_LIBRARY_PATH: libraryPath } });
+  const libs = [...ldd.matchAll(/=> (\/\S+)/g)].map((m) => m[1]!);
+  const loader = /^\s*(\/\S*ld-linux\S*)/m.exec(ldd)?.[1] ?? '/lib64/ld-linux-x86-64.so.2';
+  const files: CpioEntry[] = [
+    { type: 'file', path: 'bin/iperf3', data: fs.readFileSync(bin), mode: 0o755 },
+    { type: 'file', path: 'lib64/ld-linux-x86-64.so.2', data: fs.readFileSync(loader), mode: 0o755 },
+    ...libs.map((l): CpioEntry => ({ type: 'file', path: `lib/x86_64-linux-gnu/${path.basename(l)}`, data: fs.readFileSync(l) })),
+  ];
+  return { bin, libraryPath, files };
+}
+
+const TAP = 'tsvbench0';
+const TAP_HOST = '192.168.79.1';
+
+/** Mbit/s from the `receiver` line after `marker` in iperf3's output. */
+function iperfRate(out: string, marker: string): number {
+  const m = new RegExp(`${marker}[\\s\\S]*?([\\d.]+) Mbits/sec\\s+receiver`).exec(out);
+  if (!m) throw new Error(`no iperf3 result after ${marker}:\n${out.slice(-3000)}`);
+  return Number(m[1]);
+}
+
+async function netBench(kernel: string, initrd: string, iperfBin: string, libraryPath: string): Promise<void> {
+  execSync(`ip tuntap add ${TAP} mode tap && ip addr add ${TAP_HOST}/24 dev ${TAP} && ip link set ${TAP} up`);
+  const server = spawn(iperfBin, ['-s', '-B', TAP_HOST], { stdio: 'ignore', env: { ...process.env, LD_LIBRARY_PATH: libraryPath } });
+  const input = [
+    `ip addr add 192.168.79.2/24 dev eth0 && ip link set eth0 up`,
+    `for i in $(seq 60); do ping -c 1 -W 1 ${TAP_HOST} >/dev/null && break; done`,
+    `echo GUEST-TO-HOST-$((1+1)); iperf3 -c ${TAP_HOST} -t ${NET_SECONDS} -f m | grep receiver`,
+    `echo HOST-TO-GUEST-$((1+1)); iperf3 -R -c ${TAP_HOST} -t ${NET_SECONDS} -f m | grep receiver`,
+    'poweroff',
+    '',
+  ].join('\n');
+  try {
+    for (const model of ['virtio-net', 'e1000'] as const) {
+      const tsvisor = [BIN, 'run', '--accel', 'kvm', '--kernel', kernel, '--initrd', initrd, '--memory', '512M', '--append', DEFAULT_GUEST_CMDLINE];
+      tsvisor.push('--netdev', `tap,id=n0,ifname=${TAP},script=no`, '--device', `${model === 'e1000' ? 'e1000' : 'virtio-net-pci'},netdev=n0`, '--stats');
+      const qemu = ['-accel', 'kvm', '-M', 'pc', '-cpu', 'host', '-m', '512', '-nodefaults', '-no-user-config', '-display', 'none', '-serial', 'stdio', '-no-reboot', '-kernel', kernel, '-initrd', initrd, '-append', DEFAULT_GUEST_CMDLINE];
+      qemu.push('-netdev', `tap,id=n0,ifname=${TAP},script=no,downscript=no,vhost=off`, '-device', `${model === 'e1000' ? 'e1000' : 'virtio-net-pci'},netdev=n0`);
+      const t = (await session(process.execPath, tsvisor, input)).out;
+      const q = (await session('qemu-system-x86_64', qemu, input)).out;
+      const peer = `qemu ${model === 'e1000' ? 'e1000' : 'virtio-net-pci'} (tap, vhost=off)`;
+      report(`${model} over tap, TCP guest to host (Mbit/s)`, iperfRate(t, 'GUEST-TO-HOST-2'), iperfRate(q, 'GUEST-TO-HOST-2'), peer);
+      report(`${model} over tap, TCP host to guest (Mbit/s)`, iperfRate(t, 'HOST-TO-GUEST-2'), iperfRate(q, 'HOST-TO-GUEST-2'), peer);
+    }
+  } finally {
+    server.kill();
+    execSync(`ip link del ${TAP}`);
+  }
+  const io = spawnSync(process.execPath, [BIN, 'bench', 'io-paths', '--accel', 'kvm'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
+  process.stdout.write(io.stdout.split('\n').map((l) => (l ? `BENCH ${l}` : l)).join('\n'));
+}
+
 async function pioBench(where: string, peer: string): Promise<void> {
   const c = Number(spawnSync(peer, [String(PIO_EXITS)], { encoding: 'utf8' }).stdout.trim());
   const noop = { read: (_o: number, d: Uint8Array) => d.fill(0), write: () => {} };
@@ -170,22 +234,26 @@ function report(what: string, ours: number, peer: number, peerName: string, extr
 }
 
 async function main(): Promise<void> {
-  const [mode, kernel, initrd, innerBlkInitrd] = process.argv.slice(2);
+  const [mode, kernel, initrd, innerBlkInitrd, innerNetInitrd, iperfBin, iperfLibs] = process.argv.slice(2);
   if (mode === 'inner') {
     if (ONLY.has('pio')) await pioBench('nested host KVM', compilePeer());
     if (ONLY.has('boot')) await bootBench(kernel!, initrd!);
     if (ONLY.has('blk')) await blkBench(kernel!, innerBlkInitrd!);
+    if (ONLY.has('net')) await netBench(kernel!, innerNetInitrd!, iperfBin!, iperfLibs!);
     return;
   }
   const guest = defaultGuest();
   if (fs.existsSync('/dev/kvm') && ONLY.has('pio')) await pioBench(`this machine's /dev/kvm (${kvmBacking()})`, compilePeer());
   // Built here: the nested host has neither the package cache nor the network.
   const blkInitrd = blkBenchInitrd();
+  const iperf = iperf3();
+  const netInitrd = defaultGuest(undefined, iperf.files).initrd;
   if (kvmBacking() === 'hardware') {
     if (ONLY.has('boot')) await bootBench(guest.kernel, guest.initrd);
     if (ONLY.has('blk')) await blkBench(guest.kernel, blkInitrd);
+    if (ONLY.has('net')) await netBench(guest.kernel, netInitrd, iperf.bin, iperf.libraryPath);
   } else {
-    const inner = [process.execPath, SELF, 'inner', guest.kernel, guest.initrd, blkInitrd];
+    const inner = [process.execPath, SELF, 'inner', guest.kernel, guest.initrd, blkInitrd, netInitrd, iperf.bin, iperf.libraryPath];
     const r = spawnSync(process.execPath, [BIN, 'nested', '--memory', '3G', '--', ...inner], { stdio: ['ignore', 'inherit', 'inherit'] });
     if (r.status !== 0) throw new Error(`the nested benchmark failed with status ${r.status}`);
   }

@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import { parseArgs } from 'node:util';
 import { FetchError } from '../guest/debian.js';
 import { runNested } from '../nested/nested-host.js';
+import { benchCommand } from './bench-io-paths.js';
 import { doctor } from './doctor.js';
 import { ExitCode, UsageError, UserError } from './errors.js';
 import { runCommand } from './run.js';
@@ -41,10 +42,15 @@ export const USAGE = `usage:
       --accel auto|kvm|nested       auto: /dev/kvm if hardware-backed, else the nested KVM host
       --stats                       print exit and device counters when the guest ends
                                     (SIGUSR1 prints them while it runs)
+      --stats-json PATH             also write them as JSON to PATH, at exit and on SIGUSR1
   tsvisor nested [--memory SIZE] [--cpus N] [--writable DIR]... -- COMMAND [ARGS...]
                                     run a command inside the nested KVM host (host / read-only,
                                     each DIR writable at its own path)
   tsvisor doctor [--json] [--quick] report KVM access, its backing, and whether the nested host starts
+  tsvisor bench io-paths [--size SIZE] [--accel auto|kvm|nested]
+                                    download SIZE (default 64M) into the default guest through an
+                                    e1000 and through virtio-net (user-mode networking) and print
+                                    throughput, exits per MB and interrupts per MB for each
 exit status of run: 0 guest powered off or rebooted, 1 error, 2 bad usage, 3 guest panicked,
                     4 triple fault or KVM failure, 125 the nested host failed,
                     128+N stopped by signal N (SIGINT, SIGTERM, SIGHUP)
@@ -85,6 +91,8 @@ export async function main(argv: string[]): Promise<number> {
     }
     case 'nested':
       return nestedCommand(rest);
+    case 'bench':
+      return benchCommand(rest);
     case 'doctor': {
       let values;
       try {
@@ -101,7 +109,7 @@ export async function main(argv: string[]): Promise<number> {
       process.stdout.write(USAGE);
       return command === undefined ? ExitCode.USAGE : ExitCode.OK;
     default:
-      throw new UsageError(`unknown command "${command}" (try: tsvisor run, tsvisor nested, tsvisor doctor)`);
+      throw new UsageError(`unknown command "${command}" (try: tsvisor run, tsvisor nested, tsvisor doctor, tsvisor bench)`);
   }
 }
 

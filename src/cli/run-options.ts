@@ -52,6 +52,8 @@ export interface RunOptions {
   serial: SerialTarget;
   accel: AccelRequest;
   stats: boolean;
+  /** Also write the counters as JSON here, at exit and on SIGUSR1. */
+  statsJson?: string;
   drives: DriveSpec[];
   /** `--device virtio-rng`. */
   rng: boolean;
@@ -74,6 +76,7 @@ export const RUN_FLAGS = {
   serial: { type: 'string' },
   accel: { type: 'string' },
   stats: { type: 'boolean' },
+  'stats-json': { type: 'string' },
   drive: { type: 'string', multiple: true },
   device: { type: 'string', multiple: true },
   netdev: { type: 'string', multiple: true },
@@ -110,6 +113,7 @@ export function parseRunArgs(argv: readonly string[]): RunOptions & { help: bool
     serial: parseSerial(values.serial ?? 'stdio'),
     accel,
     stats: values.stats ?? false,
+    statsJson: values['stats-json'],
     drives: (values.drive ?? []).map(parseDrive),
     rng: devices.some((d) => d === 'virtio-rng'),
     network: parseNetwork(values.netdev ?? [], values.device ?? [], devices),

@@ -98,6 +98,7 @@ function innerRunArgs(opts: GuestOptions): string[] {
   args.push('--memory', formatSize(opts.memory), '--cpus', String(opts.cpus));
   args.push('--serial', opts.serial.kind === 'file' ? `file:${path.resolve(opts.serial.path)}` : 'stdio');
   if (opts.stats) args.push('--stats');
+  if (opts.statsJson) args.push('--stats-json', path.resolve(opts.statsJson));
   for (const d of opts.drives) {
     const kv = [`file=${path.resolve(d.file).replaceAll(',', ',,')}`, 'format=raw', 'if=virtio', `cache=${d.cache}`];
     if (d.readOnly) kv.push('readonly=on');
@@ -123,6 +124,7 @@ export async function runCommand(given: RunOptions): Promise<number> {
     // The nested host sees the host's files read-only, except these directories, shared writable at the same paths.
     const writable = [
       ...(opts.serial.kind === 'file' ? [path.dirname(path.resolve(opts.serial.path))] : []),
+      ...(opts.statsJson ? [path.dirname(path.resolve(opts.statsJson))] : []),
       ...opts.drives.filter((d) => !d.readOnly).map((d) => path.dirname(fs.realpathSync(d.file))),
     ];
     return await runNested({ command: process.execPath, args: [cli, ...innerRunArgs(opts)], writable: [...new Set(writable)], memoryMiB: nestedMemoryMiB(opts) });
@@ -220,8 +222,12 @@ async function runOnKvm(opts: GuestOptions): Promise<number> {
     signal = sig;
     machine.end('stopped', `host signal ${sig}`);
   };
-  // SIGUSR1 prints the counters while the guest runs.
-  const printStats = () => process.stderr.write(formatStats(machine.stats()));
+  // SIGUSR1 prints the counters while the guest runs (and rewrites the JSON file).
+  const writeJson = () => opts.statsJson && fs.writeFileSync(opts.statsJson, JSON.stringify(machine.stats(), null, 1) + '\n');
+  const printStats = () => {
+    process.stderr.write(formatStats(machine.stats()));
+    writeJson();
+  };
   for (const sig of STOP_SIGNALS) process.on(sig, onSignal);
   process.on('SIGUSR1', printStats);
   const exit = await machine.run();
@@ -232,6 +238,7 @@ async function runOnKvm(opts: GuestOptions): Promise<number> {
   await consoleOutput?.flush();
   output.close();
   if (opts.stats) process.stderr.write(formatStats(machine.stats()));
+  writeJson();
   for (const e of machine.deviceErrors.slice(0, 5)) log(`device error: ${e.split('\n')[0]}`);
   await machine.close();
   if (exit.kind !== 'poweroff' && exit.kind !== 'reboot') log(`guest ended: ${exit.kind} (${exit.detail})`);

@@ -101,7 +101,6 @@ export function defaultGuest(log?: (line: string) => void, extra: readonly CpioE
     files: [
       { type: 'file', path: 'etc/inittab', data: Buffer.from(INITTAB) },
       { type: 'file', path: 'etc/profile', data: Buffer.from(PROFILE) },
-      { type: 'dir', path: 'etc/udhcpc' },
       { type: 'file', path: UDHCPC_SCRIPT, data: Buffer.from(UDHCPC), mode: 0o755 },
       ...extra,
     ],

@@ -46,7 +46,7 @@ export const NET_SCENARIOS: Scenario[] = [
     hostFetch: { marker: 'SERVING-2', url: `http://127.0.0.1:${HOSTFWD_PORT}/`, then: 'poweroff\n' },
   },
   {
-    // Both card models, each on its own tap, guest to host.
+    // Both card models, each on its own tap and subnet, guest to host.
     name: 'net-tap',
     stats: true,
     hostSetup: [
@@ -58,8 +58,10 @@ export const NET_SCENARIOS: Scenario[] = [
     args: ['--netdev', 'tap,id=t0,ifname=tsvtap0,script=no,downscript=no', '--device', 'e1000,netdev=t0', '--netdev', 'tap,id=t1,ifname=tsvtap1,script=no', '--device', 'virtio-net-pci,netdev=t1'],
     inputAfter: "Enter 'help'",
     input: [
-      'echo "eth0=$(cat /sys/class/net/eth0/device/vendor):$(cat /sys/class/net/eth0/device/device) eth1=$(basename $(readlink /sys/class/net/eth1/device/driver))"',
-      'ip addr add 192.168.70.2/24 dev eth0 && ip link set eth0 up && ip addr add 192.168.71.2/24 dev eth1 && ip link set eth1 up',
+      // Interfaces are named in driver-load order; find each card by its driver.
+      'for n in /sys/class/net/eth*; do d=$(basename $(readlink $n/device/driver)); [ $d = e1000 ] && E=${n##*/}; [ $d = virtio_net ] && V=${n##*/}; done',
+      'echo "e1000=$(cat /sys/class/net/$E/device/vendor):$(cat /sys/class/net/$E/device/device) virtio=$(cat /sys/class/net/$V/address)"',
+      'ip addr add 192.168.70.2/24 dev $E && ip link set $E up && ip addr add 192.168.71.2/24 dev $V && ip link set $V up',
       `${pingUntil('192.168.70.1')} && ${done('E1000-PING')}`,
       `${pingUntil('192.168.71.1')} && ${done('VIRTIO-PING')}`,
       `wget -q -O /tmp/a http://192.168.70.1:${HTTP_PORT}/blob && echo "e1000-md5 $(md5sum < /tmp/a)"`,

@@ -29,7 +29,7 @@ test('run options: defaults and every flag', () => {
   assert.equal(d.accel, 'auto');
   assert.deepEqual([d.drives, d.rng, d.console, d.ioeventfd, d.irqfd], [[], false, 'serial', true, true]);
   const o = parseRunArgs([
-    ...['--kernel', 'k', '--initrd', 'i', '--append', 'a b', '-m', '1G', '--cpus', '2', '--serial', 'file:/tmp/x', '--accel', 'kvm', '--stats'],
+    ...['--kernel', 'k', '--initrd', 'i', '--append', 'a b', '-m', '1G', '--cpus', '2', '--serial', 'file:/tmp/x', '--accel', 'kvm', '--stats', '--stats-json', '/tmp/s.json'],
     ...['--drive', 'file=/a,,b.img,format=raw,if=virtio,readonly=on,serial=disk1,cache=none', '--drive', 'file=c.img'],
     ...['--device', 'virtio-rng', '--console', 'virtio', '--ioeventfd', 'off', '--irqfd', 'off'],
     ...['--netdev', 'user,id=u,net=192.168.5.0/24,hostfwd=tcp::2222-:22,hostfwd=tcp:127.0.0.1:8080-10.0.2.20:80', '--device', 'e1000,netdev=u'],
@@ -68,6 +68,7 @@ test('run options: defaults and every flag', () => {
       serial: { kind: 'file', path: '/tmp/x' },
       accel: 'kvm',
       stats: true,
+      statsJson: '/tmp/s.json',
       drives: [
         { file: '/a,b.img', readOnly: true, serial: 'disk1', cache: 'none' },
         { file: 'c.img', readOnly: false, serial: undefined, cache: 'writeback' },
