@@ -37,19 +37,23 @@ export async function benchCommand(argv: string[]): Promise<number> {
   if (what !== 'io-paths') throw new UsageError(`bench: unknown benchmark "${what ?? ''}" (known: io-paths)`);
   let values;
   try {
-    ({ values } = parseArgs({ args: rest, options: { size: { type: 'string' }, accel: { type: 'string' } }, strict: true }));
+    ({ values } = parseArgs({ args: rest, options: { size: { type: 'string' }, accel: { type: 'string' }, kernel: { type: 'string' }, initrd: { type: 'string' } }, strict: true }));
   } catch (e) {
     throw new UsageError((e as Error).message.split('\n')[0]!);
   }
   const size = parseSize(values.size ?? '64M', '--size');
   const request = (values.accel ?? 'auto') as AccelRequest;
   if (!['auto', 'kvm', 'nested'].includes(request)) throw new UsageError(`--accel "${request}" must be auto, kvm or nested`);
+  if ((values.kernel === undefined) !== (values.initrd === undefined)) throw new UsageError('--kernel and --initrd go together (a guest with busybox udhcpc and wget)');
   const { accel } = chooseAccel(request);
+  // The default guest is fetched here: the nested host has no package cache or network of its own.
+  const guest = values.kernel && values.initrd ? { kernel: values.kernel, initrd: values.initrd } : defaultGuest();
   if (accel === 'nested') {
-    return runNested({ command: process.execPath, args: [BIN, 'bench', 'io-paths', '--size', formatSize(size), '--accel', 'kvm'], memoryMiB: 2048 });
+    const args = [BIN, 'bench', 'io-paths', '--size', formatSize(size), '--accel', 'kvm', '--kernel', path.resolve(guest.kernel), '--initrd', path.resolve(guest.initrd)];
+    return runNested({ command: process.execPath, args, memoryMiB: 2048 });
   }
   const results: IoPathResult[] = [];
-  for (const model of MODELS) results.push(await measure(model, size));
+  for (const model of MODELS) results.push(await measure(model, size, guest));
   process.stdout.write(formatTable(results, size));
   return 0;
 }
@@ -91,15 +95,16 @@ function nic(stats: MachineStats): NicStats {
   return n;
 }
 
-async function measure(model: (typeof MODELS)[number], size: number): Promise<IoPathResult> {
-  const guest = defaultGuest();
+async function measure(model: (typeof MODELS)[number], size: number, guest: { kernel: string; initrd: string }): Promise<IoPathResult> {
   const server = await dataServer(size);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsvisor-io-paths-'));
   const statsFile = path.join(dir, 'stats.json');
   const args = [BIN, 'run', '--accel', 'kvm', '--kernel', guest.kernel, '--initrd', guest.initrd, '--append', DEFAULT_GUEST_CMDLINE, '--memory', '512M'];
   args.push('--netdev', 'user,id=n0', '--device', `${model},netdev=n0`, '--stats-json', statsFile);
-  const child = spawn(process.execPath, args, { stdio: ['pipe', 'pipe', 'inherit'] });
+  const child = spawn(process.execPath, args, { stdio: ['pipe', 'pipe', 'pipe'] });
   let out = '';
+  let err = '';
+  child.stderr.on('data', (d) => (err += d));
   let before: NicStats | undefined;
   const snapshot = async (): Promise<NicStats> => {
     fs.rmSync(statsFile, { force: true });
@@ -129,7 +134,7 @@ async function measure(model: (typeof MODELS)[number], size: number): Promise<Io
         resolve();
       });
     });
-    if (!out.includes('IO-PATHS-2-DONE') || !before || server.timings.length !== 1) throw new UserError(`${model}: the download did not complete:\n${out.slice(-2000)}`);
+    if (!out.includes('IO-PATHS-2-DONE') || !before || server.timings.length !== 1) throw new UserError(`${model}: the download did not complete:\n${out.slice(-2000)}\n${err.slice(-2000)}`);
     const after = nic(JSON.parse(fs.readFileSync(statsFile, 'utf8')) as MachineStats);
     const exits = (s: NicStats) => s.exits.mmioReads + s.exits.mmioWrites + s.exits.pioReads + s.exits.pioWrites;
     const t = server.timings[0]!;

@@ -47,7 +47,7 @@ export const USAGE = `usage:
                                     run a command inside the nested KVM host (host / read-only,
                                     each DIR writable at its own path)
   tsvisor doctor [--json] [--quick] report KVM access, its backing, and whether the nested host starts
-  tsvisor bench io-paths [--size SIZE] [--accel auto|kvm|nested]
+  tsvisor bench io-paths [--size SIZE] [--accel auto|kvm|nested] [--kernel FILE --initrd FILE]
                                     download SIZE (default 64M) into the default guest through an
                                     e1000 and through virtio-net (user-mode networking) and print
                                     throughput, exits per MB and interrupts per MB for each
