@@ -190,7 +190,8 @@ function iperfRate(out: string, marker: string): number {
 
 async function netBench(kernel: string, initrd: string, iperfBin: string, libraryPath: string): Promise<void> {
   execSync(`ip tuntap add ${TAP} mode tap && ip addr add ${TAP_HOST}/24 dev ${TAP} && ip link set ${TAP} up`);
-  const server = spawn(iperfBin, ['-s', '-B', TAP_HOST], { stdio: 'ignore', env: { ...process.env, LD_LIBRARY_PATH: libraryPath } });
+  // iperf3 maps an unlinked temporary file for its buffers, which 9p (the nested host's $TMPDIR) refuses.
+  const server = spawn(iperfBin, ['-s', '-B', TAP_HOST], { stdio: 'ignore', env: { ...process.env, LD_LIBRARY_PATH: libraryPath, TMPDIR: '/dev/shm' } });
   const input = [
     `ip addr add 192.168.79.2/24 dev eth0 && ip link set eth0 up`,
     `for i in $(seq 60); do ping -c 1 -W 1 ${TAP_HOST} >/dev/null && break; done`,

@@ -4,7 +4,7 @@ import { parseArgs } from 'node:util';
 import { MiB, MIN_MEMORY } from '../arch/x86/layout.js';
 import type { CacheMode } from '../backends/raw-image.js';
 import { checkUserNet, DEFAULT_USER_NET, type HostForward, type UserNetConfig } from '../net/user/config.js';
-import { formatMac, parseIpv4, parseMac } from '../net/packet.js';
+import { formatIpv4, formatMac, parseIpv4, parseMac } from '../net/packet.js';
 import type { AccelRequest } from '../vmm/accel.js';
 import { UsageError } from './errors.js';
 import { formatSize, parseSize } from './size.js';
@@ -35,12 +35,9 @@ export interface NicSpec {
   queues?: number;
 }
 
-/** The options text each spec came from, for the run inside the nested host. */
 export interface NetworkOptions {
   netdevs: NetdevSpec[];
   nics: NicSpec[];
-  /** The flags as given, re-passed verbatim to a nested run. */
-  args: string[];
 }
 
 export interface RunOptions {
@@ -332,7 +329,32 @@ function parseNetwork(netdevTexts: string[], deviceTexts: string[], models: Retu
   if (unused) throw new UsageError(`--netdev ${unused.id} is not used by any --device`);
   const macs = nics.map((n) => n.mac && formatMac(n.mac)).filter((m) => m !== undefined);
   if (new Set(macs).size !== macs.length) throw new UsageError('two network devices have the same mac');
-  return { netdevs, nics, args: [...netdevTexts.flatMap((t) => ['--netdev', t]), ...deviceTexts.filter((_, i) => models[i] !== 'virtio-rng').flatMap((t) => ['--device', t])] };
+  return { netdevs, nics };
+}
+
+/** `--netdev` and `--device` arguments that parse back to `network`. */
+export function networkArgs(network: NetworkOptions): string[] {
+  const args: string[] = [];
+  for (const n of network.netdevs) {
+    const kv = [n.kind, `id=${n.id}`];
+    if (n.kind === 'user') {
+      const u = n.user;
+      kv.push(`net=${formatIpv4(u.network)}/${u.prefixLength}`, `host=${formatIpv4(u.host)}`, `dns=${formatIpv4(u.dns)}`, `dhcpstart=${formatIpv4(u.dhcpStart)}`);
+      if (u.resolver) kv.push(`resolver=${u.resolver.address}:${u.resolver.port}`);
+      for (const f of u.hostForwards) kv.push(`hostfwd=tcp:${f.hostAddress}:${f.hostPort}-${f.guestAddress === undefined ? '' : formatIpv4(f.guestAddress)}:${f.guestPort}`);
+    } else if (n.kind === 'tap') {
+      if (n.ifname) kv.push(`ifname=${n.ifname}`);
+    } else kv.push(`br=${n.bridge}`);
+    if (n.kind !== 'user' && n.queues !== undefined) kv.push(`queues=${n.queues}`);
+    args.push('--netdev', kv.join(','));
+  }
+  for (const c of network.nics) {
+    const kv = [c.model === 'e1000' ? 'e1000' : 'virtio-net-pci', `netdev=${c.netdev}`];
+    if (c.mac) kv.push(`mac=${formatMac(c.mac)}`);
+    if (c.queues !== undefined) kv.push(`queues=${c.queues}`);
+    args.push('--device', kv.join(','));
+  }
+  return args;
 }
 
 export function parseSerial(text: string): SerialTarget {

@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { KernelImageError } from '../arch/x86/linux-loader.js';
 import { ImageError, RawImage } from '../backends/raw-image.js';
 import { consoleCmdline, defaultGuest, defaultGuestCmdline } from '../guest/default-guest.js';
-import { runNested, STOP_SIGNALS } from '../nested/nested-host.js';
+import { NESTED_UPLINK, runNested, STOP_SIGNALS } from '../nested/nested-host.js';
 import { chooseAccel } from '../vmm/accel.js';
 import { TapBackend, TapError } from '../net/tap.js';
 import { UserNetwork } from '../net/user/user-network.js';
@@ -17,7 +17,7 @@ import type { VirtioDevice } from '../virtio/device.js';
 import { VirtioRng } from '../virtio/rng.js';
 import { Machine, type MachineExit, type MachineStats, type NicConfig } from '../vmm/machine.js';
 import { ExitCode, UserError } from './errors.js';
-import { parseNetworkArgs, type DriveSpec, type NetworkOptions, type RunOptions, type SerialTarget } from './run-options.js';
+import { networkArgs, parseNetworkArgs, type DriveSpec, type NetworkOptions, type RunOptions, type SerialTarget } from './run-options.js';
 import { formatSize } from './size.js';
 
 const log = (line: string) => process.stderr.write(`tsvisor: ${line}\n`);
@@ -91,6 +91,26 @@ function withGuest(opts: RunOptions): { opts: GuestOptions; cleanup(): void } {
 /** The default guest's network card: virtio-net on user-mode networking, as a user would write it. */
 const DEFAULT_GUEST_NETWORK: NetworkOptions = parseNetworkArgs(['user,id=net0'], ['virtio-net-pci,netdev=net0']);
 
+/**
+ * User-mode networking as the tsvisor inside the nested host must run it: its
+ * forwarded ports listen on every address (QEMU delivers them to the nested
+ * host's uplink address, with the same port numbers), and DNS goes to the
+ * uplink's resolver unless the user named one.
+ */
+function nestedNetwork(network: NetworkOptions): NetworkOptions {
+  const netdevs = network.netdevs.map((n) =>
+    n.kind !== 'user'
+      ? n
+      : { ...n, user: { ...n.user, resolver: n.user.resolver ?? { address: NESTED_UPLINK.dns, port: 53 }, hostForwards: n.user.hostForwards.map((f) => ({ ...f, hostAddress: '' })) } },
+  );
+  return { ...network, netdevs };
+}
+
+/** The host ports the nested host's QEMU must forward for the guest's hostfwd rules. */
+function forwardedPorts(network: NetworkOptions): { hostAddress: string; port: number }[] {
+  return network.netdevs.flatMap((n) => (n.kind === 'user' ? n.user.hostForwards.map((f) => ({ hostAddress: f.hostAddress, port: f.hostPort })) : []));
+}
+
 /** The `run` argument list that reproduces these options for a tsvisor inside the nested host. */
 function innerRunArgs(opts: GuestOptions): string[] {
   const args = ['run', '--accel', 'kvm', '--kernel', path.resolve(opts.kernel), '--append', opts.append];
@@ -106,7 +126,7 @@ function innerRunArgs(opts: GuestOptions): string[] {
     args.push('--drive', kv.join(','));
   }
   if (opts.rng) args.push('--device', 'virtio-rng');
-  args.push(...opts.network.args);
+  args.push(...networkArgs(nestedNetwork(opts.network)));
   args.push('--console', opts.console, '--ioeventfd', opts.ioeventfd ? 'on' : 'off', '--irqfd', opts.irqfd ? 'on' : 'off');
   return args;
 }
@@ -127,7 +147,13 @@ export async function runCommand(given: RunOptions): Promise<number> {
       ...(opts.statsJson ? [path.dirname(path.resolve(opts.statsJson))] : []),
       ...opts.drives.filter((d) => !d.readOnly).map((d) => path.dirname(fs.realpathSync(d.file))),
     ];
-    return await runNested({ command: process.execPath, args: [cli, ...innerRunArgs(opts)], writable: [...new Set(writable)], memoryMiB: nestedMemoryMiB(opts) });
+    return await runNested({
+      command: process.execPath,
+      args: [cli, ...innerRunArgs(opts)],
+      writable: [...new Set(writable)],
+      memoryMiB: nestedMemoryMiB(opts),
+      forwardPorts: forwardedPorts(opts.network),
+    });
   } finally {
     cleanup();
   }

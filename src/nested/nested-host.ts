@@ -30,6 +30,9 @@ export const STOP_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
 /** Exit status when the nested host itself failed (the command never reported one). */
 export const NESTED_HOST_FAILED = 125;
 
+/** The nested host's own address on its QEMU user-mode uplink, and that network's DNS server. */
+export const NESTED_UPLINK = { address: '10.0.2.15', gateway: '10.0.2.2', dns: '10.0.2.3' } as const;
+
 const INIT = `#!/bin/busybox sh
 /bin/busybox --install -s
 mount -t proc proc /proc
@@ -41,6 +44,10 @@ stdio=$(port tsvisor.stdio)
 stderr=$(port tsvisor.stderr)
 exec 2>"$stderr"
 ip link set lo up
+# The uplink (QEMU user-mode networking): outbound traffic and forwarded ports.
+if [ -e /sys/class/net/eth0 ]; then
+  ip addr add ${NESTED_UPLINK.address}/24 dev eth0 && ip link set eth0 up && ip route add default via ${NESTED_UPLINK.gateway}
+fi
 scratch=$(sed -n 's/.*tsvisor.scratch=\\([^ ]*\\).*/\\1/p' /proc/cmdline)
 fail() { echo "nested host: $*" >&2; poweroff -f; }
 mkdir -p /host
@@ -81,8 +88,11 @@ export interface NestedRunOptions {
   stdin?: 'inherit' | 'ignore';
   memoryMiB?: number;
   cpus?: number;
+  /** Host TCP ports QEMU forwards to the same port in the nested host (for hostfwd inside it). */
+  forwardPorts?: readonly { hostAddress: string; port: number }[];
   log?: (line: string) => void;
 }
+
 
 export function qemuAvailable(): boolean {
   return hasCommand(QEMU);
@@ -164,6 +174,8 @@ export async function runNested(opts: NestedRunOptions): Promise<number> {
       '-nodefaults', '-no-user-config', '-display', 'none', '-vga', 'none', '-no-reboot',
       '-kernel', kernel, '-initrd', initrd, '-append', append,
       ...(debug ? ['-serial', `file:${consoleLog}`] : []),
+      '-netdev', ['user', 'id=uplink', ...(opts.forwardPorts ?? []).map((f) => `hostfwd=tcp:${f.hostAddress}:${f.port}-:${f.port}`)].join(','),
+      '-device', 'virtio-net-pci,netdev=uplink',
       '-device', 'virtio-serial-pci',
       '-chardev', `socket,id=stdio,path=${stdioSocket.path}`, '-device', 'virtserialport,chardev=stdio,name=tsvisor.stdio',
       '-chardev', `socket,id=stderr,path=${stderrSocket.path}`, '-device', 'virtserialport,chardev=stderr,name=tsvisor.stderr',

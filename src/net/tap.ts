@@ -6,7 +6,7 @@
 //
 // Each queue's fd is polled by the VMM's event loop; a queue whose guest has no
 // receive buffers stops being polled until the front-end calls resume().
-import { closeFd, controlSocket, EAGAIN, ifNameToIndex, ioctlBuf, ioctlInt, O_NONBLOCK, O_RDWR, openFile, readFd, SysError, writeFd } from '../kvm/sys.js';
+import { closeFd, controlSocket, EAGAIN, errnoName, ifNameToIndex, ioctlBuf, ioctlInt, O_NONBLOCK, O_RDWR, openFile, readFd, SysError, writeFd } from '../kvm/sys.js';
 import type { FdPoller, NetBackend, NetPort, RxOffloads } from './backend.js';
 import { VNET_HDR_LEN } from './backend.js';
 import { DropCounter } from './counters.js';
@@ -70,8 +70,7 @@ function explain(e: unknown, what: string): TapError {
     EBUSY: 'the interface is in use (or exists without multi-queue while queues>1 asks for it)',
     EINVAL: 'the interface exists with other flags (multi-queue must match queues=)',
   };
-  const name = e.message.match(/: (E[A-Z]+)/)?.[1] ?? '';
-  return new TapError(`${what}: ${hints[name] ?? e.message}`);
+  return new TapError(`${what}: ${hints[errnoName(e.errno)] ?? e.message}`);
 }
 
 export class TapBackend implements NetBackend {

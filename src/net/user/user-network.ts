@@ -32,7 +32,7 @@ import {
 } from '../packet.js';
 import { inNetwork, type HostForward, type UserNetConfig } from './config.js';
 import { DHCP_CLIENT_PORT, DHCP_SERVER_PORT, DhcpServer } from './dhcp.js';
-import { OWN_MSS, TcpConnection, type TcpSegment } from './tcp.js';
+import { OWN_MSS, TcpConnection, TcpFlag, type TcpSegment } from './tcp.js';
 import { UdpFlows, type Endpoint } from './udp.js';
 
 /** Frames held for the guest while it has no receive buffers. */
@@ -196,10 +196,12 @@ export class UserNetwork implements NetBackend {
       this.scheduleAckFlush();
       return;
     }
+    const { SYN, ACK, RST } = TcpFlag;
+    // RFC 793's reset for a segment nobody expects: acknowledge it, or take its ACK as our sequence number.
     const reset = (): void =>
-      this.sendTcp(dst, dstPort, src, srcPort, { seq: seg.flags & 0x10 ? seg.ack : 0, ack: (seg.seq + seg.payload.length + (seg.flags & 0x02 ? 1 : 0)) >>> 0, flags: 0x14, window: 0, payload: new Uint8Array(0) });
-    if (seg.flags & 0x04) return; // never answer a reset
-    if ((seg.flags & 0x12) !== 0x02) return reset(); // not a connection attempt
+      this.sendTcp(dst, dstPort, src, srcPort, { seq: seg.flags & ACK ? seg.ack : 0, ack: (seg.seq + seg.payload.length + (seg.flags & SYN ? 1 : 0)) >>> 0, flags: RST | ACK, window: 0, payload: new Uint8Array(0) });
+    if (seg.flags & RST) return; // never answer a reset
+    if ((seg.flags & (SYN | ACK)) !== SYN) return reset(); // not a connection attempt
     const real = this.realEndpoint(dst, dstPort);
     if (!real) {
       this.counters.tcpRefused++;
