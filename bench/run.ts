@@ -216,7 +216,7 @@ async function netBench(kernel: string, initrd: string, iperfBin: string, librar
     server.kill();
     execSync(`ip link del ${TAP}`);
   }
-  const io = spawnSync(process.execPath, [BIN, 'bench', 'io-paths', '--accel', 'kvm'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
+  const io = spawnSync(process.execPath, [BIN, 'bench', 'io-paths', '--accel', 'kvm', '--kernel', kernel, '--initrd', initrd], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
   process.stdout.write(io.stdout.split('\n').map((l) => (l ? `BENCH ${l}` : l)).join('\n'));
 }
 

@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { KernelImageError } from '../arch/x86/linux-loader.js';
 import { ImageError, RawImage } from '../backends/raw-image.js';
 import { consoleCmdline, defaultGuest, defaultGuestCmdline } from '../guest/default-guest.js';
-import { NESTED_UPLINK, runNested, STOP_SIGNALS } from '../nested/nested-host.js';
+import { NESTED_UPLINK, onNestedUsr1, runNested, STOP_SIGNALS } from '../nested/nested-host.js';
 import { chooseAccel } from '../vmm/accel.js';
 import { TapBackend, TapError } from '../net/tap.js';
 import { UserNetwork } from '../net/user/user-network.js';
@@ -256,7 +256,9 @@ async function runOnKvm(opts: GuestOptions): Promise<number> {
   };
   for (const sig of STOP_SIGNALS) process.on(sig, onSignal);
   process.on('SIGUSR1', printStats);
+  const stopNestedUsr1 = onNestedUsr1(printStats);
   const exit = await machine.run();
+  stopNestedUsr1();
   for (const sig of STOP_SIGNALS) process.off(sig, onSignal);
   process.off('SIGUSR1', printStats);
   input.detach();

@@ -27,6 +27,26 @@ const OPTIONAL_HOST_MODULES = ['tun', 'vhost_net', 'bridge', 'virtio_blk', 'virt
 /** Host signals that stop tsvisor cleanly (and exit 128+signo), here and in `run`. */
 export const STOP_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
 
+/** Appears in the command's $TMPDIR when tsvisor outside got SIGUSR1 (see onNestedUsr1). */
+const NESTED_USR1_FILE = '.sigusr1';
+
+/**
+ * Inside the nested host, calls `handler` whenever the tsvisor outside received
+ * SIGUSR1; returns the undo. Elsewhere it does nothing.
+ */
+export function onNestedUsr1(handler: () => void): () => void {
+  const dir = process.env.TSVISOR_NESTED === '1' ? process.env.TMPDIR : undefined;
+  if (!dir) return () => {};
+  const file = path.join(dir, NESTED_USR1_FILE);
+  const timer = setInterval(() => {
+    if (!fs.existsSync(file)) return;
+    fs.rmSync(file, { force: true });
+    handler();
+  }, 500);
+  timer.unref();
+  return () => clearInterval(timer);
+}
+
 /** Exit status when the nested host itself failed (the command never reported one). */
 export const NESTED_HOST_FAILED = 125;
 
@@ -190,11 +210,15 @@ export async function runNested(opts: NestedRunOptions): Promise<number> {
       child.kill('SIGTERM');
     };
     for (const sig of STOP_SIGNALS) process.on(sig, forward);
+    // SIGUSR1 cannot cross into the nested host; a file in the shared scratch directory does.
+    const usr1 = () => fs.writeFileSync(path.join(scratch, NESTED_USR1_FILE), '');
+    process.on('SIGUSR1', usr1);
     const qemuStatus = await new Promise<number>((resolve, reject) => {
       child.once('error', reject);
       child.once('close', (code) => resolve(code ?? 1));
     });
     for (const sig of STOP_SIGNALS) process.off(sig, forward);
+    process.off('SIGUSR1', usr1);
     stdioSocket.server.close();
     stderrSocket.server.close();
     if (interactive) process.stdin.setRawMode(false);
