@@ -27,7 +27,10 @@ export interface RxOffloads {
 export const NO_OFFLOADS: RxOffloads = { csum: false, tso4: false, tso6: false, ecn: false };
 
 export interface NetPort {
-  /** A packet for the guest on queue `queue`; false: no room, hold it and wait for resume(queue). */
+  /**
+   * A packet for the guest on queue `queue`, copied before this returns (the
+   * caller may reuse its buffer); false: no room, hold it and wait for resume(queue).
+   */
   receive(queue: number, packet: Uint8Array): boolean;
 }
 

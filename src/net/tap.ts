@@ -163,17 +163,18 @@ export class TapBackend implements NetBackend {
       const n = readFd(this.fds[q]!, this.buffer);
       if (n === -EAGAIN) return;
       if (n <= 0) return this.drops.count('rx-error');
-      this.offer(q, this.buffer.subarray(0, n).slice());
+      this.offer(q, this.buffer.subarray(0, n));
     }
   }
 
+  /** Hands a packet to the port, which copies it at once; a refused one is copied out of the read buffer and held. */
   private offer(q: number, packet: Uint8Array): void {
     if (this.port?.receive(q, packet)) {
       this.counters.rxPackets++;
       this.counters.rxBytes += packet.length - VNET_HDR_LEN;
       return;
     }
-    this.held[q] = packet;
+    this.held[q] = packet.slice();
     this.unpoll(q);
   }
 

@@ -59,7 +59,12 @@ export interface ScenarioResult {
   fetched?: string;
   /** hostSetup's failure, if it failed. */
   setupError?: string;
+  /** The scenario was killed for running past SCENARIO_TIMEOUT_MS. */
+  timedOut?: boolean;
 }
+
+/** No scenario takes this long on a working host. */
+export const SCENARIO_TIMEOUT_MS = 360_000;
 
 export const BOOT_SCENARIOS: Scenario[] = [
   { name: 'command', cpus: 2, stats: true, input: 'uname -r\necho tsv-$((6*7))\nnproc\npoweroff\n' },
@@ -171,12 +176,16 @@ function runScenario(s: Scenario): Promise<ScenarioResult> {
   });
   child.stderr.on('data', (d) => (err += d));
   if (!s.inputAfter) type();
-  const timer = setTimeout(() => child.kill('SIGKILL'), 360_000);
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    child.kill('SIGKILL');
+  }, SCENARIO_TIMEOUT_MS);
   return new Promise((resolve) =>
     child.on('close', (status, signal) => {
       clearTimeout(timer);
       const console = s.serialFile ? fs.readFileSync(consoleFile, 'utf8') : out;
-      resolve({ name: s.name, status, signal, console, stdout: out, stderr: err, seconds: (Date.now() - t0) / 1000, fetched });
+      resolve({ name: s.name, status, signal, console, stdout: out, stderr: err, seconds: (Date.now() - t0) / 1000, fetched, timedOut });
     }),
   );
 }

@@ -23,8 +23,8 @@ export function blob(): Buffer {
   return b;
 }
 
-/** Retry until the peer answers: links come up and guests boot at their own pace. */
-const pingUntil = (ip: string) => `for i in $(seq 60); do ping -c 1 -W 1 ${ip} >/dev/null && break; done; ping -c 2 ${ip}`;
+/** Retry until the peer answers (for up to `tries` seconds): links come up and guests boot at their own pace. */
+const pingUntil = (ip: string, tries = 60) => `for i in $(seq ${tries}); do ping -c 1 -W 1 ${ip} >/dev/null && break; done; ping -c 2 ${ip}`;
 const done = (marker: string) => `echo ${marker}-$((1+1))`;
 
 export const NET_SCENARIOS: Scenario[] = [
@@ -83,10 +83,11 @@ export const NET_SCENARIOS: Scenario[] = [
       input: [
         `ip addr add 192.168.72.${who === 'a' ? 10 : 11}/24 dev eth0 && ip link set eth0 up`,
         `${pingUntil('192.168.72.1')} && ${done('HOST-PING')}`,
-        `${pingUntil(`192.168.72.${who === 'a' ? 11 : 10}`)} && ${done('PEER-PING')}`,
+        // The other guest may boot minutes later on a loaded host; once it answers, it is
+        // pinging this one too, so staying up a while longer is enough for both.
+        `${pingUntil(`192.168.72.${who === 'a' ? 11 : 10}`, 300)} && ${done('PEER-PING')}`,
         `wget -q -O - http://192.168.72.1:${HTTP_PORT}/hello && ${done('HTTP')}`,
-        // Stay up while the other guest may still be pinging this one.
-        'sleep 20; poweroff',
+        'sleep 60; poweroff',
         '',
       ].join('\n'),
     }),
