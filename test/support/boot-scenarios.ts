@@ -59,7 +59,7 @@ export interface ScenarioResult {
   fetched?: string;
   /** hostSetup's failure, if it failed. */
   setupError?: string;
-  /** The scenario was killed for running past SCENARIO_TIMEOUT_MS. */
+  /** The scenario was killed for running past SCENARIO_TIMEOUT_MS (or, in a group, another one was). */
   timedOut?: boolean;
 }
 
@@ -127,7 +127,8 @@ export const BOOT_SCENARIOS: Scenario[] = [
 /** Where scenarios put their disk images. */
 export const testDir = (): string => process.env.TSVISOR_TEST_DIR ?? os.tmpdir();
 
-function runScenario(s: Scenario): Promise<ScenarioResult> {
+/** Boots one scenario; `onShell` is called when its input is typed (the guest's shell is up). */
+function runScenario(s: Scenario, onShell: () => void = () => {}): Promise<ScenarioResult> {
   const args = ['run', '--accel', 'kvm', '--kernel', kernel!, '--initrd', initrd!, '--memory', '512M', '--cpus', String(s.cpus ?? 1)];
   args.push('--append', s.append ?? 'console=ttyS0 quiet panic=-1');
   const consoleFile = path.join(os.tmpdir(), `${s.name}-console.log`);
@@ -151,6 +152,7 @@ function runScenario(s: Scenario): Promise<ScenarioResult> {
   let typed = false;
   const type = () => {
     typed = true;
+    onShell();
     if (s.hostFetch) child.stdin.write(s.input);
     else child.stdin.end(s.input);
   };
@@ -208,7 +210,20 @@ async function runGroup(group: Scenario[]): Promise<ScenarioResult[]> {
   const setupError = hostCommand(group[0]!.hostSetup);
   try {
     if (setupError) return group.map((s) => ({ name: s.name, status: null, signal: null, console: '', stdout: '', stderr: '', seconds: 0, setupError }));
-    return await Promise.all(group.map(runScenario));
+    // Each guest of a group boots once the one before it has its shell: guests booting
+    // at the same moment load the nested host most, and one has triple-faulted there.
+    const runs: Promise<ScenarioResult>[] = [];
+    for (const s of group) {
+      let shell!: () => void;
+      const ready = new Promise<void>((resolve) => (shell = resolve));
+      const run = runScenario(s, shell);
+      runs.push(run);
+      await Promise.race([ready, run]);
+    }
+    const results = await Promise.all(runs);
+    // Guests of a group need each other: when one hung, all of them boot again.
+    if (group.length > 1 && results.some((r) => r.timedOut)) for (const r of results) r.timedOut = true;
+    return results;
   } finally {
     hostCommand(group[0]!.hostTeardown);
   }
