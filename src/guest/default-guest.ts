@@ -33,7 +33,7 @@ export const DEFAULT_GUEST_CMDLINE = defaultGuestCmdline('serial');
 const GUEST_MODULES = ['pvpanic_mmio', 'virtio_pci', 'virtio_blk', 'virtio_rng', 'virtio_console', 'virtio_net', 'e1000', 'crc32c_generic', 'ext4'];
 
 /** Where Debian's busybox udhcpc looks for its script: it configures the interface from the lease. */
-export const UDHCPC_SCRIPT = 'etc/udhcpc/default.script';
+const UDHCPC_SCRIPT = 'etc/udhcpc/default.script';
 
 const UDHCPC = `#!/bin/sh
 case "$1" in

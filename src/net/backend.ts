@@ -9,12 +9,6 @@
 // holds that queue until the front-end calls resume().
 
 export const VNET_HDR_LEN = 12;
-/** virtio_net_hdr flags and gso_type values. */
-export const VNET_HDR_F_NEEDS_CSUM = 1;
-export const VNET_HDR_GSO_NONE = 0;
-export const VNET_HDR_GSO_TCPV4 = 1;
-export const VNET_HDR_GSO_TCPV6 = 4;
-export const VNET_HDR_GSO_ECN = 0x80;
 
 /** Offloads the front-end's guest accepts in received packets. */
 export interface RxOffloads {

@@ -12,12 +12,6 @@ export class DropCounter<Reason extends string> {
     return this.byReason.get(reason) ?? 0;
   }
 
-  get total(): number {
-    let n = 0;
-    for (const v of this.byReason.values()) n += v;
-    return n;
-  }
-
   /** `drop.<reason>` for every reason seen. */
   stats(): Record<string, number> {
     return Object.fromEntries([...this.byReason].map(([k, v]) => [`drop.${k}`, v]));

@@ -8,8 +8,6 @@ export const ETH_ALEN = 6;
 export const MAX_FRAME = 1518;
 export const ETHERTYPE_IPV4 = 0x0800;
 export const ETHERTYPE_ARP = 0x0806;
-export const ETHERTYPE_IPV6 = 0x86dd;
-export const ETHERTYPE_VLAN = 0x8100;
 export const IPPROTO_ICMP = 1;
 export const IPPROTO_TCP = 6;
 export const IPPROTO_UDP = 17;
@@ -61,11 +59,6 @@ export function checksum(data: Uint8Array, start: number, end: number, acc = 0):
 /** The TCP/UDP pseudo-header sum for an IPv4 packet whose header starts at `ip`. */
 export function ipv4PseudoSum(frame: Uint8Array, ip: number, proto: number, length: number): number {
   return sum16(frame, ip + 12, ip + 20, proto + length);
-}
-
-/** The TCP/UDP pseudo-header sum for an IPv6 packet whose header starts at `ip`. */
-export function ipv6PseudoSum(frame: Uint8Array, ip: number, proto: number, length: number): number {
-  return sum16(frame, ip + 8, ip + 40, proto + (length >>> 16) + (length & 0xffff));
 }
 
 export function readU16(b: Uint8Array, at: number): number {

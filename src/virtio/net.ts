@@ -10,7 +10,7 @@
 import type { NetBackend, NetPort } from '../net/backend.js';
 import { VNET_HDR_LEN } from '../net/backend.js';
 import { DropCounter, prefixed } from '../net/counters.js';
-import { BROADCAST_MAC, ETH_ALEN, ETH_HLEN, formatMac, MAX_FRAME, sameMac } from '../net/packet.js';
+import { BROADCAST_MAC, ETH_ALEN, ETH_HLEN, MAX_FRAME, sameMac } from '../net/packet.js';
 import { readStream, totalLength, writeStream, type DescriptorChain } from './chain.js';
 import { bit, completeChain, drainQueue, readConfigBytes, VirtioId, type ActiveQueues, type VirtioDevice } from './device.js';
 
@@ -350,10 +350,6 @@ export class VirtioNet implements VirtioDevice, NetPort {
   stats(): Record<string, number> {
         const pairs = this.pairs > 1 ? Object.fromEntries(this.perPair.flatMap((p, i) => [[`pair${i}.tx`, p.tx], [`pair${i}.rx`, p.rx]])) : {};
     return { ...this.counters, activePairs: this.activePairs, ...pairs, ...this.drops.stats(), ...prefixed('backend.', this.backend.stats()) };
-  }
-
-  get macAddress(): string {
-    return formatMac(this.mac);
   }
 
   async close(): Promise<void> {

@@ -14,7 +14,7 @@ import type { PciBar, PciDevice } from '../pci/device.js';
 import type { GuestMemory } from '../../memory/guest-memory.js';
 import { VNET_HDR_LEN, withVnetHdr, NO_OFFLOADS, type NetBackend, type NetPort } from '../../net/backend.js';
 import { DropCounter, prefixed } from '../../net/counters.js';
-import { BROADCAST_MAC, ETH_ALEN, ETH_HLEN, formatMac, sameMac } from '../../net/packet.js';
+import { BROADCAST_MAC, ETH_HLEN, sameMac } from '../../net/packet.js';
 import { E1000Eeprom } from './e1000-eeprom.js';
 import { insertChecksums, insertLegacyChecksum, segment, type TxContext } from './e1000-offload.js';
 import { E1000Phy } from './e1000-phy.js';
@@ -470,10 +470,6 @@ export class E1000 implements PciDevice, NetPort {
       if (readLe32(frame, 0) === low && (frame[4]! | (frame[5]! << 8)) === (high & 0xffff)) return true;
     }
     return false;
-  }
-
-  get macAddress(): string {
-    return formatMac(this.mac.subarray(0, ETH_ALEN));
   }
 
   stats(): Record<string, number> {
