@@ -10,7 +10,7 @@ import { consoleCmdline, defaultGuest, defaultGuestCmdline } from '../guest/defa
 import { NESTED_UPLINK, onNestedUsr1, runNested, STOP_SIGNALS } from '../nested/nested-host.js';
 import { chooseAccel } from '../vmm/accel.js';
 import { TapBackend, TapError } from '../net/tap.js';
-import { UserNetwork } from '../net/user/user-network.js';
+import { HostForwardError, UserNetwork } from '../net/user/user-network.js';
 import type { NetBackend } from '../net/backend.js';
 import { VirtioBlock } from '../virtio/block.js';
 import type { VirtioDevice } from '../virtio/device.js';
@@ -202,7 +202,7 @@ async function networkCards(network: NetworkOptions): Promise<NicConfig[]> {
     }
   } catch (e) {
     await Promise.allSettled(nics.map((n) => n.backend.close()));
-    if (e instanceof TapError || (e instanceof Error && e.message.startsWith('hostfwd:'))) throw new UserError(e.message);
+    if (e instanceof TapError || e instanceof HostForwardError) throw new UserError(e.message);
     throw e;
   }
   return nics;

@@ -44,6 +44,11 @@ const FIRST_FORWARD_PORT = 49152;
 /** Why a frame from the guest went nowhere. */
 export type UserNetDrop = 'runt' | 'unsupported-ethertype' | 'bad-arp' | 'bad-ipv4' | 'ipv4-fragment' | 'bad-tcp' | 'bad-udp' | 'unreachable' | 'unsupported-icmp' | 'rx-queue-full';
 
+/** A forwarded host port could not be listened on (in use, not permitted, no such address). */
+export class HostForwardError extends Error {
+  override name = 'HostForwardError';
+}
+
 export class UserNetwork implements NetBackend {
   readonly description = 'user';
   readonly queues = 1;
@@ -80,7 +85,7 @@ export class UserNetwork implements NetBackend {
     for (const fwd of this.config.hostForwards) {
       const server = net.createServer({ allowHalfOpen: true }, (socket) => this.forwardToGuest(fwd, socket));
       await new Promise<void>((resolve, reject) => {
-        server.once('error', (e: NodeJS.ErrnoException) => reject(new Error(`hostfwd: cannot listen on ${fwd.hostAddress || '*'}:${fwd.hostPort}: ${e.code ?? e.message}`)));
+        server.once('error', (e: NodeJS.ErrnoException) => reject(new HostForwardError(`hostfwd: cannot listen on ${fwd.hostAddress || '*'}:${fwd.hostPort}: ${e.code ?? e.message}`)));
         server.listen(fwd.hostPort, fwd.hostAddress || undefined, () => resolve());
       });
       this.servers.push(server);
