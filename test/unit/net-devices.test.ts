@@ -7,42 +7,16 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { E1000, Icr, R } from '../../src/devices/net/e1000.js';
 import { GuestMemory, gpa } from '../../src/memory/guest-memory.js';
-import { VNET_HDR_LEN, type FdPoller, type NetBackend, type NetPort } from '../../src/net/backend.js';
-import type { ActiveQueues } from '../../src/virtio/device.js';
+import { VNET_HDR_LEN } from '../../src/net/backend.js';
 import { NetFeature, VirtioNet } from '../../src/virtio/net.js';
 import { bit } from '../../src/virtio/device.js';
 import { GUEST_MAC, ip, parse, tcpFrame } from '../support/net-frames.js';
 import { rng } from '../support/seeded-random.js';
-import { SimDriver } from '../support/virtio-driver.js';
+import { activeQueues, SimDriver } from '../support/virtio-driver.js';
+import { FakeBackend, NO_POLLER } from '../support/fake-net-backend.js';
 
 const MAC = Uint8Array.of(0x52, 0x54, 0x00, 0xab, 0xcd, 0xef);
 
-class FakeBackend implements NetBackend {
-  readonly description = 'fake';
-  readonly offloads: boolean;
-  port: NetPort | undefined;
-  sent: { queue: number; packet: Uint8Array }[] = [];
-  resumed: number[] = [];
-  constructor(readonly queues = 1, offloads = false) {
-    this.offloads = offloads;
-  }
-  attach(port: NetPort, _poller: FdPoller): void {
-    this.port = port;
-  }
-  send(queue: number, packet: Uint8Array): void {
-    this.sent.push({ queue, packet: packet.slice() });
-  }
-  resume(queue: number): void {
-    this.resumed.push(queue);
-  }
-  setRxOffloads(): void {}
-  stats(): Record<string, number> {
-    return {};
-  }
-  async close(): Promise<void> {}
-}
-
-const NO_POLLER: FdPoller = { add: () => 0, remove: () => {} };
 
 // -- e1000 -----------------------------------------------------------------
 
@@ -242,14 +216,13 @@ function netSetup(opts: { pairs?: number; features?: bigint; backendQueues?: num
   const drivers = [first];
   for (let q = 1; q < 2 * pairs + 1; q++) drivers.push(new SimDriver(64, false, { mem: first.mem, ringOffset: q * 0x6000, dataStart: 0x40000 + q * 0x20000 }));
   const interrupts: number[] = [];
-  const failures: string[] = [];
-  const active: ActiveQueues = {
-    memory: first.mem,
-    queues: drivers.map((d) => d.queue),
-    features: opts.features ?? bit(NetFeature.MRG_RXBUF) | bit(NetFeature.CTRL_VQ) | bit(NetFeature.CTRL_RX) | bit(NetFeature.MQ),
-    interrupt: { queue: (q) => interrupts.push(q), configChanged: () => {} },
-    fail: (why) => failures.push(why),
-  };
+  const active = activeQueues(
+    first.mem,
+    drivers.map((d) => d.queue),
+    opts.features ?? bit(NetFeature.MRG_RXBUF) | bit(NetFeature.CTRL_VQ) | bit(NetFeature.CTRL_RX) | bit(NetFeature.MQ),
+    { queue: (q) => interrupts.push(q), configChanged: () => {} },
+  );
+  const failures = active.failures;
   net.activate(active);
   const ctrl = (cls: number, cmd: number, data: number[]) => {
     const d = drivers[2 * pairs]!;
