@@ -5,7 +5,7 @@
 import type { RawImage } from '../backends/raw-image.js';
 import { u64ToNumber, type GuestMemory } from '../memory/guest-memory.js';
 import { guestIovecs, guestViews, readStream, subSegments, totalLength, writeStream, type DescriptorChain, type Segment } from './chain.js';
-import { bit, completeChain, drainQueue, readConfigBytes, VirtioId, type ActiveQueues, type VirtioDevice } from './device.js';
+import { bit, completeChain, describeError, drainQueue, guarded, readConfigBytes, VirtioId, type ActiveQueues, type VirtioDevice } from './device.js';
 
 const F = { SIZE_MAX: 1, SEG_MAX: 2, RO: 5, BLK_SIZE: 6, FLUSH: 9, TOPOLOGY: 10, DISCARD: 13, WRITE_ZEROES: 14 } as const;
 export const BlkType = { IN: 0, OUT: 1, FLUSH: 4, GET_ID: 8, DISCARD: 11, WRITE_ZEROES: 13 } as const;
@@ -96,16 +96,22 @@ export class VirtioBlock implements VirtioDevice {
   }
 
   private start(active: ActiveQueues, chain: DescriptorChain): void {
-    const generation = this.generation;
-    const p = this.handle(active, chain).then(
-      (written) => {
-        if (this.generation === generation) completeChain(active, 0, chain.head, written);
-      },
-      () => {}, // handle() reports every failure as a status; nothing reaches here
-    );
+    const p: Promise<void> = this.serve(active, chain).finally(() => this.inFlight.delete(p));
     this.inFlight.add(p);
     this.counters.maxInFlight = Math.max(this.counters.maxInFlight, this.inFlight.size);
-    void p.finally(() => this.inFlight.delete(p));
+  }
+
+  /** One request from start to completion; never rejects, whatever the guest or the file did. */
+  private async serve(active: ActiveQueues, chain: DescriptorChain): Promise<void> {
+    const generation = this.generation;
+    let written: number;
+    try {
+      written = await this.handle(active, chain);
+    } catch (e) {
+      return active.fail(`request: ${describeError(e)}`);
+    }
+    // A reset in between drops the completion: the rings may since belong to a new driver.
+    if (this.generation === generation) guarded(active, 'completion', undefined, () => completeChain(active, 0, chain.head, written));
   }
 
   /** Serves one request; resolves with the bytes written into the chain (data + status). */
@@ -188,12 +194,16 @@ export class VirtioBlock implements VirtioDevice {
     if (len % SECTOR_SIZE !== 0 || sector > this.sectors || sector + len / SECTOR_SIZE > this.sectors) throw new RequestError(BlkStatus.IOERR);
   }
 
-  /** DISCARD and WRITE_ZEROES carry a list of {sector, num_sectors, flags} ranges. */
+  /**
+   * DISCARD and WRITE_ZEROES carry a list of {sector, num_sectors, flags} ranges. All
+   * are checked before any is done: a bad range fails the request with the file untouched.
+   */
   private async zeroRanges(mem: GuestMemory, payload: Segment[], discard: boolean): Promise<void> {
     const len = totalLength(payload);
     if (len === 0 || len % RANGE_SIZE !== 0 || len / RANGE_SIZE > MAX_DISCARD_SEGMENTS) throw new RequestError(BlkStatus.UNSUPP);
     const bytes = readStream(mem, payload, 0, len)!;
     const v = new DataView(bytes.buffer);
+    const ranges: { offset: number; length: number; unmap: boolean }[] = [];
     for (let at = 0; at < len; at += RANGE_SIZE) {
       const sector = u64ToNumber(v.getUint32(at, true), v.getUint32(at + 4, true));
       const count = v.getUint32(at + 8, true);
@@ -202,11 +212,14 @@ export class VirtioBlock implements VirtioDevice {
       if (flags & ~1 || (discard && flags)) throw new RequestError(BlkStatus.UNSUPP);
       if (count > MAX_DISCARD_SECTORS) throw new RequestError(BlkStatus.IOERR);
       this.checkRange(sector, count * SECTOR_SIZE);
+      ranges.push({ offset: sector * SECTOR_SIZE, length: count * SECTOR_SIZE, unmap: (flags & 1) === 1 });
+    }
+    for (const r of ranges) {
       if (discard) {
-        await this.image.discard(sector * SECTOR_SIZE, count * SECTOR_SIZE);
+        await this.image.discard(r.offset, r.length);
         this.counters.discards++;
       } else {
-        await this.image.writeZeroes(sector * SECTOR_SIZE, count * SECTOR_SIZE, (flags & 1) === 1);
+        await this.image.writeZeroes(r.offset, r.length, r.unmap);
         this.counters.writeZeroes++;
       }
     }

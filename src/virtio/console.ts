@@ -7,7 +7,7 @@
 // Without the multiport feature there is no "port open" message; the first
 // output is the sign that the console is up.
 import { readStream, totalLength, writeStream } from './chain.js';
-import { completeChain, drainQueue, readConfigBytes, VirtioId, type ActiveQueues, type VirtioDevice } from './device.js';
+import { completeChain, drainQueue, guarded, readConfigBytes, VirtioId, type ActiveQueues, type VirtioDevice } from './device.js';
 
 const RECEIVE_QUEUE = 0;
 const TRANSMIT_QUEUE = 1;
@@ -86,6 +86,10 @@ export class VirtioConsole implements VirtioDevice {
     const active = this.active;
     const q = active?.queues[RECEIVE_QUEUE];
     if (!active || !q?.ready || !this.live || this.pendingBytes === 0) return;
+    guarded(active, 'console input', undefined, () => this.fillReceive(active));
+  }
+
+  private fillReceive(active: ActiveQueues): void {
     const data = Buffer.concat(this.pending);
     let used = 0;
     drainQueue(active, RECEIVE_QUEUE, (chain) => {

@@ -3,7 +3,7 @@
 // sits on PCI or MMIO, or how its interrupts reach the guest.
 import type { GuestMemory } from '../memory/guest-memory.js';
 import type { DescriptorChain } from './chain.js';
-import { QueueError, type SplitQueue } from './queue.js';
+import type { SplitQueue } from './queue.js';
 
 export const VirtioId = { NET: 1, BLOCK: 2, CONSOLE: 3, RNG: 4 } as const;
 
@@ -28,6 +28,11 @@ export interface ActiveQueues {
   interrupt: VirtioInterrupt;
   /** The features the driver accepted. */
   features: bigint;
+  /**
+   * Set by the transport when this activation ended (the driver reset the device, or
+   * it failed): its queues may since have been reprogrammed, so nothing may touch them.
+   */
+  readonly stopped: boolean;
   /** Called when the driver broke the rules and the device stopped: DEVICE_NEEDS_RESET. */
   fail(reason: string): void;
 }
@@ -60,17 +65,37 @@ export function readConfigBytes(config: Uint8Array, offset: number, data: Uint8A
   for (let i = 0; i < data.length; i++) data[i] = config[offset + i] ?? 0;
 }
 
+/** What went wrong, in one line, for DEVICE_NEEDS_RESET's reason. */
+export function describeError(e: unknown): string {
+  return e instanceof Error ? `${e.name}: ${e.message}` : String(e);
+}
+
+/**
+ * Runs a device entry point that the host, not the guest's kick, calls (a back-end
+ * delivering a packet, console input, an I/O completion): whatever it throws, the
+ * guest caused it, so the device fails instead of the VMM.
+ */
+export function guarded<T>(active: ActiveQueues, what: string, fallback: T, body: () => T): T {
+  if (active.stopped) return fallback;
+  try {
+    return body();
+  } catch (e) {
+    active.fail(`${what}: ${describeError(e)}`);
+    return fallback;
+  }
+}
+
 /**
  * Hands every chain the driver made available in queue `index` to `handle`, with
  * driver notifications suppressed meanwhile; a handler that returns false leaves
- * its chain in the ring and stops. A driver that broke the ring's rules fails the
- * device instead of reaching the VMM.
+ * its chain in the ring and stops. A driver that broke the ring's rules (or any
+ * other error on the way) fails the device instead of reaching the VMM.
  */
 export function drainQueue(active: ActiveQueues, index: number, handle: (chain: DescriptorChain) => boolean | void): void {
   const q = active.queues[index];
   if (!q?.ready) return;
   const mem = active.memory;
-  try {
+  guarded(active, `queue ${index}`, undefined, () => {
     for (;;) {
       q.disableNotifications(mem);
       for (let chain = q.pop(mem); chain; chain = q.pop(mem)) {
@@ -79,17 +104,16 @@ export function drainQueue(active: ActiveQueues, index: number, handle: (chain: 
           q.enableNotifications(mem);
           return;
         }
+        if (active.stopped) return;
       }
       if (!q.enableNotifications(mem)) return;
     }
-  } catch (e) {
-    if (!(e instanceof QueueError)) throw e;
-    active.fail(e.message);
-  }
+  });
 }
 
 /** Returns a chain to the driver and interrupts it if it asked to be told. */
 export function completeChain(active: ActiveQueues, index: number, head: number, written: number): void {
+  if (active.stopped) return;
   const q = active.queues[index]!;
   q.pushUsed(active.memory, head, written);
   if (q.needsInterrupt(active.memory)) active.interrupt.queue(index);

@@ -12,7 +12,7 @@ import { VNET_HDR_LEN } from '../net/backend.js';
 import { DropCounter, prefixed } from '../net/counters.js';
 import { BROADCAST_MAC, ETH_ALEN, ETH_HLEN, MAX_FRAME, sameMac } from '../net/packet.js';
 import { readStream, totalLength, writeStream, type DescriptorChain } from './chain.js';
-import { bit, completeChain, drainQueue, readConfigBytes, VirtioId, type ActiveQueues, type VirtioDevice } from './device.js';
+import { bit, completeChain, drainQueue, guarded, readConfigBytes, VirtioId, type ActiveQueues, type VirtioDevice } from './device.js';
 
 /** Feature bits (virtio 1.x, 5.1.3). */
 export const NetFeature = {
@@ -53,8 +53,15 @@ const MAX_TX_PACKET = VNET_HDR_LEN + ETH_HLEN + 0x10000;
 const MAX_PAIRS = 16;
 /** Entries the MAC filter table holds; beyond it the device falls back to accepting all of that kind. */
 const MAC_TABLE_ENTRIES = 64;
+/**
+ * The largest control command read from the guest. Linux's biggest is a MAC table
+ * set (8 bytes + 6 per address); 64 KiB holds over 10,000 addresses, far past the
+ * point where the table falls back to "all", and keeps a guest from making the VMM
+ * copy and parse megabytes per command.
+ */
+export const MAX_CTRL_COMMAND = 64 * 1024;
 
-export type NetDrop = 'tx-runt' | 'tx-oversized' | 'tx-no-data' | 'rx-filtered' | 'rx-buffer-too-small' | 'ctrl-malformed';
+export type NetDrop = 'tx-runt' | 'tx-oversized' | 'tx-no-data' | 'tx-backend-error' | 'rx-filtered' | 'rx-buffer-too-small' | 'ctrl-malformed' | 'ctrl-oversized';
 
 export interface VirtioNetOptions {
   mac: Uint8Array;
@@ -184,14 +191,24 @@ export class VirtioNet implements VirtioDevice, NetPort {
         if (!packet) this.drops.count('tx-no-data');
         else {
           if (!this.mergeable) packet.fill(0, VNET_HDR_LEN - 2, VNET_HDR_LEN); // num_buffers is rx-only
-          this.counters.txPackets++;
-          this.counters.txBytes += len - VNET_HDR_LEN;
-          this.perPair[pair]!.tx++;
-          this.backend.send(pair, packet);
+          this.send(pair, packet);
         }
       }
       completeChain(active, index, chain.head, 0);
     });
+  }
+
+  /** A packet the back-end cannot take (it threw) is dropped and counted; its chain still goes back. */
+  private send(pair: number, packet: Uint8Array): void {
+    try {
+      this.backend.send(pair, packet);
+    } catch {
+      this.drops.count('tx-backend-error');
+      return;
+    }
+    this.counters.txPackets++;
+    this.counters.txBytes += packet.length - VNET_HDR_LEN;
+    this.perPair[pair]!.tx++;
   }
 
   // -- receive ---------------------------------------------------------------
@@ -202,7 +219,11 @@ export class VirtioNet implements VirtioDevice, NetPort {
 
   receive(queue: number, packet: Uint8Array): boolean {
     const active = this.active;
-    if (!active) return false;
+    if (!active || active.stopped) return false;
+    return guarded(active, 'receive', true, () => this.place(active, queue, packet));
+  }
+
+  private place(active: ActiveQueues, queue: number, packet: Uint8Array): boolean {
     if (packet.length < VNET_HDR_LEN + ETH_HLEN) return true;
     if (!this.accepts(packet.subarray(VNET_HDR_LEN))) {
       this.drops.count('rx-filtered');
@@ -252,6 +273,7 @@ export class VirtioNet implements VirtioDevice, NetPort {
       chains.push({ chain, len });
       room += len;
     });
+    if (active.stopped) return undefined;
     if (room < packet.length) {
       for (let i = 0; i < chains.length; i++) q.unpop(); // not enough yet: give them back for the next try
       return undefined;
@@ -294,9 +316,9 @@ export class VirtioNet implements VirtioDevice, NetPort {
     drainQueue(active, index, (chain) => {
       this.counters.ctrlCommands++;
       const len = totalLength(chain.readable);
-      const command = len >= 2 ? readStream(active.memory, chain.readable, 0, len) : undefined;
+      const command = len >= 2 && len <= MAX_CTRL_COMMAND ? readStream(active.memory, chain.readable, 0, len) : undefined;
       const status = command ? this.command(command[0]!, command[1]!, command.subarray(2)) : ACK_ERR;
-      if (!command) this.drops.count('ctrl-malformed');
+      if (!command) this.drops.count(len > MAX_CTRL_COMMAND ? 'ctrl-oversized' : 'ctrl-malformed');
       const written = writeStream(active.memory, chain.writable, 0, Uint8Array.of(status));
       completeChain(active, index, chain.head, written);
     });
@@ -326,10 +348,12 @@ export class VirtioNet implements VirtioDevice, NetPort {
         this.drops.count('ctrl-malformed');
         return ACK_ERR;
       }
-      [this.unicastTable, this.multicastTable] = tables;
       // A table too large to keep means "all of that kind", as with a hardware filter that overflows.
-      if (this.unicastTable.length > MAC_TABLE_ENTRIES) [this.unicastTable, this.allUni] = [[], true];
-      if (this.multicastTable.length > MAC_TABLE_ENTRIES) [this.multicastTable, this.allMulti] = [[], true];
+      const [unicast, multicast] = tables;
+      this.unicastTable = unicast ?? [];
+      this.multicastTable = multicast ?? [];
+      if (!unicast) this.allUni = true;
+      if (!multicast) this.allMulti = true;
       return ACK_OK;
     }
     if (cls === Ctrl.MQ && cmd === CTRL_MQ_VQ_PAIRS_SET && data.length >= 2) {
@@ -348,7 +372,7 @@ export class VirtioNet implements VirtioDevice, NetPort {
   }
 
   stats(): Record<string, number> {
-        const pairs = this.pairs > 1 ? Object.fromEntries(this.perPair.flatMap((p, i) => [[`pair${i}.tx`, p.tx], [`pair${i}.rx`, p.rx]])) : {};
+    const pairs = this.pairs > 1 ? Object.fromEntries(this.perPair.flatMap((p, i) => [[`pair${i}.tx`, p.tx], [`pair${i}.rx`, p.rx]])) : {};
     return { ...this.counters, activePairs: this.activePairs, ...pairs, ...this.drops.stats(), ...prefixed('backend.', this.backend.stats()) };
   }
 
@@ -358,18 +382,21 @@ export class VirtioNet implements VirtioDevice, NetPort {
   }
 }
 
-/** Two tables of `u32 entries` then entries × 6-byte MACs: unicast, then multicast. */
-function parseMacTables(data: Uint8Array): [Uint8Array[], Uint8Array[]] | undefined {
-  const tables: Uint8Array[][] = [];
+/**
+ * Two tables of `u32 entries` then entries × 6-byte MACs: unicast, then multicast.
+ * A table with more than MAC_TABLE_ENTRIES comes back undefined ("all"), uncopied.
+ */
+function parseMacTables(data: Uint8Array): [Uint8Array[] | undefined, Uint8Array[] | undefined] | undefined {
+  const tables: (Uint8Array[] | undefined)[] = [];
   let at = 0;
   for (let t = 0; t < 2; t++) {
     if (at + 4 > data.length) return undefined;
     const entries = new DataView(data.buffer, data.byteOffset + at, 4).getUint32(0, true);
     at += 4;
     if (entries > (data.length - at) / ETH_ALEN) return undefined;
-    const table: Uint8Array[] = [];
-    for (let i = 0; i < entries; i++, at += ETH_ALEN) table.push(data.slice(at, at + ETH_ALEN));
-    tables.push(table);
+    const start = at;
+    at += entries * ETH_ALEN;
+    tables.push(entries > MAC_TABLE_ENTRIES ? undefined : Array.from({ length: entries }, (_, i) => data.slice(start + i * ETH_ALEN, start + (i + 1) * ETH_ALEN)));
   }
-  return at === data.length ? [tables[0]!, tables[1]!] : undefined;
+  return at === data.length ? [tables[0], tables[1]] : undefined;
 }

@@ -12,8 +12,8 @@ import { ConfigSpace, PCI_CAP_ID_VNDR } from '../devices/pci/config-space.js';
 import type { PciBar, PciDevice } from '../devices/pci/device.js';
 import { Msix, type MsiSink } from '../devices/pci/msix.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
-import { bit, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1, type VirtioDevice } from './device.js';
-import { QueueError, SplitQueue } from './queue.js';
+import { bit, describeError, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1, type ActiveQueues, type VirtioDevice } from './device.js';
+import { SplitQueue } from './queue.js';
 
 export const VIRTIO_PCI_VENDOR = 0x1af4;
 const MODERN_DEVICE_ID_BASE = 0x1040;
@@ -103,6 +103,8 @@ export class VirtioPciDevice implements PciDevice {
   private queueSelect = 0;
   private isr = 0;
   private undoIoevents: (() => void)[] = [];
+  /** What the device was handed at DRIVER_OK; stopped by a reset or a failure. */
+  private activation: (ActiveQueues & { stopped: boolean }) | undefined;
   /** Config-space offset of the PCI_CFG capability. */
   private readonly pciCfgCap: number;
 
@@ -193,30 +195,48 @@ export class VirtioPciDevice implements PciDevice {
   private kick(q: number, viaEventfd: boolean): void {
     if (viaEventfd) this.counters.notifyEventfds++;
     else this.counters.notifyExits++;
-    if (!(this.status & Status.DRIVER_OK) || this.status & Status.NEEDS_RESET) return;
-    if (q < this.queues.length) this.device.queueNotify(q);
+    if (!this.activation || this.activation.stopped || q >= this.queues.length) return;
+    try {
+      this.device.queueNotify(q);
+    } catch (e) {
+      this.fail(`queue ${q} kick: ${describeError(e)}`);
+    }
   }
 
   // -- BAR 0 -----------------------------------------------------------------
 
   private readonly bar0: BusDevice = {
     name: 'virtio-pci-bar0',
-    read: (offset, data) => {
-      if (offset < COMMON_OFFSET + 0x1000) return this.readCommon(offset - COMMON_OFFSET, data);
-      if (offset < ISR_OFFSET + 0x1000) return this.readIsr(offset - ISR_OFFSET, data);
-      if (offset < DEVICE_OFFSET + 0x1000) return this.device.readConfig(offset - DEVICE_OFFSET, data);
-      if (offset >= MSIX_TABLE_OFFSET && offset < MSIX_PBA_OFFSET) return this.msix.tableRegion.read(offset - MSIX_TABLE_OFFSET, data);
-      if (offset >= MSIX_PBA_OFFSET) return this.msix.pbaRegion.read(offset - MSIX_PBA_OFFSET, data);
-      data.fill(0);
-    },
-    write: (offset, data) => {
-      if (offset < COMMON_OFFSET + 0x1000) return this.writeCommon(offset - COMMON_OFFSET, data);
-      if (offset < ISR_OFFSET + 0x1000) return;
-      if (offset < DEVICE_OFFSET + 0x1000) return this.device.writeConfig(offset - DEVICE_OFFSET, data);
-      if (offset < NOTIFY_OFFSET + 0x1000) return this.kick(Math.floor((offset - NOTIFY_OFFSET) / NOTIFY_MULTIPLIER), false);
-      if (offset < MSIX_PBA_OFFSET) return this.msix.tableRegion.write(offset - MSIX_TABLE_OFFSET, data);
-    },
+    read: (offset, data) => this.guardAccess(() => this.readBar0(offset, data), () => data.fill(0xff)),
+    write: (offset, data) => this.guardAccess(() => this.writeBar0(offset, data)),
   };
+
+  /** A register access that throws is the device's fault, triggered by the guest: the device fails, the VM goes on. */
+  private guardAccess(access: () => void, onError?: () => void): void {
+    try {
+      access();
+    } catch (e) {
+      onError?.();
+      this.fail(`register access: ${describeError(e)}`);
+    }
+  }
+
+  private readBar0(offset: number, data: Uint8Array): void {
+    if (offset < COMMON_OFFSET + 0x1000) return this.readCommon(offset - COMMON_OFFSET, data);
+    if (offset < ISR_OFFSET + 0x1000) return this.readIsr(offset - ISR_OFFSET, data);
+    if (offset < DEVICE_OFFSET + 0x1000) return this.device.readConfig(offset - DEVICE_OFFSET, data);
+    if (offset >= MSIX_TABLE_OFFSET && offset < MSIX_PBA_OFFSET) return this.msix.tableRegion.read(offset - MSIX_TABLE_OFFSET, data);
+    if (offset >= MSIX_PBA_OFFSET) return this.msix.pbaRegion.read(offset - MSIX_PBA_OFFSET, data);
+    data.fill(0);
+  }
+
+  private writeBar0(offset: number, data: Uint8Array): void {
+    if (offset < COMMON_OFFSET + 0x1000) return this.writeCommon(offset - COMMON_OFFSET, data);
+    if (offset < ISR_OFFSET + 0x1000) return;
+    if (offset < DEVICE_OFFSET + 0x1000) return this.device.writeConfig(offset - DEVICE_OFFSET, data);
+    if (offset < NOTIFY_OFFSET + 0x1000) return this.kick(Math.floor((offset - NOTIFY_OFFSET) / NOTIFY_MULTIPLIER), false);
+    if (offset < MSIX_PBA_OFFSET) return this.msix.tableRegion.write(offset - MSIX_TABLE_OFFSET, data);
+  }
 
   /** Reading the ISR returns and clears it, and drops INTx. */
   private readIsr(offset: number, data: Uint8Array): void {
@@ -301,13 +321,22 @@ export class VirtioPciDevice implements PciDevice {
     return vector < this.msix.vectors ? vector : NO_VECTOR;
   }
 
+  /**
+   * The status only grows until a reset (virtio 1.x, 2.1.2 and 3.1.1): a driver that
+   * clears a bit, or sets DRIVER_OK before the device took its features, broke the
+   * rules, and the device fails rather than run queues it never checked.
+   */
   private writeStatus(value: number): void {
     if (value === 0) return this.reset();
+    const cleared = this.status & ~value & ~Status.NEEDS_RESET;
+    if (cleared) return this.fail(`the driver cleared status bits 0x${cleared.toString(16)} without a reset`);
     const rising = value & ~this.status;
     let next = value | (this.status & Status.NEEDS_RESET);
     if (rising & Status.FEATURES_OK && !this.featuresAcceptable()) next &= ~Status.FEATURES_OK;
     this.status = next;
-    if (rising & Status.DRIVER_OK && next & Status.FEATURES_OK) this.activate();
+    if (!(rising & Status.DRIVER_OK) || next & Status.NEEDS_RESET) return;
+    if (!(next & Status.FEATURES_OK)) return this.fail('the driver set DRIVER_OK without FEATURES_OK');
+    this.activate();
   }
 
   /** The driver may accept only what was offered, and must speak virtio 1.x. */
@@ -323,21 +352,36 @@ export class VirtioPciDevice implements PciDevice {
         if (q.ready) q.validate(this.env.memory);
       }
     } catch (e) {
-      if (!(e instanceof QueueError)) throw e;
-      return this.fail(e.message);
+      return this.fail(describeError(e));
     }
-    this.device.activate({
+    const activation = {
       memory: this.env.memory,
       queues: this.queues,
       features: this.driverFeatures,
-      interrupt: { queue: (q) => this.interrupt(this.queueVectors[q] ?? NO_VECTOR, 1), configChanged: () => this.configChanged() },
-      fail: (reason) => this.fail(reason),
-    });
+      interrupt: { queue: (q: number) => this.interrupt(this.queueVectors[q] ?? NO_VECTOR, 1), configChanged: () => this.configChanged() },
+      stopped: false,
+      fail: (reason: string) => {
+        if (!activation.stopped) this.fail(reason);
+      },
+    };
+    this.activation = activation;
+    try {
+      this.device.activate(activation);
+    } catch (e) {
+      this.fail(`activate: ${describeError(e)}`);
+    }
+  }
+
+  /** Ends the current activation: from here on the device's queue work is dropped. */
+  private stopActivation(): void {
+    if (this.activation) this.activation.stopped = true;
+    this.activation = undefined;
   }
 
   /** The driver broke the rules: stop the device and tell the driver it needs a reset. */
   private fail(reason: string): void {
     if (this.status & Status.NEEDS_RESET) return;
+    this.stopActivation();
     this.lastFailure = reason;
     this.counters.needsReset++;
     this.status |= Status.NEEDS_RESET;
@@ -360,6 +404,7 @@ export class VirtioPciDevice implements PciDevice {
   }
 
   private reset(): void {
+    this.stopActivation();
     this.device.reset();
     for (const q of this.queues) q.reset();
     this.queueVectors.fill(NO_VECTOR);

@@ -65,8 +65,10 @@ export class SplitQueue {
     if (pending === 0) return undefined;
     if (pending > this.size) throw new QueueError(`available index ${availIdx} is ${pending} entries ahead of the device (queue size ${this.size})`);
     const head = mem.readU16(this.availRing + 4 + 2 * (this.lastAvail % this.size));
+    // A chain that fails its checks stays unconsumed, so unpop() counts stay exact.
+    const chain = this.readChain(mem, head);
     this.lastAvail = (this.lastAvail + 1) & 0xffff;
-    return this.readChain(mem, head);
+    return chain;
   }
 
   /** Puts the last popped chain back: the device could not use it yet. */

@@ -2,6 +2,7 @@
 // rings in guest memory and posts chains the way a guest driver does, including
 // ones no honest driver would post.
 import { GuestMemory, gpa } from '../../src/memory/guest-memory.js';
+import type { ActiveQueues, VirtioInterrupt } from '../../src/virtio/device.js';
 import { DESC_SIZE, SplitQueue, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../src/virtio/queue.js';
 
 export const RAM_SIZE = 1 << 20;
@@ -127,4 +128,22 @@ export class SimDriver {
   get availEvent(): number {
     return this.mem.readU16(this.usedRing + 4 + 8 * this.size);
   }
+}
+
+/** What a transport hands a device at DRIVER_OK, failing as the transport does: a failure stops the activation. */
+export function activeQueues(memory: GuestMemory, queues: SplitQueue[], features: bigint, interrupt: VirtioInterrupt): ActiveQueues & { failures: string[] } {
+  const active = {
+    memory,
+    queues,
+    features,
+    interrupt,
+    stopped: false,
+    failures: [] as string[],
+    fail: (why: string) => {
+      if (active.stopped) return;
+      active.failures.push(why);
+      active.stopped = true;
+    },
+  };
+  return active;
 }

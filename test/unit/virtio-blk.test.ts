@@ -5,8 +5,7 @@ import path from 'node:path';
 import { after, test } from 'node:test';
 import { RawImage } from '../../src/backends/raw-image.js';
 import { BlkStatus, BlkType, VirtioBlock } from '../../src/virtio/block.js';
-import type { ActiveQueues } from '../../src/virtio/device.js';
-import { SimDriver, type Buf } from '../support/virtio-driver.js';
+import { activeQueues, SimDriver, type Buf } from '../support/virtio-driver.js';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsvisor-blk-'));
 after(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -21,16 +20,10 @@ function setup(opts: { readOnly?: boolean; serial?: string; cache?: 'none' | 'wr
   const image = RawImage.open({ path: file, readOnly: opts.readOnly ?? false, cache: opts.cache ?? 'writeback' });
   const blk = new VirtioBlock({ name: 'blk', image, serial: opts.serial });
   const d = new SimDriver(16, true);
-  const events = { interrupts: 0, failures: [] as string[] };
-  const active: ActiveQueues = {
-    memory: d.mem,
-    queues: [d.queue],
-    features: 0n,
-    interrupt: { queue: () => events.interrupts++, configChanged: () => {} },
-    fail: (why) => events.failures.push(why),
-  };
+  const events = { interrupts: 0 };
+  const active = activeQueues(d.mem, [d.queue], 0n, { queue: () => events.interrupts++, configChanged: () => {} });
   blk.activate(active);
-  return { file, blk, d, events };
+  return { file, blk, d, events, active };
 }
 
 type Setup = ReturnType<typeof setup>;
@@ -164,7 +157,7 @@ test('virtio-blk: many requests in flight at once all complete, and a hostile ch
   for (let i = 0; i < 8; i++) assert.ok(file.subarray(i * 512, (i + 1) * 512).every((b) => b === i + 1));
   s.d.publish(99); // a head outside the table
   s.blk.queueNotify();
-  assert.equal(s.events.failures.length, 1);
+  assert.equal(s.active.failures.length, 1);
   await s.blk.close();
 });
 
@@ -178,4 +171,41 @@ test('virtio-blk cache=none: O_DIRECT I/O, also from guest buffers too misaligne
   assert.ok(file.subarray(8 * 512, 16 * 512).every((b) => b === 0x6b));
   assert.deepEqual(Buffer.from(s.d.mem.read(into, 4096)), file.subarray(7 * 512, 15 * 512));
   await s.blk.close();
+});
+
+test('virtio-blk: DISCARD and WRITE_ZEROES check every range before doing any', async () => {
+  const s = setup();
+  for (const type of [BlkType.DISCARD, BlkType.WRITE_ZEROES]) {
+    const ranges = s.d.alloc(32);
+    s.d.mem.writeU64(ranges, 4n); // a good range first
+    s.d.mem.writeU32(ranges + 8, 2);
+    s.d.mem.writeU64(ranges + 16, BigInt(SECTORS)); // then one past the end of the disk
+    s.d.mem.writeU32(ranges + 24, 1);
+    assert.equal((await request(s, type, 0, [{ addr: ranges, len: 32 }])).status, BlkStatus.IOERR);
+  }
+  const file = fs.readFileSync(s.file);
+  for (let i = 4 * 512; i < 6 * 512; i++) assert.equal(file[i], i % 251, `byte ${i} of the good range is untouched`);
+  await s.blk.close();
+});
+
+test('virtio-blk: a completion that throws fails the device; no promise rejection escapes', async () => {
+  const s = setup();
+  let escaped: unknown;
+  const onRejection = (e: unknown) => (escaped = e);
+  process.on('unhandledRejection', onRejection);
+  try {
+    s.active.interrupt.queue = () => {
+      throw new Error('interrupt delivery failed');
+    };
+    const header = s.d.alloc(16);
+    s.d.mem.writeU32(header, BlkType.GET_ID);
+    s.d.post([{ addr: header, len: 16 }, { addr: s.d.alloc(21), len: 21, write: true }]);
+    s.blk.queueNotify();
+    await s.blk.close(); // waits for the request
+    await new Promise((r) => setTimeout(r, 20));
+    assert.equal(escaped, undefined);
+    assert.match(s.active.failures[0] ?? '', /completion: Error: interrupt delivery failed/);
+  } finally {
+    process.off('unhandledRejection', onRejection);
+  }
 });

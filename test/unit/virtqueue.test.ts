@@ -214,3 +214,16 @@ test('virtqueue without EVENT_IDX: the driver\'s NO_INTERRUPT flag suppresses in
   d.mem.writeU16(AVAIL_RING, 1);
   assert.equal(d.queue.needsInterrupt(d.mem), false);
 });
+
+test('virtqueue: a chain that fails its checks is not consumed, so the ring position stays exact', () => {
+  const d = new SimDriver(8);
+  const good = d.alloc(16);
+  d.writeDesc(DESC_TABLE, 0, { addr: good, len: 16, flags: VIRTQ_DESC_F_NEXT, next: 7 });
+  d.writeDesc(DESC_TABLE, 7, { addr: RAM_SIZE, len: 16, flags: 0, next: 0 }); // outside RAM
+  d.publish(0);
+  assert.throws(() => d.queue.pop(d.mem), QueueError);
+  d.writeDesc(DESC_TABLE, 7, { addr: good, len: 16, flags: 0, next: 0 });
+  const chain = d.queue.pop(d.mem);
+  assert.equal(chain?.head, 0, 'the same chain, once it is valid');
+  assert.equal(d.queue.pop(d.mem), undefined);
+});
