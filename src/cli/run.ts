@@ -380,5 +380,6 @@ export function formatStats(s: MachineStats): string {
   }
   for (const [name, why] of Object.entries(s.virtioFailures)) lines.push(`  ${name} needed a reset: ${why}`);
   lines.push(`  event loop wakeups: ${s.eventLoopWakeups}`);
+  if (s.strayErrors) lines.push(`  errors caught outside any device: ${s.strayErrors}`);
   return lines.join('\n') + '\n';
 }

@@ -94,6 +94,8 @@ export class Machine {
   private finish: (() => void) | undefined;
   private readonly panicWatcher = new PanicWatcher(() => this.end('panic', 'the kernel reported a panic on its console'));
   readonly deviceErrors: string[] = [];
+  /** Errors no device contained, caught at the process level while the VM ran. */
+  private strayErrors = 0;
 
   private constructor(
     private readonly kvm: Kvm,
@@ -242,6 +244,23 @@ export class Machine {
 
   /** Runs until the guest powers off, resets, panics or fails; resolves with why. */
   async run(): Promise<MachineExit> {
+    // The last line of defence: an error that escaped every device guard (a socket
+    // or timer callback, a promise) is recorded and counted, and the VM goes on.
+    const stray = (e: unknown) => {
+      this.strayErrors++;
+      this.deviceError(e);
+    };
+    process.on('uncaughtException', stray);
+    process.on('unhandledRejection', stray);
+    try {
+      return await this.runVcpus();
+    } finally {
+      process.off('uncaughtException', stray);
+      process.off('unhandledRejection', stray);
+    }
+  }
+
+  private async runVcpus(): Promise<MachineExit> {
     const allStopped = new Promise<void>((resolve) => {
       this.finish = resolve;
       if (this.exit) resolve();
@@ -270,6 +289,7 @@ export class Machine {
       nics: this.nics.map((n) => this.nicStats(n.config, n.device)),
       virtioFailures: Object.fromEntries(this.virtio.filter((v) => v.lastFailure).map((v) => [v.name, v.lastFailure!])),
       eventLoopWakeups: this.events.wakeups,
+      strayErrors: this.strayErrors,
     };
   }
 
@@ -327,6 +347,7 @@ export interface MachineStats {
   /** Why a virtio device last set DEVICE_NEEDS_RESET, by device. */
   virtioFailures: Record<string, string>;
   eventLoopWakeups: number;
+  strayErrors: number;
 }
 
 export interface NicStats {
