@@ -1,7 +1,7 @@
 // Frames a guest's network stack would send, and a reader for what comes back:
 // enough Ethernet/ARP/IPv4/UDP/TCP/ICMP for tests to play the guest against a
 // network back-end or device.
-import { VNET_HDR_LEN } from '../../src/net/backend.js';
+import { VNET_HDR_LEN, type NetPort } from '../../src/net/backend.js';
 import { checksum, ETHERTYPE_ARP, ETHERTYPE_IPV4, ipv4PseudoSum, readU16, readU32, sum16, writeEthernet, writeIpv4, writeU16, writeU32 } from '../../src/net/packet.js';
 
 export const GUEST_MAC = Uint8Array.of(0x52, 0x54, 0x00, 0x12, 0x34, 0x56);
@@ -61,7 +61,7 @@ export interface TcpFields {
 }
 
 export function tcpFrame(src: number, dst: number, t: TcpFields): Uint8Array {
-  const opt = t.mss ? 4 : 0;
+  const opt = t.mss !== undefined ? 4 : 0;
   const payload = t.payload ?? new Uint8Array(0);
   const seg = new Uint8Array(20 + opt + payload.length);
   writeU16(seg, 0, t.srcPort);
@@ -114,4 +114,42 @@ export function parse(frame: Uint8Array): Parsed {
   }
   if (p.proto === 17) p.udp = { srcPort: readU16(b, 0), dstPort: readU16(b, 2), payload: b.subarray(8, readU16(b, 4)) };
   return p;
+}
+
+/**
+ * The guest's side of a back-end: keeps the frames it receives, decoded.
+ * `accept = false` plays a guest without receive buffers. More than
+ * `maxPerTurn` frames in one turn of the event loop is a back-end stuck in a
+ * loop: receive() throws instead of letting it freeze the test.
+ */
+export class SimGuest implements NetPort {
+  frames: Parsed[] = [];
+  accept = true;
+  private waiters: (() => void)[] = [];
+  private thisTurn = 0;
+
+  constructor(private readonly maxPerTurn = Infinity) {}
+
+  receive(_queue: number, p: Uint8Array): boolean {
+    if (!this.accept) return false;
+    if (this.thisTurn++ === 0) setImmediate(() => (this.thisTurn = 0));
+    if (this.thisTurn > this.maxPerTurn) throw new Error(`more than ${this.maxPerTurn} frames without yielding`);
+    this.frames.push(parse(p.slice(VNET_HDR_LEN)));
+    for (const w of this.waiters.splice(0)) w();
+    return true;
+  }
+
+  /** Waits for (and removes) the first frame matching. */
+  async next(match: (p: Parsed) => boolean, ms = 3000): Promise<Parsed> {
+    const deadline = Date.now() + ms;
+    for (;;) {
+      const i = this.frames.findIndex(match);
+      if (i >= 0) return this.frames.splice(i, 1)[0]!;
+      if (Date.now() > deadline) throw new Error('no matching frame');
+      await new Promise<void>((resolve) => {
+        this.waiters.push(resolve);
+        setTimeout(resolve, 50);
+      });
+    }
+  }
 }

@@ -21,7 +21,34 @@ export interface UserNetConfig {
   /** Where DNS queries to `dns` go: the host's resolver (from /etc/resolv.conf) unless set. */
   resolver?: { address: string; port: number };
   hostForwards: HostForward[];
+  /** Host resources the guest may make tsvisor hold; keys not set take DEFAULT_USER_LIMITS. */
+  limits?: Partial<UserNetLimits>;
 }
+
+/** The `--netdev user` keys that bound what one guest can make tsvisor hold. */
+export interface UserNetLimits {
+  /** Open TCP connections, guest-initiated and hostfwd together (one host socket each). */
+  maxTcp: number;
+  /** UDP flows, one host socket per guest source port. */
+  maxUdp: number;
+  /** Seconds an established TCP connection may pass without a segment or host data. */
+  tcpIdle: number;
+  /** Seconds a UDP flow may pass without a datagram either way. */
+  udpIdle: number;
+  /** Bytes tsvisor buffers per TCP connection in each direction. */
+  tcpBuffer: number;
+}
+
+// 384 sockets stay well inside the usual 1024-fd soft limit; the TCP idle time is
+// RFC 5382's floor for a NAT's established-connection timeout (2 h 4 min), so a
+// guest's 2-hour keepalives keep a connection; UDP's is conntrack's 60 s.
+export const DEFAULT_USER_LIMITS: UserNetLimits = {
+  maxTcp: 256,
+  maxUdp: 128,
+  tcpIdle: 7440,
+  udpIdle: 60,
+  tcpBuffer: 256 * 1024,
+};
 
 const ip = (a: number, b: number, c: number, d: number): number => ((a << 24) | (b << 16) | (c << 8) | d) >>> 0;
 

@@ -5,7 +5,9 @@
 //
 // Everything runs on the main thread. Frames for the guest wait in a bounded
 // queue while the guest has no receive buffers; TCP flow control keeps that
-// queue short.
+// queue short. The guest is hostile: nothing it sends may throw out of send(),
+// and the sockets, bytes and time it can make tsvisor hold are bounded by the
+// user's limits (UserNetLimits), every refusal counted.
 import fs from 'node:fs';
 import net from 'node:net';
 import { DropCounter } from '../counters.js';
@@ -30,7 +32,7 @@ import {
   writeU16,
   writeU32,
 } from '../packet.js';
-import { inNetwork, type HostForward, type UserNetConfig } from './config.js';
+import { DEFAULT_USER_LIMITS, inNetwork, type HostForward, type UserNetConfig, type UserNetLimits } from './config.js';
 import { DHCP_CLIENT_PORT, DHCP_SERVER_PORT, DhcpServer } from './dhcp.js';
 import { OWN_MSS, TcpConnection, TcpFlag, type TcpSegment } from './tcp.js';
 import { UdpFlows, type Endpoint } from './udp.js';
@@ -67,27 +69,58 @@ export class UserNetwork implements NetBackend {
   private ackFlush: NodeJS.Immediate | undefined;
   private nextForwardPort = FIRST_FORWARD_PORT;
   private ipId = 0;
-  readonly counters = { txPackets: 0, txBytes: 0, rxPackets: 0, rxBytes: 0, tcpOpened: 0, tcpRefused: 0, tcpOutOfOrder: 0, tcpRetransmits: 0, udpErrors: 0 };
+  private readonly limits: UserNetLimits;
+  readonly counters = {
+    txPackets: 0,
+    txBytes: 0,
+    rxPackets: 0,
+    rxBytes: 0,
+    tcpOpened: 0,
+    tcpRefused: 0,
+    /** Guest SYNs reset because max-tcp connections were open. */
+    tcpOverLimit: 0,
+    /** Host clients of a forwarded port reset because max-tcp connections were open. */
+    hostfwdOverLimit: 0,
+    tcpIdleClosed: 0,
+    tcpWindowDrops: 0,
+    tcpOutOfOrder: 0,
+    tcpRetransmits: 0,
+    udpOverLimit: 0,
+    udpIdleClosed: 0,
+    udpErrors: 0,
+    /** Exceptions caught where a guest frame or a socket event came in. */
+    errors: 0,
+  };
   readonly drops = new DropCounter<UserNetDrop>();
-  private readonly tcpCounters = { outOfOrder: 0, retransmits: 0 };
 
   constructor(private readonly config: UserNetConfig) {
+    this.limits = { ...DEFAULT_USER_LIMITS, ...config.limits };
     this.gatewayMac = Uint8Array.from([0x52, 0x55, ...ipBytes(config.host)]);
     this.dhcp = new DhcpServer(config);
     this.udp = new UdpFlows(
       (from, guestPort, payload) => this.sendUdp(from.ip, from.port, guestPort, payload),
-      () => this.counters.udpErrors++,
+      { maxFlows: this.limits.maxUdp, idleMs: this.limits.udpIdle * 1000 },
+      this.counters,
     );
   }
 
   /** Starts listening on the forwarded host ports; rejects with the first port that cannot be bound. */
   async listen(): Promise<void> {
     for (const fwd of this.config.hostForwards) {
-      const server = net.createServer({ allowHalfOpen: true }, (socket) => this.forwardToGuest(fwd, socket));
+      const server = net.createServer({ allowHalfOpen: true }, (socket) => {
+        try {
+          this.forwardToGuest(fwd, socket);
+        } catch {
+          this.counters.errors++;
+          socket.destroy();
+        }
+      });
       await new Promise<void>((resolve, reject) => {
         server.once('error', (e: NodeJS.ErrnoException) => reject(new HostForwardError(`hostfwd: cannot listen on ${fwd.hostAddress || '*'}:${fwd.hostPort}: ${e.code ?? e.message}`)));
         server.listen(fwd.hostPort, fwd.hostAddress || undefined, () => resolve());
       });
+      // Once listening, an error is a failed accept (out of fds, say): the server goes on.
+      server.on('error', () => this.counters.errors++);
       this.servers.push(server);
     }
   }
@@ -105,6 +138,14 @@ export class UserNetwork implements NetBackend {
   // -- guest to network ------------------------------------------------------
 
   send(_queue: number, packet: Uint8Array): void {
+    try {
+      this.frameIn(packet);
+    } catch {
+      this.counters.errors++; // a last resort: the frame is lost, the network goes on
+    }
+  }
+
+  private frameIn(packet: Uint8Array): void {
     this.counters.txPackets++;
     this.counters.txBytes += packet.length - VNET_HDR_LEN;
     const frame = packet.subarray(VNET_HDR_LEN);
@@ -212,6 +253,10 @@ export class UserNetwork implements NetBackend {
       this.counters.tcpRefused++;
       return reset();
     }
+    if (this.tcp.size >= this.limits.maxTcp) {
+      this.counters.tcpOverLimit++;
+      return reset();
+    }
     this.guestIp = src;
     const socket = net.connect({ host: real.address, port: real.port, allowHalfOpen: true });
     socket.setNoDelay(true);
@@ -224,7 +269,8 @@ export class UserNetwork implements NetBackend {
       socket,
       (seg) => this.sendTcp(remote, remotePort, guest, guestPort, seg),
       () => this.tcp.delete(key),
-      this.tcpCounters,
+      this.counters,
+      { idleMs: this.limits.tcpIdle * 1000, bufferBytes: this.limits.tcpBuffer },
       guestSyn,
     );
     this.tcp.set(key, conn);
@@ -232,16 +278,28 @@ export class UserNetwork implements NetBackend {
 
   /** A host client connected to a forwarded port: open a connection to the guest from the gateway. */
   private forwardToGuest(fwd: HostForward, socket: net.Socket): void {
+    if (this.tcp.size >= this.limits.maxTcp) {
+      this.counters.hostfwdOverLimit++;
+      socket.resetAndDestroy();
+      return;
+    }
     const guest = fwd.guestAddress ?? this.dhcp.leaseOf(this.guestMac) ?? this.config.dhcpStart;
-    const port = this.nextForwardPort;
-    this.nextForwardPort = port === 65535 ? FIRST_FORWARD_PORT : port + 1;
+    // The next gateway port not in use toward this guest port; max-tcp is below the range, so one is free.
+    let key: string;
+    let port: number;
+    do {
+      port = this.nextForwardPort;
+      this.nextForwardPort = port === 65535 ? FIRST_FORWARD_PORT : port + 1;
+      key = `${guest}:${fwd.guestPort}>${this.config.host}:${port}`;
+    } while (this.tcp.has(key));
     socket.setNoDelay(true);
     this.counters.tcpOpened++;
-    this.openTcp(`${guest}:${fwd.guestPort}>${this.config.host}:${port}`, socket, this.config.host, port, guest, fwd.guestPort);
+    this.openTcp(key, socket, this.config.host, port, guest, fwd.guestPort);
   }
 
   /** Where a guest's packet to a virtual address really goes: the host is loopback, the DNS server the resolver. */
   private realEndpoint(dst: number, port: number): Endpoint | undefined {
+    if (port === 0) return undefined; // nothing listens there, and dgram refuses it outright
     if (dst === this.config.host) return { address: LOOPBACK, port };
     if (dst === this.config.dns) return port === DNS_PORT ? this.resolver() : undefined;
     if (inNetwork(this.config, dst) || dst === 0xffffffff || dst >>> 28 === 0xe) return undefined; // nobody else on this network; no broadcast or multicast out
@@ -322,9 +380,14 @@ export class UserNetwork implements NetBackend {
   }
 
   stats(): Record<string, number> {
-    this.counters.tcpOutOfOrder = this.tcpCounters.outOfOrder;
-    this.counters.tcpRetransmits = this.tcpCounters.retransmits;
-        return { ...this.counters, ...this.dhcp.counters, tcpOpen: this.tcp.size, udpFlows: this.udp.count, pending: this.pending.length, ...this.drops.stats() };
+    let tcpBufferedToHost = 0;
+    let tcpBufferedToGuest = 0;
+    for (const c of this.tcp.values()) {
+      tcpBufferedToHost += c.buffered.toHost;
+      tcpBufferedToGuest += c.buffered.toGuest;
+    }
+    const gauges = { tcpOpen: this.tcp.size, tcpBufferedToHost, tcpBufferedToGuest, udpFlows: this.udp.count, pending: this.pending.length };
+    return { ...this.counters, ...this.dhcp.counters, ...gauges, ...this.drops.stats() };
   }
 
   async close(): Promise<void> {
