@@ -3,7 +3,7 @@
 import { parseArgs } from 'node:util';
 import { MiB, MIN_MEMORY } from '../arch/x86/layout.js';
 import type { CacheMode } from '../backends/raw-image.js';
-import { checkUserNet, DEFAULT_USER_NET, type HostForward, type UserNetConfig } from '../net/user/config.js';
+import { checkUserNet, DEFAULT_USER_NET, type HostForward, type UserNetConfig, type UserNetLimits } from '../net/user/config.js';
 import { formatIpv4, formatMac, parseIpv4, parseMac } from '../net/packet.js';
 import type { AccelRequest } from '../vmm/accel.js';
 import { UsageError } from './errors.js';
@@ -200,8 +200,22 @@ function parseQueues(text: string | undefined, flag: string): number | undefined
   return n;
 }
 
+/**
+ * `--netdev user` keys that bound what the guest can make tsvisor hold: their
+ * field and range. max-tcp stays within the 16384 gateway ports hostfwd
+ * connections use; a buffer of at least 16 KiB (Node's write high-water mark)
+ * guarantees a 'drain' that reopens a closed window.
+ */
+const USER_LIMIT_KEYS: Record<string, { field: keyof UserNetLimits; min: number; max: number; unit: string }> = {
+  'max-tcp': { field: 'maxTcp', min: 1, max: 16384, unit: 'connections' },
+  'max-udp': { field: 'maxUdp', min: 1, max: 65536, unit: 'flows' },
+  'tcp-idle': { field: 'tcpIdle', min: 1, max: 7 * 86400, unit: 'seconds' },
+  'udp-idle': { field: 'udpIdle', min: 1, max: 7 * 86400, unit: 'seconds' },
+  'tcp-buffer': { field: 'tcpBuffer', min: 16 * 1024, max: 64 * MiB, unit: 'bytes' },
+};
+
 const NETDEV_KEYS: Record<NetdevSpec['kind'], string[]> = {
-  user: ['id', 'net', 'host', 'dhcpstart', 'dns', 'hostfwd', 'resolver'],
+  user: ['id', 'net', 'host', 'dhcpstart', 'dns', 'hostfwd', 'resolver', ...Object.keys(USER_LIMIT_KEYS)],
   tap: ['id', 'ifname', 'script', 'downscript', 'queues', 'vhost'],
   bridge: ['id', 'br', 'queues'],
 };
@@ -269,9 +283,27 @@ function parseUserNet(kv: Map<string, string>, hostfwds: string[]): UserNetConfi
     if (!m || parseIpv4(m[1]!) === undefined || port < 1 || port > 65535) throw new UsageError(`--netdev user: resolver=${resolver} must be IPV4[:PORT]`);
     config.resolver = { address: m[1]!, port };
   }
+  const limits = parseUserLimits(kv);
+  if (Object.keys(limits).length) config.limits = limits;
   const problem = checkUserNet(config);
   if (problem) throw new UsageError(`--netdev user: ${problem}`);
   return config;
+}
+
+/** The limit keys given: whole numbers in range; tcp-buffer also takes a K or M suffix. */
+function parseUserLimits(kv: Map<string, string>): Partial<UserNetLimits> {
+  const limits: Partial<UserNetLimits> = {};
+  for (const [key, { field, min, max, unit }] of Object.entries(USER_LIMIT_KEYS)) {
+    const text = kv.get(key);
+    if (text === undefined) continue;
+    const bytes = unit === 'bytes';
+    const m = (bytes ? /^(\d+)([KM]?)$/i : /^(\d+)()$/).exec(text);
+    const n = m ? Number(m[1]) * { '': 1, K: 1024, M: MiB }[m[2]!.toUpperCase() as '' | 'K' | 'M'] : NaN;
+    const range = bytes ? `${formatSize(min)} to ${formatSize(max)} bytes (K and M suffixes allowed)` : `${min} to ${max} ${unit}`;
+    if (!(n >= min && n <= max)) throw new UsageError(`--netdev user: ${key}=${text} must be a whole number from ${range}`);
+    limits[field] = n;
+  }
+  return limits;
 }
 
 /** `tcp:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT`, as QEMU writes it. */
@@ -341,6 +373,7 @@ export function networkArgs(network: NetworkOptions): string[] {
       const u = n.user;
       kv.push(`net=${formatIpv4(u.network)}/${u.prefixLength}`, `host=${formatIpv4(u.host)}`, `dns=${formatIpv4(u.dns)}`, `dhcpstart=${formatIpv4(u.dhcpStart)}`);
       if (u.resolver) kv.push(`resolver=${u.resolver.address}:${u.resolver.port}`);
+      for (const [key, { field }] of Object.entries(USER_LIMIT_KEYS)) if (u.limits?.[field] !== undefined) kv.push(`${key}=${u.limits[field]}`);
       for (const f of u.hostForwards) kv.push(`hostfwd=tcp:${f.hostAddress}:${f.hostPort}-${f.guestAddress === undefined ? '' : formatIpv4(f.guestAddress)}:${f.guestPort}`);
     } else if (n.kind === 'tap') {
       if (n.ifname) kv.push(`ifname=${n.ifname}`);
