@@ -5,45 +5,18 @@ import assert from 'node:assert/strict';
 import dgram from 'node:dgram';
 import net from 'node:net';
 import { test } from 'node:test';
-import { VNET_HDR_LEN, type NetPort } from '../../src/net/backend.js';
 import { DEFAULT_USER_NET, type UserNetConfig } from '../../src/net/user/config.js';
 import { UserNetwork } from '../../src/net/user/user-network.js';
-import { arpRequest, GUEST_MAC, ip, packet, parse, tcpFrame, udpFrame, type Parsed } from '../support/net-frames.js';
+import { arpRequest, GUEST_MAC, ip, packet, SimGuest, tcpFrame, udpFrame } from '../support/net-frames.js';
 
 const GUEST = ip('10.0.2.15');
 const HOST = ip('10.0.2.2');
 const DNS = ip('10.0.2.3');
 const SYN = 2, ACK = 16, FIN = 1, RST = 4, PSH = 8;
 
-class Guest implements NetPort {
-  frames: Parsed[] = [];
-  accept = true;
-  private waiters: (() => void)[] = [];
-  receive(_q: number, p: Uint8Array): boolean {
-    if (!this.accept) return false;
-    assert.equal(p.length > VNET_HDR_LEN, true);
-    this.frames.push(parse(p.slice(VNET_HDR_LEN)));
-    for (const w of this.waiters.splice(0)) w();
-    return true;
-  }
-  /** Waits for (and removes) the first frame matching. */
-  async next(match: (p: Parsed) => boolean, ms = 3000): Promise<Parsed> {
-    const deadline = Date.now() + ms;
-    for (;;) {
-      const i = this.frames.findIndex(match);
-      if (i >= 0) return this.frames.splice(i, 1)[0]!;
-      if (Date.now() > deadline) throw new Error('no matching frame');
-      await new Promise<void>((resolve) => {
-        this.waiters.push(resolve);
-        setTimeout(resolve, 50);
-      });
-    }
-  }
-}
-
-function setup(config: Partial<UserNetConfig> = {}): { net: UserNetwork; guest: Guest; send(f: Uint8Array): void } {
+function setup(config: Partial<UserNetConfig> = {}): { net: UserNetwork; guest: SimGuest; send(f: Uint8Array): void } {
   const user = new UserNetwork({ ...DEFAULT_USER_NET, ...config });
-  const guest = new Guest();
+  const guest = new SimGuest();
   user.attach(guest);
   return { net: user, guest, send: (f) => user.send(0, packet(f)) };
 }
