@@ -1,0 +1,116 @@
+// The e1000 under register traffic through both BARs, with descriptor rings and
+// buffers in guest memory: legacy, context (checksum and TSO) and data
+// descriptors with any lengths, offsets and MSS, receive of host frames into any
+// ring. Oracles: no register access or receive throws; what one operation makes
+// the card send stays within a bound no honest ring reaches.
+import { R } from '../../src/devices/net/e1000.js';
+import { withVnetHdr } from '../../src/net/backend.js';
+import { le, operations, opsArbitrary, type ByteReader } from '../lib/bytes.js';
+import { frame } from '../lib/frames.js';
+import { DATA_START, guestAddress, guestLength, guestMemory, registerValue, scribble } from '../lib/guest.js';
+import { e1000 } from '../lib/pc.js';
+import { check, guardedRead, WIDTHS, type FuzzTarget } from '../lib/target.js';
+
+const Op = { REG_WRITE: 0, REG_READ: 1, IO: 2, TX_DESC: 3, RX_DESC: 4, RECEIVE: 5, SCRIBBLE: 6, SET_UP: 7 } as const;
+const KINDS = 8;
+const TX_RING = 0x1000;
+const RX_RING = 0x3000;
+const RING_BYTES = 0x2000;
+const REGS = Object.values(R);
+/** The ring of 4096 data descriptors of 64 KiB each an honest driver could fill, times a margin. */
+const MAX_SENT_PER_OP = 512 * 1024 * 1024;
+
+export const e1000Target: FuzzTarget = {
+  name: 'e1000',
+  description: 'e1000 registers via MMIO and I/O BARs, descriptor rings (legacy, context/TSO, data), host frames',
+  arbitrary: opsArbitrary(KINDS, { weights: [4, 1, 1, 5, 2, 2, 1, 2], maxOps: 60 }),
+  run(_ctx, data) {
+    const mem = guestMemory();
+    const { nic, backend } = e1000(mem);
+    const mmio = nic.bars[0]!.region;
+    const io = nic.bars[1]!.region;
+    const wr = (reg: number, value: number): void => mmio.write(reg, le(value, 4));
+    let nextData = DATA_START;
+    /** A guest buffer holding `bytes`, in the high region. */
+    const buffer = (bytes: Uint8Array): number => {
+      if (nextData + bytes.length > DATA_START + 0xf000) nextData = DATA_START;
+      const at = nextData;
+      mem.write(at, bytes.subarray(0, 0xf000));
+      nextData += (bytes.length + 15) & ~15;
+      return at;
+    };
+    const desc = (ring: number, r: ByteReader): number => ring + 16 * (r.u16() % (RING_BYTES / 16));
+    const txDescriptor = (r: ByteReader): void => {
+      const at = desc(TX_RING, r);
+      const cmd = r.u8();
+      switch (r.u8() % 3) {
+        case 0: // legacy: buffer, length, CSO/CSS
+          mem.writeU64(at, r.u8() < 220 ? BigInt(buffer(frame(r))) : guestAddress(r));
+          mem.writeU32(at + 8, (r.bool() ? r.u16() : guestLength(r) & 0xffff) | ((cmd & ~0x20) << 24));
+          mem.writeU32(at + 12, r.u32());
+          break;
+        case 1: // context: IP and TCP/UDP offsets, header length, MSS
+          mem.write(at, Uint8Array.from([14, 24, ...le(r.bool() ? 33 : r.u16(), 2), 34, 50, 0, 0]));
+          if (r.u8() > 200) mem.write(at, r.bytes(8));
+          mem.writeU32(at + 8, (r.u16() & 0xfffff) | (0 << 20) | ((cmd | 0x20) << 24));
+          mem.writeU32(at + 12, (r.bool() ? 54 : r.u8()) << 8 | ((r.bool() ? r.pick([0, 1, 8, 536, 1460]) : r.u16()) << 16));
+          break;
+        default: // data: buffer, 20-bit length, TSE, POPTS
+          mem.writeU64(at, r.u8() < 220 ? BigInt(buffer(frame(r))) : guestAddress(r));
+          mem.writeU32(at + 8, ((r.bool() ? r.u16() : r.u32()) & 0xfffff) | (1 << 20) | ((cmd | 0x20) << 24));
+          mem.writeU32(at + 12, r.u8() << 8);
+      }
+    };
+    const setUp = (r: ByteReader): void => {
+      wr(R.CTRL, 1 << 6);
+      wr(R.IMS, r.u32());
+      wr(R.TDBAL, TX_RING);
+      wr(R.TDBAH, 0);
+      wr(R.TDLEN, 128 * (1 + r.below(RING_BYTES / 128)));
+      wr(R.TDH, 0);
+      wr(R.TDT, 0);
+      wr(R.TCTL, 2);
+      wr(R.RDBAL, RX_RING);
+      wr(R.RDBAH, 0);
+      wr(R.RDLEN, 128 * (1 + r.below(RING_BYTES / 128)));
+      wr(R.RDH, 0);
+      wr(R.RDT, r.u16() % 512);
+      wr(R.RCTL, 0x2 | (r.u32() & 0x0603f038));
+    };
+    for (const { kind, args: r } of operations(data)) {
+      switch (kind % KINDS) {
+        case Op.REG_WRITE: {
+          const reg = r.u8() < 220 ? r.pick(REGS) + (r.u8() < 240 ? 0 : r.u8() & 3) : r.below(0x20000);
+          const width = r.u8() < 220 ? 4 : r.pick(WIDTHS);
+          mmio.write(reg, le(reg === R.TDBAL || reg === R.RDBAL ? (r.bool() ? r.pick([TX_RING, RX_RING]) : Number(guestAddress(r)) >>> 0) : registerValue(r), width));
+          break;
+        }
+        case Op.REG_READ:
+          guardedRead(mmio, r.u8() < 220 ? r.pick(REGS) : r.below(0x20000), r.pick(WIDTHS));
+          break;
+        case Op.IO:
+          if (r.bool()) io.write(r.u8() & 0x3f, le(r.bool() ? r.pick(REGS) : r.u32(), r.pick(WIDTHS)));
+          else guardedRead(io, r.u8() & 0x3f, r.pick(WIDTHS));
+          break;
+        case Op.TX_DESC:
+          txDescriptor(r);
+          if (r.bool()) wr(R.TDT, r.u16() % 512);
+          break;
+        case Op.RX_DESC:
+          mem.writeU64(desc(RX_RING, r), r.u8() < 220 ? BigInt(DATA_START + r.u16() % 0xf000) : guestAddress(r));
+          break;
+        case Op.RECEIVE:
+          nic.receive(0, withVnetHdr(frame(r)));
+          break;
+        case Op.SCRIBBLE:
+          scribble(mem, r);
+          break;
+        default:
+          setUp(r);
+      }
+      const sent = backend.sent.reduce((n, s) => n + s.packet.length, 0);
+      check(sent <= MAX_SENT_PER_OP, `one operation made the card send ${backend.sent.length} frames, ${sent} bytes`);
+      backend.sent = [];
+    }
+  },
+};

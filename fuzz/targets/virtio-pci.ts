@@ -1,0 +1,117 @@
+// The virtio-pci transport around each virtio device (rng, console, net, blk):
+// status sequences of any order (bits cleared without a reset, DRIVER_OK without
+// FEATURES_OK), feature words, queue programming (rings outside RAM included),
+// enables, kicks, the ISR, device config, the MSI-X table, PBA and control bits,
+// and the PCI_CFG window, in every width, next to ring operations and host input.
+// Oracle: no access throws, and the status never shows DRIVER_OK without
+// FEATURES_OK unless the device asks for a reset.
+import { Status, VirtioPciDevice } from '../../src/virtio/pci-transport.js';
+import { VirtioBlock } from '../../src/virtio/block.js';
+import { firstArgs, le, operations, opsArbitrary, type ByteReader } from '../lib/bytes.js';
+import { DiskDir, settle } from '../lib/disk.js';
+import { guestAddress, guestMemory, registerValue, scribble } from '../lib/guest.js';
+import { pcRig, virtioDevice } from '../lib/pc.js';
+import { HostileDriver, ringLayout } from '../lib/rings.js';
+import { check, guardedRead, WIDTHS, type FuzzTarget } from '../lib/target.js';
+
+const Op = { COMMON: 0, BAR_READ: 1, BAR_WRITE: 2, SET_UP: 3, CONFIG: 4, RING: 5, SCRIBBLE: 6, KICK: 7, HOST: 8 } as const;
+const KINDS = 9;
+/** Common configuration registers (virtio 1.x, 4.1.4.3), by offset and width. */
+const COMMON_REGS = [[0x00, 4], [0x04, 4], [0x08, 4], [0x0c, 4], [0x10, 2], [0x12, 2], [0x14, 1], [0x15, 1], [0x16, 2], [0x18, 2], [0x1a, 2], [0x1c, 2], [0x1e, 2], [0x20, 8], [0x28, 8], [0x30, 8]] as const;
+/** BAR 0: common, ISR, device config, notify, MSI-X table, PBA. */
+const AREAS = [0x0000, 0x1000, 0x2000, 0x3000, 0x4000, 0x6000];
+
+export const virtioPci: FuzzTarget<DiskDir> = {
+  name: 'virtio-pci',
+  description: 'virtio-pci transport registers, status rules, queue setup, MSI-X and PCI_CFG over rng/console/net/blk',
+  arbitrary: opsArbitrary(KINDS, { weights: [6, 2, 2, 3, 3, 3, 1, 3, 1], maxOps: 60 }),
+  setup: () => new DiskDir(),
+  teardown: (dir) => dir.remove(),
+  async run(dir, data) {
+    const ops = operations(data);
+    const r0 = firstArgs(ops);
+    const kind = r0.u8() % 4;
+    const disk = kind === 3 ? dir.open(false) : undefined;
+    const { device, host } = disk ? { device: new VirtioBlock({ name: 'blk', image: disk.image }), host: () => {} } : virtioDevice(kind);
+    const rig = pcRig();
+    const memory = guestMemory();
+    const pci = new VirtioPciDevice(device, { memory, msi: rig.msi });
+    const devfn = rig.pci.add(pci);
+    const bar0 = pci.bars[0]!.region;
+    const driver = new HostileDriver(memory, [...device.queueSizes]);
+    const queues = device.queueSizes.length;
+    const write = (offset: number, value: number | bigint, width: number): void => bar0.write(offset, le(value, width));
+    const status = (): number => guardedRead(bar0, 0x14, 1)[0]!;
+    // Where the capabilities are, for config-space traffic that hits them.
+    const caps: number[] = [];
+    for (let at = pci.config.u8(0x34); at && caps.length < 16; at = pci.config.u8(at + 1)) caps.push(at);
+    const setUp = (r: ByteReader): void => {
+      // A driver doing it right, up to a point the input picks.
+      const steps = r.u8() % 6;
+      write(0x14, 0, 1);
+      if (steps > 0) write(0x14, Status.ACKNOWLEDGE | Status.DRIVER, 1);
+      if (steps > 1) {
+        write(0x08, 1, 4);
+        write(0x0c, r.u8() < 200 ? 1 : r.u32(), 4); // VERSION_1 (bit 32)
+        write(0x08, 0, 4);
+        write(0x0c, r.u32(), 4);
+        write(0x14, Status.ACKNOWLEDGE | Status.DRIVER | Status.FEATURES_OK, 1);
+      }
+      for (let q = 0; steps > 2 && q < queues; q++) {
+        const home = ringLayout(q);
+        write(0x16, q, 2);
+        write(0x18, driver.sizes[q]!, 2);
+        write(0x1a, r.u8() % (queues + 2), 2);
+        write(0x20, r.u8() < 230 ? home.desc : guestAddress(r), 8);
+        write(0x28, r.u8() < 230 ? home.avail : guestAddress(r), 8);
+        write(0x30, r.u8() < 230 ? home.used : guestAddress(r), 8);
+        if (steps > 3) write(0x1c, 1, 2);
+      }
+      if (steps > 4) write(0x14, Status.ACKNOWLEDGE | Status.DRIVER | Status.FEATURES_OK | Status.DRIVER_OK, 1);
+    };
+    for (const { kind: k, args: r } of ops) {
+      switch (k % KINDS) {
+        case Op.COMMON: {
+          const [offset, width] = r.u8() < 220 ? r.pick(COMMON_REGS) : [r.u8() % 0x40, r.pick(WIDTHS)];
+          if (offset === 0x14 && r.bool()) write(offset, status() & ~(1 << r.below(8)), 1); // clear one bit, no reset
+          else write(offset, r.bool() ? r.u64() : registerValue(r), width);
+          break;
+        }
+        case Op.BAR_READ:
+          guardedRead(bar0, r.pick(AREAS) + (r.bool() ? r.u8() : r.u16() & 0xfff), r.pick(WIDTHS));
+          break;
+        case Op.BAR_WRITE:
+          bar0.write(r.pick(AREAS) + (r.bool() ? r.u8() : r.u16() & 0xfff), r.bytes(r.pick(WIDTHS)));
+          break;
+        case Op.SET_UP:
+          setUp(r);
+          break;
+        case Op.CONFIG: {
+          const offset = r.u8() < 200 ? r.pick(caps) + r.below(20) : r.u8();
+          const width = r.pick(WIDTHS.slice(0, 3));
+          if (r.bool()) rig.pci.configWrite(devfn, offset, r.u8() < 60 ? le(0xffffffff, width) : r.bytes(width));
+          else rig.pci.configRead(devfn, offset, new Uint8Array(width));
+          break;
+        }
+        case Op.RING:
+          driver.apply(r.u8(), r.u8() % queues, r);
+          break;
+        case Op.SCRIBBLE:
+          scribble(memory, r);
+          break;
+        case Op.KICK:
+          write(0x3000 + 4 * (r.u8() % (queues + 1)), r.u16(), 2);
+          break;
+        default:
+          host(r);
+      }
+      const s = status();
+      check(!(s & Status.DRIVER_OK) || s & Status.FEATURES_OK || s & Status.NEEDS_RESET, `status 0x${s.toString(16)}: DRIVER_OK without FEATURES_OK, and no reset asked`);
+    }
+    if (disk) {
+      await settle(() => device.stats().inFlight === 0);
+      await device.close();
+      disk.verify();
+    }
+  },
+};
