@@ -5,8 +5,7 @@
 // and queue pairs, malformed frames).
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { E1000, Icr, R } from '../../src/devices/net/e1000.js';
-import { GuestMemory, gpa } from '../../src/memory/guest-memory.js';
+import { Icr, R } from '../../src/devices/net/e1000.js';
 import { VNET_HDR_LEN } from '../../src/net/backend.js';
 import { NetFeature, VirtioNet } from '../../src/virtio/net.js';
 import { bit } from '../../src/virtio/device.js';
@@ -14,32 +13,10 @@ import { GUEST_MAC, ip, parse, tcpFrame } from '../support/net-frames.js';
 import { rng } from '../support/seeded-random.js';
 import { activeQueues, SimDriver } from '../support/virtio-driver.js';
 import { FakeBackend, NO_POLLER } from '../support/fake-net-backend.js';
-
-const MAC = Uint8Array.of(0x52, 0x54, 0x00, 0xab, 0xcd, 0xef);
+import { e1000Setup, E1000_MAC as MAC } from '../support/e1000-driver.js';
 
 
 // -- e1000 -----------------------------------------------------------------
-
-function e1000Setup() {
-  const mem = GuestMemory.create([{ start: gpa(0), size: 1 << 20 }]);
-  const backend = new FakeBackend();
-  const nic = new E1000(mem, backend, MAC);
-  backend.attach(nic, NO_POLLER);
-  let irq = false;
-  nic.plugged({ set: (level) => (irq = level) });
-  const mmio = nic.bars[0]!.region;
-  const wr = (reg: number, v: number) => {
-    const b = new Uint8Array(4);
-    new DataView(b.buffer).setUint32(0, v >>> 0, true);
-    mmio.write(reg, b);
-  };
-  const rd = (reg: number) => {
-    const b = new Uint8Array(4);
-    mmio.read(reg, b);
-    return new DataView(b.buffer).getUint32(0, true);
-  };
-  return { mem, backend, nic, wr, rd, irq: () => irq };
-}
 
 test('e1000: EEPROM through EERD and bit-banged EECD holds the MAC and the 0xBABA checksum; the PHY answers through MDIC', () => {
   const { wr, rd } = e1000Setup();
