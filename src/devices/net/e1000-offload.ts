@@ -55,16 +55,26 @@ export function insertLegacyChecksum(frame: Uint8Array, css: number, cso: number
   writeU16(frame, cso, checksum(frame, css, frame.length));
 }
 
-/** Cuts a TSO packet into frames; undefined when the context cannot describe it. */
-export function segment(packet: Uint8Array, ctx: TxContext, req: ChecksumRequest): Uint8Array[] | undefined {
+/**
+ * Cuts a TSO packet into frames, made one at a time as they are taken so that the
+ * caller can stop between any two; undefined when the context cannot describe it:
+ * the IP and TCP/UDP headers every segment copies and fixes must lie inside the
+ * header bytes.
+ */
+export function segment(packet: Uint8Array, ctx: TxContext, req: ChecksumRequest): Iterator<Uint8Array> | undefined {
+  const { hdrLen } = ctx;
+  if (hdrLen < 14 || hdrLen > packet.length || ctx.mss === 0) return undefined;
+  if (!inside(packet.subarray(0, hdrLen), ctx.ipcss + 19, ctx.tucss + (ctx.tcp ? 19 : 7))) return undefined;
+  return segments(packet, ctx, req);
+}
+
+function* segments(packet: Uint8Array, ctx: TxContext, req: ChecksumRequest): Generator<Uint8Array, void> {
   const { hdrLen, mss } = ctx;
-  if (hdrLen < 14 || hdrLen > packet.length || mss === 0 || !inside(packet, ctx.ipcss + 19, ctx.tucss + (ctx.tcp ? 19 : 7))) return undefined;
   const header = packet.subarray(0, hdrLen);
   const payload = packet.subarray(hdrLen);
   const count = Math.max(1, Math.ceil(payload.length / mss));
   const ipId = readU16(header, ctx.ipcss + 4);
   const seq = ctx.tcp ? readU32(header, ctx.tucss + 4) : 0;
-  const frames: Uint8Array[] = [];
   for (let i = 0; i < count; i++) {
     const chunk = payload.subarray(i * mss, Math.min(payload.length, (i + 1) * mss));
     const frame = new Uint8Array(hdrLen + chunk.length);
@@ -79,7 +89,6 @@ export function segment(packet: Uint8Array, ctx: TxContext, req: ChecksumRequest
       if (i < count - 1) frame[ctx.tucss + 13]! &= ~(TCP_FIN | TCP_PSH);
     } else writeU16(frame, ctx.tucss + 4, frame.length - ctx.tucss);
     insertChecksums(frame, ctx, req, frame.length - ctx.tucss);
-    frames.push(frame);
+    yield frame;
   }
-  return frames;
 }

@@ -1,6 +1,6 @@
-// The Marvell 88E1011 PHY behind the 82540EM, reached through MDIC. Link is
-// always up at 1000 Mb/s full duplex with auto-negotiation complete: what the
-// driver polls for before it declares the link up.
+// The Marvell 88E1011 PHY behind the 82540EM, reached through MDIC. Link is up at
+// 1000 Mb/s full duplex with auto-negotiation complete (what the driver polls for
+// before it declares the link up) until the MAC takes it down; a reset brings it back.
 
 export const Mdic = { DATA_MASK: 0xffff, REG_SHIFT: 16, PHY_SHIFT: 21, OP_WRITE: 0x04000000, OP_READ: 0x08000000, READY: 0x10000000, ERROR: 0x40000000 } as const;
 const PHY_ADDRESS = 1;
@@ -8,6 +8,8 @@ const PHY_ADDRESS = 1;
 const Reg = { CTRL: 0, STATUS: 1, ID1: 2, ID2: 3, AUTONEG_ADV: 4, LP_ABILITY: 5, AUTONEG_EXP: 6, GIG_CTRL: 9, GIG_STATUS: 10, EXT_STATUS: 15, M88_SPEC_CTRL: 0x10, M88_SPEC_STATUS: 0x11, M88_EXT_SPEC_CTRL: 0x14 } as const;
 const CTRL_RESET = 0x8000;
 const CTRL_RESTART_AUTONEG = 0x0200;
+const STATUS_LINK = 0x0004;
+const M88_SPEC_STATUS_LINK = 0x0400;
 
 /** Power-on values; registers not listed read as zero and keep what is written. */
 const INITIAL: Record<number, number> = {
@@ -37,6 +39,11 @@ export class E1000Phy {
   reset(): void {
     this.regs.fill(0);
     for (const [reg, value] of Object.entries(INITIAL)) this.regs[Number(reg)] = value;
+  }
+
+  linkDown(): void {
+    this.regs[Reg.STATUS]! &= ~STATUS_LINK;
+    this.regs[Reg.M88_SPEC_STATUS]! &= ~M88_SPEC_STATUS_LINK;
   }
 
   /** Carries out an MDIC command; returns what MDIC reads back (ready, data or error). */

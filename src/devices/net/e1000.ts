@@ -7,7 +7,11 @@
 //
 // Every ring and buffer address comes from the guest and is checked against guest
 // RAM before use; a ring that leaves RAM stops that direction and is counted, and
-// the VMM carries on.
+// the VMM carries on. A TDT write does a bounded amount of work (TX_BUDGET) and
+// leaves the rest to later turns of the event loop. An error that escapes anyway,
+// from any entry point (registers, the back-end's receive, a resumed transmit), is
+// caught: the device takes its link down, raises LSC, counts it, and stays quiet
+// until the driver resets it with CTRL.RST.
 import { dataValue, setDataValue, type BusDevice, type IrqLine } from '../bus.js';
 import { ConfigSpace } from '../pci/config-space.js';
 import type { PciBar, PciDevice } from '../pci/device.js';
@@ -16,7 +20,7 @@ import { VNET_HDR_LEN, withVnetHdr, NO_OFFLOADS, type NetBackend, type NetPort }
 import { DropCounter, prefixed } from '../../net/counters.js';
 import { BROADCAST_MAC, ETH_HLEN, sameMac } from '../../net/packet.js';
 import { E1000Eeprom } from './e1000-eeprom.js';
-import { insertChecksums, insertLegacyChecksum, segment, type TxContext } from './e1000-offload.js';
+import { insertChecksums, insertLegacyChecksum, segment, type ChecksumRequest, type TxContext } from './e1000-offload.js';
 import { E1000Phy } from './e1000-phy.js';
 
 const INTEL = 0x8086;
@@ -40,6 +44,7 @@ const CTRL_RST = 1 << 26;
 const CTRL_PHY_RST = 1 << 31;
 /** Link up, full duplex, 1000 Mb/s (reported and auto-detected), master enabled. */
 const STATUS_VALUE = 0x80000 | 0x300 | 0x400 | 0x80 | 0x2 | 0x1;
+const STATUS_LU = 0x2;
 
 export const Icr = { TXDW: 0x01, TXQE: 0x02, LSC: 0x04, RXDMT0: 0x10, RXO: 0x40, RXT0: 0x80 } as const;
 
@@ -69,7 +74,37 @@ const FCS_LEN = 4;
 const MAX_TX_PACKET = 0x10000 + 256;
 const MAX_STD_FRAME = 1522;
 const MAX_JUMBO_FRAME = 16128;
-export type E1000Drop = 'tx-ring-outside-ram' | 'tx-buffer-outside-ram' | 'tx-oversized' | 'tx-bad-tso' | 'rx-ring-outside-ram' | 'rx-buffer-outside-ram' | 'rx-disabled' | 'rx-filtered' | 'rx-oversized';
+
+interface TxBudget {
+  descriptors: number;
+  frames: number;
+  bytes: number;
+}
+
+/**
+ * The least TSO payload per segment; a context asking for less (the field is the
+ * guest's, 1 makes a 64 KiB packet 65,536 frames) is raised to it and counted.
+ * Linux's TCP never asks for less than 8 bytes (TCP_MIN_GSO_SIZE), Intel's later
+ * controllers take no MSS under 64 and Linux segments in software below that, and
+ * a 64-byte segment still crosses any link: at most 1,028 frames per packet.
+ */
+export const MIN_TSO_MSS = 64;
+/**
+ * What one TDT write, or one resumed chunk, may do before the rest waits for the
+ * next turn of the event loop. 256 descriptors is Linux's default e1000 ring, so a
+ * well-behaved driver's doorbell finishes at once; frames and bytes copied from the
+ * guest bound TSO fan-out and big buffers.
+ */
+export const TX_BUDGET: Readonly<TxBudget> = { descriptors: 256, frames: 256, bytes: 1 << 20 };
+export type E1000Drop =
+  | 'tx-ring-outside-ram' | 'tx-bad-ring' | 'tx-buffer-outside-ram' | 'tx-oversized' | 'tx-bad-tso' | 'tx-backend-error'
+  | 'rx-ring-outside-ram' | 'rx-buffer-outside-ram' | 'rx-disabled' | 'rx-link-down' | 'rx-filtered' | 'rx-oversized';
+
+/** A transmit descriptor processed: its command bits, and the frames of the packet it ended, if any. */
+interface TxStep {
+  cmd: number;
+  frames?: Iterator<Uint8Array>;
+}
 
 interface Ring {
   base: number;
@@ -94,7 +129,22 @@ export class E1000 implements PciDevice, NetPort {
   /** Why the packet being assembled will be dropped at its last descriptor. */
   private txDrop: E1000Drop | undefined;
   private txContext: TxContext = { ipcss: 0, ipcso: 0, ipcse: 0, tucss: 0, tucso: 0, tucse: 0, ipv4: true, tcp: true, hdrLen: 0, mss: 0 };
-  readonly counters = { txPackets: 0, txBytes: 0, rxPackets: 0, rxBytes: 0, txSegmented: 0, rxNoBuffers: 0, interrupts: 0, tdtWrites: 0, rdtWrites: 0 };
+  /** The descriptor at TDH when the budget ran out before its packet's frames were all sent. */
+  private txSending: TxStep | undefined;
+  /** The next transmit chunk, when one is scheduled. */
+  private txResume: NodeJS.Immediate | undefined;
+  private txBudget: TxBudget = { ...TX_BUDGET };
+  /** An entry point threw: link down, no transmit or receive until CTRL.RST. */
+  private broken = false;
+  /** The last error an entry point caught, for logs. */
+  lastError: string | undefined;
+  readonly counters = {
+    txPackets: 0, txBytes: 0, rxPackets: 0, rxBytes: 0, txSegmented: 0, rxNoBuffers: 0, interrupts: 0, tdtWrites: 0, rdtWrites: 0,
+    /** Transmit chunks deferred to a later turn of the event loop. */
+    txYields: 0,
+    tsoMssRaised: 0,
+    deviceErrors: 0,
+  };
   readonly drops = new DropCounter<E1000Drop>();
 
   constructor(
@@ -127,33 +177,66 @@ export class E1000 implements PciDevice, NetPort {
     this.txPacket = [];
     this.txLength = 0;
     this.txDrop = undefined;
+    this.stopTx();
+    this.broken = false;
     this.asserted = false;
     this.intx.set(false);
+  }
+
+  /**
+   * Runs an entry point. Whatever it throws is a bug a guest found: the device goes
+   * broken instead of the VMM, and the caller gets `fallback`.
+   */
+  private guarded<T>(what: string, fallback: T, body: () => T): T {
+    try {
+      return body();
+    } catch (e) {
+      this.fail(what, e);
+      return fallback;
+    }
+  }
+
+  private fail(what: string, e: unknown): void {
+    this.counters.deviceErrors++;
+    this.lastError = `${what}: ${e instanceof Error ? `${e.name}: ${e.message}` : String(e)}`;
+    if (this.broken) return;
+    this.broken = true;
+    this.stopTx();
+    this.regs[R.STATUS / 4]! &= ~STATUS_LU;
+    this.phy.linkDown();
+    try {
+      this.raise(Icr.LSC);
+    } catch {
+      // The interrupt line failed too; the device is down all the same.
+    }
   }
 
   // -- registers --------------------------------------------------------------
 
   private readonly mmio: BusDevice = {
     name: 'e1000-mmio',
-    read: (offset, data) => setDataValue(data, this.readReg(offset & ~3) >>> (8 * (offset & 3))),
-    write: (offset, data) => {
-      const reg = offset & ~3;
-      const shift = 8 * (offset & 3);
-      const mask = data.length >= 4 ? 0xffffffff : ((1 << (8 * data.length)) - 1) << shift;
-      // Narrow writes merge into the register; the driver itself only writes whole registers.
-      const value = data.length >= 4 ? dataValue(data.subarray(0, 4)) : ((this.regs[reg / 4]! & ~mask) | ((dataValue(data) << shift) & mask)) >>> 0;
-      this.writeReg(reg, value);
-    },
+    read: (offset, data) => this.guarded('MMIO read', undefined, () => setDataValue(data, this.readReg(offset & ~3) >>> (8 * (offset & 3)))),
+    write: (offset, data) =>
+      this.guarded('MMIO write', undefined, () => {
+        const reg = offset & ~3;
+        const shift = 8 * (offset & 3);
+        const mask = data.length >= 4 ? 0xffffffff : ((1 << (8 * data.length)) - 1) << shift;
+        // Narrow writes merge into the register; the driver itself only writes whole registers.
+        const value = data.length >= 4 ? dataValue(data.subarray(0, 4)) : ((this.regs[reg / 4]! & ~mask) | ((dataValue(data) << shift) & mask)) >>> 0;
+        this.writeReg(reg, value);
+      }),
   };
 
   /** IOADDR (0) selects a register, IODATA (4) reads or writes it. */
   private readonly io: BusDevice = {
     name: 'e1000-io',
-    read: (offset, data) => setDataValue(data, offset === 0 ? this.ioAddr : offset === 4 ? this.readReg(this.ioAddr & (MMIO_SIZE - 4)) : 0),
-    write: (offset, data) => {
-      if (offset === 0) this.ioAddr = dataValue(data.subarray(0, 4));
-      else if (offset === 4) this.writeReg(this.ioAddr & (MMIO_SIZE - 4), dataValue(data.subarray(0, 4)));
-    },
+    read: (offset, data) =>
+      this.guarded('I/O read', undefined, () => setDataValue(data, offset === 0 ? this.ioAddr : offset === 4 ? this.readReg(this.ioAddr & (MMIO_SIZE - 4)) : 0)),
+    write: (offset, data) =>
+      this.guarded('I/O write', undefined, () => {
+        if (offset === 0) this.ioAddr = dataValue(data.subarray(0, 4));
+        else if (offset === 4) this.writeReg(this.ioAddr & (MMIO_SIZE - 4), dataValue(data.subarray(0, 4)));
+      }),
   };
 
   private readReg(reg: number): number {
@@ -221,7 +304,7 @@ export class E1000 implements PciDevice, NetPort {
         this.regs[reg / 4] = value & 0xffff;
         if (reg === R.TDT) {
           this.counters.tdtWrites++;
-          this.transmit();
+          this.txDoorbell();
         }
         if (reg === R.RDT) {
           this.counters.rdtWrites++;
@@ -234,7 +317,7 @@ export class E1000 implements PciDevice, NetPort {
         return;
       case R.TCTL:
         this.regs[reg / 4] = value;
-        if (value & TCTL_EN) this.transmit();
+        if (value & TCTL_EN) this.txDoorbell();
         return;
     }
     if (reg >= R.STATS_START && reg < R.STATS_END) return; // read-only
@@ -274,22 +357,49 @@ export class E1000 implements PciDevice, NetPort {
 
   // -- transmit --------------------------------------------------------------
 
-  /** Sends what lies between TDH and TDT, at most one lap of the ring. */
+  /** TDT moved or transmit was enabled; a chunk already scheduled will see the new TDT. */
+  private txDoorbell(): void {
+    if (this.txResume === undefined) this.transmit();
+  }
+
+  /**
+   * Sends what lies between TDH and TDT, as much as TX_BUDGET allows; the rest goes
+   * in further chunks, one per turn of the event loop. A packet's last descriptor
+   * completes (DD, TDH past it) only once all its frames are out.
+   */
   private transmit(): void {
-    if (!(this.reg(R.TCTL) & TCTL_EN)) return;
+    if (this.broken || !(this.reg(R.TCTL) & TCTL_EN)) return;
     const ring = this.ring(R.TDBAL, R.TDBAH, R.TDLEN);
     let head = this.reg(R.TDH);
     const tail = this.reg(R.TDT);
+    if (head === tail) return;
+    // Outside the ring, head would never reach tail.
+    if (head >= ring.count || tail >= ring.count) return this.drops.count('tx-bad-ring');
+    this.txBudget = { ...TX_BUDGET };
     let done = 0;
     let cause = 0;
-    while (head !== tail && done < ring.count) {
+    let more = false;
+    // A back-end that delivers a frame from inside send() can break the device meanwhile.
+    while (head !== tail && !this.broken) {
+      const { descriptors, frames, bytes } = this.txBudget;
+      if (descriptors <= 0 || frames <= 0 || bytes <= 0) {
+        more = true;
+        break;
+      }
       const desc = this.descriptor(ring, head);
       if (desc === undefined) {
         this.drops.count('tx-ring-outside-ram');
         break;
       }
-      const cmd = this.processTxDescriptor(desc);
-      if (cmd & Txd.RS) {
+      this.txBudget.descriptors--;
+      const step = this.txSending ?? this.processTxDescriptor(desc);
+      this.txSending = undefined;
+      if (step.frames && !this.sendFrames(step.frames)) {
+        this.txSending = step;
+        more = true;
+        break;
+      }
+      if (step.cmd & Txd.RS) {
         this.memory.writeU8(desc + 12, this.memory.readU8(desc + 12) | TXD_STAT_DD);
         cause |= Icr.TXDW;
       }
@@ -298,18 +408,55 @@ export class E1000 implements PciDevice, NetPort {
     }
     this.regs[R.TDH / 4] = head;
     if (done) this.raise(cause | (head === tail ? Icr.TXQE : 0));
+    if (more && !this.broken) this.scheduleTx();
   }
 
-  /** One descriptor; returns its command bits (for RS). */
-  private processTxDescriptor(desc: number): number {
+  private scheduleTx(): void {
+    this.counters.txYields++;
+    this.txResume = setImmediate(() => {
+      this.txResume = undefined;
+      this.guarded('transmit', undefined, () => this.transmit());
+    }).unref();
+  }
+
+  /** Drops the scheduled chunk and the frames still to send (reset, failure, close). */
+  private stopTx(): void {
+    clearImmediate(this.txResume);
+    this.txResume = undefined;
+    this.txSending = undefined;
+  }
+
+  /** Sends frames while the budget lasts; true when the packet is all out. */
+  private sendFrames(frames: Iterator<Uint8Array>): boolean {
+    for (; this.txBudget.frames > 0; this.txBudget.frames--) {
+      const next = frames.next();
+      if (next.done) return true;
+      this.send(next.value);
+    }
+    return false;
+  }
+
+  /** A frame the back-end refuses (it threw) is dropped and counted; the queue goes on. */
+  private send(frame: Uint8Array): void {
+    try {
+      this.backend.send(0, withVnetHdr(frame));
+    } catch {
+      this.drops.count('tx-backend-error');
+      return;
+    }
+    this.counters.txPackets++;
+    this.counters.txBytes += frame.length;
+  }
+
+  private processTxDescriptor(desc: number): TxStep {
     const mem = this.memory;
     const lenCmd = mem.readU32(desc + 8);
     const cmd = lenCmd >>> 24;
     if (!(cmd & Txd.DEXT)) {
       // Legacy: buffer, length, and an optional checksum at CSO from CSS.
       this.appendTx(Number(mem.readU64(desc)), lenCmd & 0xffff);
-      if (cmd & Txd.EOP) this.finishTx(cmd & Txd.IC ? { css: mem.readU8(desc + 13), cso: mem.readU8(desc + 10) } : undefined);
-      return cmd;
+      if (!(cmd & Txd.EOP)) return { cmd };
+      return { cmd, frames: this.finishTx(cmd & Txd.IC ? { css: mem.readU8(desc + 13), cso: mem.readU8(desc + 10) } : undefined) };
     }
     const dtyp = (lenCmd >>> 20) & 0xf;
     if (dtyp === TXD_DTYP_CONTEXT) {
@@ -326,16 +473,13 @@ export class E1000 implements PciDevice, NetPort {
         hdrLen: mem.readU8(desc + 13),
         mss: mem.readU16(desc + 14),
       };
-      return cmd;
+      return { cmd };
     }
-    if (dtyp === TXD_DTYP_DATA) {
-      this.appendTx(Number(mem.readU64(desc)), lenCmd & 0xfffff);
-      if (cmd & Txd.EOP) {
-        const popts = mem.readU8(desc + 13);
-        this.finishTx(undefined, { ip: (popts & TXD_POPTS_IXSM) !== 0, l4: (popts & TXD_POPTS_TXSM) !== 0 }, (cmd & Txd.TSE) !== 0);
-      }
-    }
-    return cmd;
+    if (dtyp !== TXD_DTYP_DATA) return { cmd };
+    this.appendTx(Number(mem.readU64(desc)), lenCmd & 0xfffff);
+    if (!(cmd & Txd.EOP)) return { cmd };
+    const popts = mem.readU8(desc + 13);
+    return { cmd, frames: this.finishTx(undefined, { ip: (popts & TXD_POPTS_IXSM) !== 0, l4: (popts & TXD_POPTS_TXSM) !== 0 }, (cmd & Txd.TSE) !== 0) };
   }
 
   private appendTx(addr: number, len: number): void {
@@ -345,30 +489,43 @@ export class E1000 implements PciDevice, NetPort {
     if (this.txDrop) return;
     this.txPacket.push(this.memory.read(addr, len));
     this.txLength += len;
+    this.txBudget.bytes -= len;
   }
 
-  private finishTx(legacy?: { css: number; cso: number }, sums?: { ip: boolean; l4: boolean }, tso = false): void {
+  /** The frames of the packet just assembled, or undefined when it is dropped. */
+  private finishTx(legacy?: { css: number; cso: number }, sums?: ChecksumRequest, tso = false): Iterator<Uint8Array> | undefined {
     const parts = this.txPacket;
     const dropped = this.txDrop;
     this.txPacket = [];
     this.txLength = 0;
     this.txDrop = undefined;
-    if (dropped) return this.drops.count(dropped);
-    const packet = Buffer.concat(parts);
-    if (packet.length < ETH_HLEN) return;
-    let frames: Uint8Array[] | undefined = [packet];
-    if (tso) {
-      frames = segment(packet, this.txContext, sums ?? { ip: false, l4: false });
-      if (!frames) return this.drops.count('tx-bad-tso');
-      this.counters.txSegmented++;
-    } else if (packet.length > MAX_JUMBO_FRAME) return this.drops.count('tx-oversized');
-    else if (legacy) insertLegacyChecksum(packet, legacy.css, legacy.cso);
-    else if (sums) insertChecksums(packet, this.txContext, sums);
-    for (const frame of frames) {
-      this.counters.txPackets++;
-      this.counters.txBytes += frame.length;
-      this.backend.send(0, withVnetHdr(frame));
+    if (dropped) {
+      this.drops.count(dropped);
+      return undefined;
     }
+    const packet = Buffer.concat(parts);
+    if (packet.length < ETH_HLEN) return undefined;
+    if (tso) {
+      const frames = segment(packet, this.tsoContext(), sums ?? { ip: false, l4: false });
+      if (frames) this.counters.txSegmented++;
+      else this.drops.count('tx-bad-tso');
+      return frames;
+    }
+    if (packet.length > MAX_JUMBO_FRAME) {
+      this.drops.count('tx-oversized');
+      return undefined;
+    }
+    if (legacy) insertLegacyChecksum(packet, legacy.css, legacy.cso);
+    else if (sums) insertChecksums(packet, this.txContext, sums);
+    return [packet][Symbol.iterator]();
+  }
+
+  /** The context segmentation uses: its MSS raised to MIN_TSO_MSS (and counted) when below. */
+  private tsoContext(): TxContext {
+    const ctx = this.txContext;
+    if (ctx.mss === 0 || ctx.mss >= MIN_TSO_MSS) return ctx;
+    this.counters.tsoMssRaised++;
+    return { ...ctx, mss: MIN_TSO_MSS };
   }
 
   // -- receive ---------------------------------------------------------------
@@ -388,6 +545,14 @@ export class E1000 implements PciDevice, NetPort {
   }
 
   receive(_queue: number, packet: Uint8Array): boolean {
+    return this.guarded('receive', true, () => this.place(packet));
+  }
+
+  private place(packet: Uint8Array): boolean {
+    if (this.broken) {
+      this.drops.count('rx-link-down');
+      return true;
+    }
     const rctl = this.reg(R.RCTL);
     if (!(rctl & Rctl.EN)) {
       this.drops.count('rx-disabled');
@@ -414,7 +579,7 @@ export class E1000 implements PciDevice, NetPort {
     let head = this.reg(R.RDH);
     const tail = this.reg(R.RDT);
     const free = ring.count ? (tail - head + ring.count) % ring.count : 0;
-    if (free < needed || head >= ring.count) {
+    if (free < needed || head >= ring.count || tail >= ring.count) {
       this.counters.rxNoBuffers++;
       this.rxHeld = true;
       this.raise(Icr.RXO);
@@ -473,10 +638,11 @@ export class E1000 implements PciDevice, NetPort {
   }
 
   stats(): Record<string, number> {
-        return { ...this.counters, ...this.drops.stats(), ...prefixed('backend.', this.backend.stats()) };
+    return { ...this.counters, broken: this.broken ? 1 : 0, ...this.drops.stats(), ...prefixed('backend.', this.backend.stats()) };
   }
 
   async close(): Promise<void> {
+    this.stopTx();
     await this.backend.close();
   }
 }
