@@ -24,21 +24,28 @@ interface ScriptCoverage {
 /** The device code under test: compiled src/, not the harness or node_modules. */
 const SRC = fileURLToPath(new URL('../../src/', import.meta.url));
 
+/**
+ * One session for the process, started once: V8 keeps block counters only for code
+ * compiled while precise coverage is on, so stopping and restarting it between
+ * targets would leave the code the earlier targets ran counted per function only.
+ */
+let shared: Session | undefined;
+
 export class Coverage {
-  private readonly session = new Session();
+  private session!: Session;
   /** Per script: every block range V8 has listed ("start:end"). */
   private readonly known = new Map<string, Map<string, Range>>();
   private readonly covered = new Set<string>();
 
   start(): void {
-    this.session.connect();
-    this.post('Profiler.enable');
-    this.post('Profiler.startPreciseCoverage', { callCount: true, detailed: true });
-  }
-
-  stop(): void {
-    this.post('Profiler.stopPreciseCoverage');
-    this.session.disconnect();
+    if (!shared) {
+      shared = new Session();
+      shared.connect();
+      this.session = shared;
+      this.post('Profiler.enable');
+      this.post('Profiler.startPreciseCoverage', { callCount: true, detailed: true });
+    }
+    this.session = shared;
   }
 
   get blocks(): number {

@@ -212,7 +212,6 @@ export async function campaign<C>(target: FuzzTarget<C>, opts: CampaignOptions):
     stats.blocks = coverage.blocks;
     stats.corpus = corpus.length;
     stats.coverageMs = takes ? takeMs / takes : 0;
-    coverage.stop();
     catchStrayErrors(false);
     await target.teardown?.(ctx);
   }
