@@ -5,6 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { KernelImageError } from '../arch/x86/linux-loader.js';
+import { KvmUnavailableError } from '../kvm/kvm.js';
 import { ImageError, RawImage } from '../backends/raw-image.js';
 import { consoleCmdline, defaultGuest, defaultGuestCmdline } from '../guest/default-guest.js';
 import { NESTED_UPLINK, onNestedUsr1, runNested, STOP_SIGNALS } from '../nested/nested-host.js';
@@ -240,6 +241,7 @@ async function runOnKvm(opts: GuestOptions): Promise<number> {
     output.close();
     await Promise.allSettled(nics.map((n) => n.backend.close()));
     if (e instanceof KernelImageError) throw new UserError(`kernel ${opts.kernel}: ${e.message}`);
+    if (e instanceof KvmUnavailableError) throw new UserError(e.message);
     throw e;
   }
   const input = attachStdin(machine);

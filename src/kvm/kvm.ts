@@ -5,15 +5,27 @@ import {
   cpuidBuffer, decodeCpuid, decodeMsrs, decodeRegs, decodeSregs, encodeCpuid, encodeDefaultFpu, encodeMemoryRegion,
   encodeMsrs, encodeRegs, encodeSregs, type CpuidEntry, type MsrEntry, type Regs, type Sregs, SREGS_SIZE,
 } from './structs.js';
-import { closeFd, ioctlBuf, ioctlInt, mmapShared, munmap, O_RDWR, openFile, type Mapping } from './sys.js';
+import { closeFd, errnoName, ioctlBuf, ioctlInt, mmapShared, munmap, O_RDWR, openFile, SysError, type Mapping } from './sys.js';
 
 export const KVM_DEVICE = '/dev/kvm';
+
+/** There is no usable /dev/kvm (missing, or no permission). */
+export class KvmUnavailableError extends Error {
+  override name = 'KvmUnavailableError';
+}
 
 export class Kvm {
   private constructor(readonly fd: number) {}
 
   static open(path = KVM_DEVICE): Kvm {
-    const kvm = new Kvm(openFile(path, O_RDWR));
+    let fd: number;
+    try {
+      fd = openFile(path, O_RDWR);
+    } catch (e) {
+      if (!(e instanceof SysError)) throw e;
+      throw new KvmUnavailableError(`cannot open ${path} (${errnoName(e.errno)}): --accel auto or nested runs the guest in the nested KVM host instead`);
+    }
+    const kvm = new Kvm(fd);
     const version = kvm.apiVersion();
     if (version !== API_VERSION) {
       kvm.close();

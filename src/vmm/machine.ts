@@ -16,7 +16,7 @@ import { bootMsrs, bootRegs, configureLint, longModeSregs, writeBootTables } fro
 import { vcpuCpuid } from '../arch/x86/cpuid.js';
 import { e820Map } from '../arch/x86/e820.js';
 import { ramRegions, TSS_ADDR } from '../arch/x86/layout.js';
-import { buildZeroPage, loadInitrd, loadKernel, writeCmdline, writeZeroPage } from '../arch/x86/linux-loader.js';
+import { buildZeroPage, checkKernelImage, loadInitrd, loadKernel, writeCmdline, writeZeroPage } from '../arch/x86/linux-loader.js';
 import { Bus } from '../devices/bus.js';
 import { E1000 } from '../devices/net/e1000.js';
 import type { Serial } from '../devices/legacy/serial.js';
@@ -131,6 +131,8 @@ export class Machine {
   }
 
   static create(config: MachineConfig): Machine {
+    // Bad input is reported as such, also where there is no KVM to run it on.
+    checkKernelImage(config.kernel);
     const kvm = Kvm.open(config.kvmPath);
     const vm = kvm.createVm();
     const memory = GuestMemory.create(ramRegions(config.memory));

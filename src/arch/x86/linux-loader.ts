@@ -99,6 +99,11 @@ export function isElf(image: Buffer): boolean {
   return image.length >= 64 && image.readUInt32BE(0) === 0x7f454c46;
 }
 
+/** Throws KernelImageError unless the image is an ELF vmlinux or a usable bzImage. */
+export function checkKernelImage(image: Buffer): void {
+  if (!isElf(image)) parseBzImage(image);
+}
+
 /** Loads an image of either kind into guest memory. */
 export function loadKernel(mem: GuestMemory, image: Buffer): LoadedKernel {
   return isElf(image) ? loadElf(mem, image) : loadBzImage(mem, image);
