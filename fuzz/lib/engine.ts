@@ -14,8 +14,11 @@ import fc from 'fast-check';
 import { Coverage } from './coverage.js';
 import { mutate, seeded } from './mutate.js';
 import type { FuzzTarget } from './target.js';
+import { HangWatchdog } from './watchdog.js';
 
 export const DEFAULT_BUDGET_MS = 250;
+/** A case still running synchronously after this long ends the campaign as a hang (see watchdog.ts). */
+const SYNCHRONOUS_HANG_MS = 10_000;
 
 export type Outcome = { kind: 'ok' } | { kind: 'crash'; error: unknown } | { kind: 'hang'; ms: number };
 
@@ -127,6 +130,7 @@ export async function campaign<C>(target: FuzzTarget<C>, opts: CampaignOptions):
   let takes = 0;
   let takeMs = 0;
   const ctx = (await target.setup?.()) as C;
+  const watchdog = new HangWatchdog(opts.dirs.crashes, target.name, SYNCHRONOUS_HANG_MS);
   catchStrayErrors(true);
   coverage.start();
   const started = performance.now();
@@ -148,7 +152,10 @@ export async function campaign<C>(target: FuzzTarget<C>, opts: CampaignOptions):
   };
   const run = async (data: Uint8Array): Promise<void> => {
     stats.cases++;
-    record(data, await runCase(target, ctx, data));
+    watchdog.enter(data);
+    const outcome = await runCase(target, ctx, data);
+    watchdog.leave();
+    record(data, outcome);
   };
   const take = (): string[] => {
     const t = performance.now();
@@ -213,6 +220,7 @@ export async function campaign<C>(target: FuzzTarget<C>, opts: CampaignOptions):
     stats.corpus = corpus.length;
     stats.coverageMs = takes ? takeMs / takes : 0;
     catchStrayErrors(false);
+    await watchdog.stop();
     await target.teardown?.(ctx);
   }
   return stats;
