@@ -8,7 +8,9 @@
 // run chrooted into the host's / with stdin/stdout and stderr on two virtio-serial
 // ports. Unlike a UART, a virtio-serial port holds host input until the command
 // opens it, so piped input is never lost while the nested host boots. The exit
-// status comes back through the scratch directory.
+// status comes back through the scratch directory. A third port carries the
+// heartbeat the progress watchdog (watchdog.ts) waits for, and the kernel's
+// console goes to a file the watchdog quotes.
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
@@ -17,6 +19,7 @@ import path from 'node:path';
 import { aptUpdate, fetchBusybox, fetchKernel, FetchError, hasCommand, isRoot } from '../guest/debian.js';
 import { buildInitramfs, LOAD_MODULES } from '../guest/initramfs.js';
 import { indexModules, resolveModules } from '../guest/kernel-modules.js';
+import { HEARTBEAT_SECONDS, lastLogLine, NestedWatchdog, procThreads, stallSeconds } from './watchdog.js';
 
 export const QEMU = 'qemu-system-x86_64';
 
@@ -63,6 +66,8 @@ port() { for p in /sys/class/virtio-ports/*; do [ "$(cat "$p/name")" = "$1" ] &&
 stdio=$(port tsvisor.stdio)
 stderr=$(port tsvisor.stderr)
 exec 2>"$stderr"
+# Proof of life for tsvisor's watchdog: needs this kernel's timers and scheduler, nothing else.
+while :; do echo; sleep ${HEARTBEAT_SECONDS}; done >"$(port tsvisor.heartbeat)" &
 ip link set lo up
 # The uplink (QEMU user-mode networking): outbound traffic and forwarded ports.
 if [ -e /sys/class/net/eth0 ]; then
@@ -164,6 +169,7 @@ async function serveSocket(socketPath: string, onConnection: (conn: net.Socket) 
 /** Runs the command in a fresh nested host; resolves with its exit status. */
 export async function runNested(opts: NestedRunOptions): Promise<number> {
   const log = opts.log ?? ((l: string) => process.stderr.write(l + '\n'));
+  const stallMs = stallSeconds() * 1000;
   ensureQemu(log);
   const { kernel, initrd } = hostInitramfs(log);
   const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'tsvisor-nested-'));
@@ -182,10 +188,13 @@ export async function runNested(opts: NestedRunOptions): Promise<number> {
       process.stdin.on('data', (d) => conn.write(d));
     });
     const stderrSocket = await serveSocket(path.join(scratch, '.stderr.sock'), (conn) => conn.pipe(process.stderr, { end: false }));
+    const heartbeatSocket = await serveSocket(path.join(scratch, '.heartbeat.sock'), (conn) => conn.on('data', () => watchdog.heartbeat()));
+    // The console is always kept: even `quiet` lets errors through (RCU stalls, soft
+    // lockups), which the watchdog quotes. With debugging on it is verbose and outlives the run.
     const debug = process.env.TSVISOR_NESTED_DEBUG === '1';
-    const consoleLog = path.join(os.tmpdir(), 'tsvisor-nested-console.log');
+    const consoleLog = debug ? path.join(os.tmpdir(), 'tsvisor-nested-console.log') : path.join(scratch, 'console.log');
     if (debug) log(`nested host console: ${consoleLog}`);
-    const append = [debug ? 'console=ttyS0' : 'quiet', 'panic=-1', `tsvisor.scratch=${scratch}`].join(' ');
+    const append = ['console=ttyS0', ...(debug ? [] : ['quiet']), 'panic=-1', `tsvisor.scratch=${scratch}`].join(' ');
     const qemuArgs = [
       '-accel', 'tcg,thread=multi',
       '-cpu', 'max',
@@ -193,16 +202,28 @@ export async function runNested(opts: NestedRunOptions): Promise<number> {
       '-m', `${opts.memoryMiB ?? 4096}M`,
       '-nodefaults', '-no-user-config', '-display', 'none', '-vga', 'none', '-no-reboot',
       '-kernel', kernel, '-initrd', initrd, '-append', append,
-      ...(debug ? ['-serial', `file:${consoleLog}`] : []),
+      '-serial', `file:${consoleLog}`,
       '-netdev', ['user', 'id=uplink', ...(opts.forwardPorts ?? []).map((f) => `hostfwd=tcp:${f.hostAddress}:${f.port}-:${f.port}`)].join(','),
       '-device', 'virtio-net-pci,netdev=uplink',
       '-device', 'virtio-serial-pci',
       '-chardev', `socket,id=stdio,path=${stdioSocket.path}`, '-device', 'virtserialport,chardev=stdio,name=tsvisor.stdio',
       '-chardev', `socket,id=stderr,path=${stderrSocket.path}`, '-device', 'virtserialport,chardev=stderr,name=tsvisor.stderr',
+      '-chardev', `socket,id=heartbeat,path=${heartbeatSocket.path}`, '-device', 'virtserialport,chardev=heartbeat,name=tsvisor.heartbeat',
       '-virtfs', 'local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap',
       ...writable.flatMap((d, i) => ['-virtfs', `local,path=${d},mount_tag=rw${i},security_model=none,multidevs=remap`]),
     ];
     const child = spawn(QEMU, qemuArgs, { stdio: ['ignore', 'inherit', 'inherit'] });
+    const watchdog = new NestedWatchdog(
+      stallMs,
+      {
+        now: () => performance.now(),
+        qemuThreads: () => (child.pid === undefined ? undefined : procThreads(child.pid)),
+        lastConsoleLine: () => lastLogLine(consoleLog),
+      },
+      log,
+    );
+    // Unreferenced: the watchdog alone never keeps tsvisor running.
+    const watch = setInterval(() => watchdog.check(), watchdog.checkEveryMs).unref();
     // Stopping tsvisor stops the nested host with it (QEMU ends cleanly on SIGTERM).
     let signalled: NodeJS.Signals | undefined;
     const forward = (sig: NodeJS.Signals) => {
@@ -217,16 +238,19 @@ export async function runNested(opts: NestedRunOptions): Promise<number> {
       child.once('error', reject);
       child.once('close', (code) => resolve(code ?? 1));
     });
+    clearInterval(watch);
     for (const sig of STOP_SIGNALS) process.off(sig, forward);
     process.off('SIGUSR1', usr1);
     stdioSocket.server.close();
     stderrSocket.server.close();
+    heartbeatSocket.server.close();
     if (interactive) process.stdin.setRawMode(false);
     process.stdin.pause();
     if (signalled) return 128 + os.constants.signals[signalled];
     const statusFile = path.join(scratch, '.exit-status');
     if (!fs.existsSync(statusFile)) {
-      log(`tsvisor: the nested KVM host stopped before the command finished (qemu exit ${qemuStatus}); TSVISOR_NESTED_DEBUG=1 shows its console`);
+      const last = lastLogLine(consoleLog);
+      log(`tsvisor: the nested KVM host stopped before the command finished (qemu exit ${qemuStatus}${last ? `; its console last printed ${JSON.stringify(last)}` : ''}); TSVISOR_NESTED_DEBUG=1 shows its whole console`);
       return NESTED_HOST_FAILED;
     }
     return Number(fs.readFileSync(statusFile, 'utf8').trim());
