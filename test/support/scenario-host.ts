@@ -10,6 +10,7 @@ import readline from 'node:readline';
 import { after, before } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { defaultGuest } from '../../src/guest/default-guest.js';
+import { WATCHDOG_LINES } from '../../src/nested/watchdog.js';
 import { kvmBacking } from '../../src/vmm/accel.js';
 import { SCENARIO_TIMEOUT_MS, type ScenarioResult } from './boot-scenarios.js';
 
@@ -29,15 +30,17 @@ const ATTEMPTS = 3;
 
 /**
  * Runs the named scenarios in one host, storing each result as it is reported,
- * and ends the host if none arrives for STALL_MS.
+ * and ends the host if none arrives for STALL_MS. The nested host's watchdog lines
+ * are shown as they come and its stalls counted: retries must not hide them.
  */
-function runScenarios(kernel: string, initrd: string, names: string[], results: Map<string, ScenarioResult>): Promise<{ stderr: string; stalled: boolean }> {
+function runScenarios(kernel: string, initrd: string, names: string[], results: Map<string, ScenarioResult>): Promise<{ stderr: string; stalled: boolean; hostStalls: number }> {
   const script = [SCENARIO_SCRIPT, kernel, initrd, ...names];
   const [cmd, args] =
     kvmBacking() === 'hardware' ? [process.execPath, script] : [process.execPath, [BIN, 'nested', '--writable', scenarioDir, '--', process.execPath, ...script]];
   const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, TSVISOR_TEST_DIR: scenarioDir } });
   let stderr = '';
   let stalled = false;
+  let hostStalls = 0;
   let timer: NodeJS.Timeout;
   const arm = () => {
     clearTimeout(timer);
@@ -47,7 +50,12 @@ function runScenarios(kernel: string, initrd: string, names: string[], results: 
     }, STALL_MS);
   };
   arm();
-  child.stderr.on('data', (d) => (stderr += d));
+  readline.createInterface({ input: child.stderr }).on('line', (line) => {
+    stderr += line + '\n';
+    if (!Object.values(WATCHDOG_LINES).some((start) => line.startsWith(start))) return;
+    console.log(`# ${line}`);
+    if (line.startsWith(WATCHDOG_LINES.stalled)) hostStalls++;
+  });
   readline.createInterface({ input: child.stdout }).on('line', (line) => {
     if (!line.startsWith('SCENARIO ')) return;
     const s = JSON.parse(line.slice(9)) as ScenarioResult;
@@ -63,7 +71,7 @@ function runScenarios(kernel: string, initrd: string, names: string[], results: 
   return new Promise((resolve) =>
     child.on('close', () => {
       clearTimeout(timer);
-      resolve({ stderr, stalled });
+      resolve({ stderr, stalled, hostStalls });
     }),
   );
 }
@@ -73,16 +81,22 @@ export function useScenarios(names: string[]): (name: string) => ScenarioResult 
   const results = new Map<string, ScenarioResult>();
   before(async () => {
     const guest = defaultGuest(() => {});
+    let stalls = 0;
+    let retries = 0;
     // The nested host runs under TCG and has, rarely, stopped making progress on a
     // loaded machine; the scenarios it had not reported then run in a fresh one.
     for (let attempt = 1; attempt <= ATTEMPTS; attempt++) {
       const missing = names.filter((n) => !results.has(n));
       if (missing.length === 0) break;
+      if (attempt > 1) retries++;
       const r = await runScenarios(guest.kernel, guest.initrd, missing, results);
+      stalls += r.hostStalls;
       const left = missing.filter((n) => !results.has(n));
       if (r.stalled) console.log(`# nested host made no progress for ${STALL_MS / 60000} min (attempt ${attempt}); restarting it for: ${left.join(', ')}`);
       else if (results.size === 0) throw new Error(`no scenario ran: ${r.stderr.slice(-2000)}`);
     }
+    const host = kvmBacking() === 'hardware' ? 'hardware KVM' : 'nested host';
+    console.log(`# ${host}: ${stalls} stall${stalls === 1 ? '' : 's'}, ${retries} ${retries === 1 ? 'retry' : 'retries'}`);
   });
   return (name) => {
     const r = results.get(name);
