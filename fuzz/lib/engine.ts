@@ -148,7 +148,7 @@ export async function campaign<C>(target: FuzzTarget<C>, opts: CampaignOptions):
     fs.writeFileSync(file, data);
     const what = outcome.kind === 'hang' ? `hang: ${outcome.ms.toFixed(0)} ms` : describe(outcome.error);
     fs.writeFileSync(`${file}.txt`, `${what}\n`);
-    opts.log(`  ${target.name}: ${outcome.kind} -> ${path.relative(process.cwd(), file)}\n    ${what.split('\n').slice(0, 4).join('\n    ')}`);
+    opts.log(`  ${target.name}: ${outcome.kind} at case ${stats.cases}, ${elapsed().toFixed(1)} s -> ${path.relative(process.cwd(), file)}\n    ${what.split('\n').slice(0, 4).join('\n    ')}`);
   };
   const run = async (data: Uint8Array): Promise<void> => {
     stats.cases++;

@@ -6,7 +6,7 @@
 // size mask and type bits; reads fill exactly the bytes asked for.
 import type { PciDevice } from '../../src/devices/pci/device.js';
 import { VirtioPciDevice } from '../../src/virtio/pci-transport.js';
-import { le, operations, opsArbitrary, type ByteReader } from '../lib/bytes.js';
+import { dword, le, operations, opsArbitrary, type ByteReader } from '../lib/bytes.js';
 import { guestMemory } from '../lib/guest.js';
 import { busAccess, e1000, pcRig, virtioDevice } from '../lib/pc.js';
 import { check, WIDTHS, type FuzzTarget } from '../lib/target.js';
@@ -14,8 +14,6 @@ import { check, WIDTHS, type FuzzTarget } from '../lib/target.js';
 const Op = { ADDRESS: 0, DATA: 1, SIZE_BAR: 2, DIRECT: 3, BAR_ACCESS: 4, COMMAND: 5 } as const;
 const KINDS = 6;
 const BAR0 = 0x10;
-
-const dword = (bytes: Uint8Array): number => new DataView(bytes.buffer, bytes.byteOffset).getUint32(0, true);
 
 export const pciConfig: FuzzTarget = {
   name: 'pci-config',
