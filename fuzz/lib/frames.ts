@@ -7,7 +7,8 @@ import type { ByteReader } from './bytes.js';
 
 export const GATEWAY = ip('10.0.2.2');
 export const DNS = ip('10.0.2.3');
-const ADDRESSES = [GATEWAY, DNS, ip('10.0.2.15'), ip('10.0.2.255'), 0xffffffff, 0, ip('224.0.0.1'), ip('127.0.0.1'), ip('8.8.8.8')];
+export const GUEST = ip('10.0.2.15');
+const ADDRESSES = [GATEWAY, DNS, GUEST, ip('10.0.2.255'), 0xffffffff, 0, ip('224.0.0.1'), ip('127.0.0.1'), ip('8.8.8.8')];
 const PORTS = [53, 67, 68, 7, 80, 0, 65535];
 const MACS = [
   [0x52, 0x54, 0x00, 0x12, 0x34, 0x56],

@@ -1,6 +1,7 @@
 // A PC's buses without KVM: the legacy devices on the port bus, PCI bus 0 behind
 // the configuration ports, BARs on the MMIO bus, and the devices the guest can
-// find there. Shared by the register-traffic targets.
+// find there, over a back-end that can refuse packets. Shared by the
+// register-traffic targets.
 import { Bus } from '../../src/devices/bus.js';
 import { E1000 } from '../../src/devices/net/e1000.js';
 import type { MsiSink } from '../../src/devices/pci/msix.js';
@@ -50,8 +51,29 @@ export function busAccess(bus: Bus, addr: number, width: number, r: ByteReader):
   check(buf[0] === 0xee && buf[width + 1] === 0xee, `${bus.name} read at 0x${addr.toString(16)} (${width} bytes) wrote outside its buffer`);
 }
 
+/**
+ * A recording back-end that throws on some sends, as user-mode networking once
+ * did for a UDP datagram to port 0: a device must drop such a packet and go on
+ * (return the chain, move the ring), not let the error out.
+ */
+export class RefusingBackend extends FakeBackend {
+  /** Every how-many-th packet is refused; 0: none. */
+  private every = 0;
+  private sends = 0;
+
+  /** Picks from the input whether (mostly not) and how often sends throw. */
+  refuse(r: ByteReader): void {
+    this.every = r.u8() < 192 ? 0 : 1 + (r.u8() % 3);
+  }
+
+  override send(queue: number, packet: Uint8Array): void {
+    if (this.every && ++this.sends % this.every === 0) throw new Error('the back-end refused the packet');
+    super.send(queue, packet);
+  }
+}
+
 /** The virtio devices that need no image, and their host-side entry points. */
-export function virtioDevice(kind: number, backend = new FakeBackend(1 + ((kind >> 2) & 1))): { device: VirtioDevice; host: (r: ByteReader) => void } {
+export function virtioDevice(kind: number, backend = new RefusingBackend(1 + ((kind >> 2) & 1))): { device: VirtioDevice; host: (r: ByteReader) => void } {
   switch (kind % 3) {
     case 0:
       return { device: new VirtioRng(), host: () => {} };
@@ -67,8 +89,8 @@ export function virtioDevice(kind: number, backend = new FakeBackend(1 + ((kind 
   }
 }
 
-export function e1000(memory: GuestMemory): { nic: E1000; backend: FakeBackend } {
-  const backend = new FakeBackend();
+export function e1000(memory: GuestMemory): { nic: E1000; backend: RefusingBackend } {
+  const backend = new RefusingBackend();
   const nic = new E1000(memory, backend, MAC);
   backend.attach(nic, NO_POLLER);
   return { nic, backend };

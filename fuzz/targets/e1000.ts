@@ -1,29 +1,41 @@
 // The e1000 under register traffic through both BARs, with descriptor rings and
 // buffers in guest memory: legacy, context (checksum and TSO) and data
-// descriptors with any lengths, offsets and MSS, receive of host frames into any
-// ring. Oracles: no register access or receive throws; what one operation makes
-// the card send stays within a bound no honest ring reaches.
+// descriptors with any lengths, offsets and MSS, whole TSO packets laid at TDT
+// (tiny MSS, payloads up to 64 KiB over several descriptors), receive of host
+// frames into any ring, over a back-end that sometimes refuses a frame (throws).
+// Oracles: no register access or receive throws; what one operation makes the
+// card send stays within a bound: MAX_FRAMES_PER_OP frames.
 import { R } from '../../src/devices/net/e1000.js';
 import { withVnetHdr } from '../../src/net/backend.js';
-import { le, operations, opsArbitrary, type ByteReader } from '../lib/bytes.js';
-import { frame } from '../lib/frames.js';
-import { DATA_START, guestAddress, guestLength, guestMemory, registerValue, scribble } from '../lib/guest.js';
+import { tcpFrame } from '../../test/support/net-frames.js';
+import { dword, le, operations, opsArbitrary, type ByteReader } from '../lib/bytes.js';
+import { frame, GATEWAY, GUEST } from '../lib/frames.js';
+import { DATA_START, guestAddress, guestLength, guestMemory, LOW, registerValue, scribble } from '../lib/guest.js';
 import { e1000 } from '../lib/pc.js';
 import { check, guardedRead, WIDTHS, type FuzzTarget } from '../lib/target.js';
 
-const Op = { REG_WRITE: 0, REG_READ: 1, IO: 2, TX_DESC: 3, RX_DESC: 4, RECEIVE: 5, SCRIBBLE: 6, SET_UP: 7 } as const;
-const KINDS = 8;
+const Op = { REG_WRITE: 0, REG_READ: 1, IO: 2, TX_DESC: 3, RX_DESC: 4, RECEIVE: 5, SCRIBBLE: 6, SET_UP: 7, TSO: 8 } as const;
+const KINDS = 9;
 const TX_RING = 0x1000;
 const RX_RING = 0x3000;
 const RING_BYTES = 0x2000;
 const REGS = Object.values(R);
-/** The ring of 4096 data descriptors of 64 KiB each an honest driver could fill, times a margin. */
-const MAX_SENT_PER_OP = 512 * 1024 * 1024;
+/**
+ * Frames one register write may send before the rest waits for later turns of the
+ * event loop: sixteen times the card's per-doorbell budget (TX_BUDGET.frames, 256),
+ * four 64 KiB TSO packets at the MSS floor (MIN_TSO_MSS). A ring lap of TSO at
+ * MSS 1 sends hundreds of thousands.
+ */
+const MAX_FRAMES_PER_OP = 4096;
+/** Context and data descriptor commands: DEXT, TSE, TUCMD's IP and TCP; EOP and RS on a packet's last. */
+const TSO_CONTEXT = 0x27;
+const TSO_DATA = 0x24;
+const EOP_RS = 0x09;
 
 export const e1000Target: FuzzTarget = {
   name: 'e1000',
   description: 'e1000 registers via MMIO and I/O BARs, descriptor rings (legacy, context/TSO, data), host frames',
-  arbitrary: opsArbitrary(KINDS, { weights: [4, 1, 1, 5, 2, 2, 1, 2], maxOps: 60 }),
+  arbitrary: opsArbitrary(KINDS, { weights: [4, 1, 1, 5, 2, 2, 1, 2, 2], maxOps: 60 }),
   run(_ctx, data) {
     const mem = guestMemory();
     const { nic, backend } = e1000(mem);
@@ -76,41 +88,74 @@ export const e1000Target: FuzzTarget = {
       wr(R.RDH, 0);
       wr(R.RDT, r.u16() % 512);
       wr(R.RCTL, 0x2 | (r.u32() & 0x0603f038));
+      backend.refuse(r);
     };
-    for (const { kind, args: r } of operations(data)) {
-      switch (kind % KINDS) {
-        case Op.REG_WRITE: {
-          const reg = r.u8() < 220 ? r.pick(REGS) + (r.u8() < 240 ? 0 : r.u8() & 3) : r.below(0x20000);
-          const width = r.u8() < 220 ? 4 : r.pick(WIDTHS);
-          mmio.write(reg, le(reg === R.TDBAL || reg === R.RDBAL ? (r.bool() ? r.pick([TX_RING, RX_RING]) : Number(guestAddress(r)) >>> 0) : registerValue(r), width));
-          break;
-        }
-        case Op.REG_READ:
-          guardedRead(mmio, r.u8() < 220 ? r.pick(REGS) : r.below(0x20000), r.pick(WIDTHS));
-          break;
-        case Op.IO:
-          if (r.bool()) io.write(r.u8() & 0x3f, le(r.bool() ? r.pick(REGS) : r.u32(), r.pick(WIDTHS)));
-          else guardedRead(io, r.u8() & 0x3f, r.pick(WIDTHS));
-          break;
-        case Op.TX_DESC:
-          txDescriptor(r);
-          if (r.bool()) wr(R.TDT, r.u16() % 512);
-          break;
-        case Op.RX_DESC:
-          mem.writeU64(desc(RX_RING, r), r.u8() < 220 ? BigInt(DATA_START + r.u16() % 0xf000) : guestAddress(r));
-          break;
-        case Op.RECEIVE:
-          nic.receive(0, withVnetHdr(frame(r)));
-          break;
-        case Op.SCRIBBLE:
-          scribble(mem, r);
-          break;
-        default:
-          setUp(r);
+    /**
+     * A TSO packet laid at TDT as a driver lays it: a context descriptor (TCP/IPv4,
+     * mostly a tiny MSS), the headers, then payload descriptors over RAM up to about
+     * 64 KiB; TDT then moves past them.
+     */
+    const tsoPacket = (r: ByteReader): void => {
+      const slots = Math.floor(dword(guardedRead(mmio, R.TDLEN, 4)) / 16);
+      if (!slots) return;
+      let tail = dword(guardedRead(mmio, R.TDT, 4));
+      const next = (): number => TX_RING + 16 * (tail++ % slots);
+      const put = (at: number, bytes: Uint8Array): void => {
+        if (mem.contains(at, 16)) mem.write(at, bytes);
+      };
+      /** A data descriptor (DTYP 1) asking for IP and TCP checksums (POPTS). */
+      const dataDesc = (addr: number, len: number, cmd: number): Uint8Array => Uint8Array.from([...le(addr, 8), ...le(len | (1 << 20) | (cmd << 24), 4), 0, 3, 0, 0]);
+      const mss = r.u8() < 200 ? r.pick([1, 2, 3, 8, 63, 64, 536]) : r.u16();
+      put(next(), Uint8Array.from([14, 24, ...le(33, 2), 34, 50, 0, 0, ...le(r.u16() | (TSO_CONTEXT << 24), 4), 0, 54, ...le(mss, 2)]));
+      const headers = tcpFrame(GUEST, GATEWAY, { srcPort: 40000, dstPort: 80, seq: r.u32(), ack: r.u32(), flags: 0x18 });
+      put(next(), dataDesc(buffer(headers), headers.length, TSO_DATA));
+      for (let n = 1 + (r.u8() % 8), i = 0; i < n; i++) {
+        const len = r.u8() < 128 ? 0x2000 * (1 + r.below(8)) : 1 + (r.u16() % LOW.size);
+        const cmd = TSO_DATA | (i === n - 1 ? EOP_RS : 0);
+        put(next(), dataDesc(LOW.start + r.below(LOW.size - len + 1), len, cmd));
       }
-      const sent = backend.sent.reduce((n, s) => n + s.packet.length, 0);
-      check(sent <= MAX_SENT_PER_OP, `one operation made the card send ${backend.sent.length} frames, ${sent} bytes`);
-      backend.sent = [];
+      wr(R.TDT, tail % slots);
+    };
+    try {
+      for (const { kind, args: r } of operations(data)) {
+        switch (kind % KINDS) {
+          case Op.REG_WRITE: {
+            const reg = r.u8() < 220 ? r.pick(REGS) + (r.u8() < 240 ? 0 : r.u8() & 3) : r.below(0x20000);
+            const width = r.u8() < 220 ? 4 : r.pick(WIDTHS);
+            mmio.write(reg, le(reg === R.TDBAL || reg === R.RDBAL ? (r.bool() ? r.pick([TX_RING, RX_RING]) : Number(guestAddress(r)) >>> 0) : registerValue(r), width));
+            break;
+          }
+          case Op.REG_READ:
+            guardedRead(mmio, r.u8() < 220 ? r.pick(REGS) : r.below(0x20000), r.pick(WIDTHS));
+            break;
+          case Op.IO:
+            if (r.bool()) io.write(r.u8() & 0x3f, le(r.bool() ? r.pick(REGS) : r.u32(), r.pick(WIDTHS)));
+            else guardedRead(io, r.u8() & 0x3f, r.pick(WIDTHS));
+            break;
+          case Op.TX_DESC:
+            txDescriptor(r);
+            if (r.bool()) wr(R.TDT, r.u16() % 512);
+            break;
+          case Op.RX_DESC:
+            mem.writeU64(desc(RX_RING, r), r.u8() < 220 ? BigInt(DATA_START + r.u16() % 0xf000) : guestAddress(r));
+            break;
+          case Op.RECEIVE:
+            nic.receive(0, withVnetHdr(frame(r)));
+            break;
+          case Op.SCRIBBLE:
+            scribble(mem, r);
+            break;
+          case Op.SET_UP:
+            setUp(r);
+            break;
+          default:
+            tsoPacket(r);
+        }
+        check(backend.sent.length <= MAX_FRAMES_PER_OP, `one operation made the card send ${backend.sent.length} frames`);
+        backend.sent = [];
+      }
+    } finally {
+      void nic.close(); // drops transmit chunks it scheduled for later turns, which would outlive the case
     }
   },
 };

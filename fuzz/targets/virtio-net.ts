@@ -1,14 +1,15 @@
 // virtio-net under a hostile driver, over a back-end that records what it is
-// given: transmit over any ring, host frames arriving for the receive queues
-// (mergeable buffers or not), and control-queue commands, MAC tables of any
-// declared size included. Oracle: nothing bigger than a 64 KiB GSO packet
-// reaches the back-end.
+// given and sometimes refuses it (throws): transmit over any ring, host frames
+// arriving for the receive queues (mergeable buffers or not), and control-queue
+// commands, MAC tables of any declared size included. Oracles: nothing escapes queueNotify or receive (a
+// refused packet included), and nothing bigger than a 64 KiB GSO packet reaches
+// the back-end.
 import { VNET_HDR_LEN } from '../../src/net/backend.js';
 import { ETH_HLEN } from '../../src/net/packet.js';
 import { MAX_CTRL_COMMAND, VirtioNet } from '../../src/virtio/net.js';
-import { FakeBackend } from '../../test/support/fake-net-backend.js';
 import { firstArgs, le, operations, opsArbitrary, type ByteReader } from '../lib/bytes.js';
 import { frame } from '../lib/frames.js';
+import { RefusingBackend } from '../lib/pc.js';
 import { check, type FuzzTarget } from '../lib/target.js';
 import { RIG_OPS, VirtioRig } from '../lib/virtio-rig.js';
 
@@ -37,9 +38,10 @@ export const virtioNet: FuzzTarget = {
   run(_ctx, data) {
     const ops = operations(data);
     const r0 = firstArgs(ops);
-    const backend = new FakeBackend(1 + (r0.u8() & 1), r0.bool());
+    const backend = new RefusingBackend(1 + (r0.u8() & 1), r0.bool());
     const net = new VirtioNet(backend, { mac: Uint8Array.of(0x52, 0x54, 0, 0x12, 0x34, 0x56), pairs: backend.queues });
     const rig = new VirtioRig(net, r0);
+    backend.refuse(r0);
     const ctrlQueue = 2 * backend.queues;
     for (const op of ops) {
       const r = op.args;
