@@ -1,30 +1,35 @@
 // The virtio-pci transport around each virtio device (rng, console, net, blk):
 // status sequences of any order (bits cleared without a reset, DRIVER_OK without
-// FEATURES_OK), feature words, queue programming (rings outside RAM included),
-// enables, kicks, the ISR, device config, the MSI-X table, PBA and control bits,
-// and the PCI_CFG window, in every width, next to ring operations and host input.
-// Oracle: no access throws, and the status never shows DRIVER_OK without
-// FEATURES_OK unless the device asks for a reset.
+// FEATURES_OK, and DRIVER_OK taken back, a queue moved out of RAM and enabled,
+// DRIVER_OK set again), feature words, queue programming (rings outside RAM
+// included), enables, kicks, the ISR, device config, the MSI-X table, PBA and
+// control bits, and the PCI_CFG window, in every width, next to ring operations
+// and host-side events (frames from the back-end, console input), over a
+// back-end that refuses some packets. Oracle: no access or host event throws,
+// and the status never shows DRIVER_OK without FEATURES_OK unless the device
+// asks for a reset.
 import { Status, VirtioPciDevice } from '../../src/virtio/pci-transport.js';
 import { VirtioBlock } from '../../src/virtio/block.js';
-import { firstArgs, le, operations, opsArbitrary, type ByteReader } from '../lib/bytes.js';
+import { dword, firstArgs, le, operations, opsArbitrary, type ByteReader } from '../lib/bytes.js';
 import { DiskDir, settle } from '../lib/disk.js';
 import { guestAddress, guestMemory, registerValue, scribble } from '../lib/guest.js';
-import { pcRig, virtioDevice } from '../lib/pc.js';
+import { pcRig, RefusingBackend, virtioDevice } from '../lib/pc.js';
 import { HostileDriver, ringLayout } from '../lib/rings.js';
 import { check, guardedRead, WIDTHS, type FuzzTarget } from '../lib/target.js';
 
-const Op = { COMMON: 0, BAR_READ: 1, BAR_WRITE: 2, SET_UP: 3, CONFIG: 4, RING: 5, SCRIBBLE: 6, KICK: 7, HOST: 8 } as const;
-const KINDS = 9;
+const Op = { COMMON: 0, BAR_READ: 1, BAR_WRITE: 2, SET_UP: 3, CONFIG: 4, RING: 5, SCRIBBLE: 6, KICK: 7, HOST: 8, MOVE_QUEUE: 9 } as const;
+const KINDS = 10;
 /** Common configuration registers (virtio 1.x, 4.1.4.3), by offset and width. */
 const COMMON_REGS = [[0x00, 4], [0x04, 4], [0x08, 4], [0x0c, 4], [0x10, 2], [0x12, 2], [0x14, 1], [0x15, 1], [0x16, 2], [0x18, 2], [0x1a, 2], [0x1c, 2], [0x1e, 2], [0x20, 8], [0x28, 8], [0x30, 8]] as const;
 /** BAR 0: common, ISR, device config, notify, MSI-X table, PBA. */
 const AREAS = [0x0000, 0x1000, 0x2000, 0x3000, 0x4000, 0x6000];
+/** Far above the two small RAM regions (lib/guest.ts): where a driver's stale or hostile ring points. */
+const OUTSIDE_RAM = 0xfff00000;
 
 export const virtioPci: FuzzTarget<DiskDir> = {
   name: 'virtio-pci',
   description: 'virtio-pci transport registers, status rules, queue setup, MSI-X and PCI_CFG over rng/console/net/blk',
-  arbitrary: opsArbitrary(KINDS, { weights: [6, 2, 2, 3, 3, 3, 1, 3, 1], maxOps: 60 }),
+  arbitrary: opsArbitrary(KINDS, { weights: [6, 2, 2, 3, 3, 3, 1, 3, 3, 2], maxOps: 60 }),
   setup: () => new DiskDir(),
   teardown: (dir) => dir.remove(),
   async run(dir, data) {
@@ -32,7 +37,9 @@ export const virtioPci: FuzzTarget<DiskDir> = {
     const r0 = firstArgs(ops);
     const kind = r0.u8() % 4;
     const disk = kind === 3 ? dir.open(false) : undefined;
-    const { device, host } = disk ? { device: new VirtioBlock({ name: 'blk', image: disk.image }), host: () => {} } : virtioDevice(kind);
+    const backend = new RefusingBackend();
+    backend.refuse(r0);
+    const { device, host } = disk ? { device: new VirtioBlock({ name: 'blk', image: disk.image }), host: () => {} } : virtioDevice(kind, backend);
     const rig = pcRig();
     const memory = guestMemory();
     const pci = new VirtioPciDevice(device, { memory, msi: rig.msi });
@@ -46,15 +53,20 @@ export const virtioPci: FuzzTarget<DiskDir> = {
     const caps: number[] = [];
     for (let at = pci.config.u8(0x34); at && caps.length < 16; at = pci.config.u8(at + 1)) caps.push(at);
     const setUp = (r: ByteReader): void => {
-      // A driver doing it right, up to a point the input picks.
-      const steps = r.u8() % 6;
+      // A driver doing it right, up to a point the input picks; zeros (missing bytes) go all the way.
+      const steps = 5 - (r.u8() % 6);
+      // Queues left off (a bit each) can be programmed again later (MOVE_QUEUE).
+      const off = r.u8();
       write(0x14, 0, 1);
       if (steps > 0) write(0x14, Status.ACKNOWLEDGE | Status.DRIVER, 1);
       if (steps > 1) {
-        write(0x08, 1, 4);
-        write(0x0c, r.u8() < 200 ? 1 : r.u32(), 4); // VERSION_1 (bit 32)
-        write(0x08, 0, 4);
-        write(0x0c, r.u32(), 4);
+        for (const select of [1, 0]) {
+          write(0x00, select, 4);
+          const offered = dword(guardedRead(bar0, 0x04, 4));
+          write(0x08, select, 4);
+          // Mostly a subset of the offer (VERSION_1, bit 32, kept), so FEATURES_OK sticks.
+          write(0x0c, r.u8() < 240 ? (offered & r.u32()) | select : r.u32(), 4);
+        }
         write(0x14, Status.ACKNOWLEDGE | Status.DRIVER | Status.FEATURES_OK, 1);
       }
       for (let q = 0; steps > 2 && q < queues; q++) {
@@ -65,10 +77,29 @@ export const virtioPci: FuzzTarget<DiskDir> = {
         write(0x20, r.u8() < 230 ? home.desc : guestAddress(r), 8);
         write(0x28, r.u8() < 230 ? home.avail : guestAddress(r), 8);
         write(0x30, r.u8() < 230 ? home.used : guestAddress(r), 8);
-        if (steps > 3) write(0x1c, 1, 2);
+        if (steps > 3 && !((off >> q) & 1)) write(0x1c, 1, 2);
       }
       if (steps > 4) write(0x14, Status.ACKNOWLEDGE | Status.DRIVER | Status.FEATURES_OK | Status.DRIVER_OK, 1);
     };
+    /** A driver takes DRIVER_OK back without a reset, moves a queue's rings (often out of RAM), enables it, and sets DRIVER_OK again. */
+    const moveQueue = (r: ByteReader): void => {
+      write(0x14, status() & ~Status.DRIVER_OK, 1);
+      // Only a queue that is off takes new rings: mostly one of those.
+      const off = device.queueSizes.map((_, q) => q).filter((q) => {
+        write(0x16, q, 2);
+        return guardedRead(bar0, 0x1c, 2)[0] === 0;
+      });
+      const q = off.length && r.u8() < 200 ? r.pick(off) : r.u8() % queues;
+      const home = ringLayout(q);
+      write(0x16, q, 2);
+      for (const [reg, at] of [[0x20, home.desc], [0x28, home.avail], [0x30, home.used]] as const) {
+        const where = r.u8();
+        write(reg, where < 100 ? OUTSIDE_RAM : where < 200 ? guestAddress(r) : at, 8);
+      }
+      write(0x1c, 1, 2);
+      write(0x14, status() | Status.DRIVER_OK, 1);
+    };
+    setUp(r0); // a case starts where a guest's driver left the device, mostly live
     for (const { kind: k, args: r } of ops) {
       switch (k % KINDS) {
         case Op.COMMON: {
@@ -102,8 +133,11 @@ export const virtioPci: FuzzTarget<DiskDir> = {
         case Op.KICK:
           write(0x3000 + 4 * (r.u8() % (queues + 1)), r.u16(), 2);
           break;
-        default:
+        case Op.HOST:
           host(r);
+          break;
+        default:
+          moveQueue(r);
       }
       const s = status();
       check(!(s & Status.DRIVER_OK) || s & Status.FEATURES_OK || s & Status.NEEDS_RESET, `status 0x${s.toString(16)}: DRIVER_OK without FEATURES_OK, and no reset asked`);
