@@ -1,13 +1,17 @@
 // User-mode networking under guest frames: ARP, DHCP, ICMP, UDP and TCP, mutated,
 // and stateful TCP conversations (SYN, the handshake's ACK, data, zero windows,
-// FIN, RST, an MSS option of any value) against real loopback servers.
+// FIN, RST, an MSS option of any value, waiting for the echo) against real
+// loopback servers.
 //
 // Nothing may leave the machine: UserNetwork has no option to confine where the
 // guest's traffic goes, so the harness rewrites every TCP or UDP destination
-// that would leave to 127.0.0.1 and a port of its own servers, and points the
+// that would leave to 127.0.0.1 and a port of its own servers (port 0 stays 0:
+// nothing listens there, and it once made send() throw), and points the
 // resolver at its own UDP socket. Oracles: no frame makes send() throw; open TCP
 // connections and UDP flows stay under the configured limits; frames held for
-// the guest stay bounded; sockets are released after close.
+// the guest stay bounded, and so do frames handed to it in one turn of the event
+// loop (a sender that loops without end is stopped there); sockets are released
+// after close.
 import dgram from 'node:dgram';
 import net from 'node:net';
 import { withVnetHdr, type NetPort } from '../../src/net/backend.js';
@@ -17,12 +21,17 @@ import { UserNetwork } from '../../src/net/user/user-network.js';
 import { ip, parse, tcpFrame } from '../../test/support/net-frames.js';
 import { operations, opsArbitrary, type ByteReader } from '../lib/bytes.js';
 import { settle } from '../lib/disk.js';
-import { DNS, frame, GATEWAY } from '../lib/frames.js';
-import { check, type FuzzTarget } from '../lib/target.js';
+import { DNS, frame, GATEWAY, GUEST } from '../lib/frames.js';
+import { check, OracleError, type FuzzTarget } from '../lib/target.js';
 
 const LIMITS = { maxTcp: 4, maxUdp: 4, tcpIdle: 5, udpIdle: 5, tcpBuffer: 64 * 1024 };
 const MAX_PENDING = 2048;
-const GUEST = ip('10.0.2.15');
+/**
+ * Frames the guest may be handed in one turn of the event loop: twice what
+ * resume() flushes at once (MAX_PENDING), far more than a full window of
+ * minimum-MSS segments on every connection.
+ */
+const MAX_FRAMES_PER_TURN = 2 * MAX_PENDING;
 const LOOPBACK = ip('127.0.0.1');
 const Op = { FRAME: 0, TCP: 1, WAIT: 2, RESUME: 3 } as const;
 const KINDS = 4;
@@ -69,7 +78,7 @@ function confine(f: Uint8Array, srv: Servers, r: ByteReader): void {
   const guestNet = (dst & 0xffffff00) >>> 0 === (DEFAULT_USER_NET.network >>> 0);
   if (dst === DNS || (guestNet && dst !== GATEWAY) || dst === 0xffffffff || dst >>> 28 === 0xe) return;
   if (dst !== GATEWAY) writeU32(f, 30, LOOPBACK);
-  writeU16(f, 14 + ihl + 2, proto === 6 ? r.pick(srv.tcpPorts) : srv.udpPort);
+  if (readU16(f, 14 + ihl + 2) !== 0) writeU16(f, 14 + ihl + 2, proto === 6 ? r.pick(srv.tcpPorts) : srv.udpPort);
 }
 
 /** Open sockets of this process, by kind. */
@@ -95,7 +104,18 @@ export const userNet: FuzzTarget<Servers> = {
     const user = new UserNetwork(config);
     const received: Uint8Array[] = [];
     let accepting = true;
-    const port: NetPort = { receive: (_q, packet) => accepting && (received.push(packet.slice(12)), true) };
+    let turnFrames = 0;
+    let flood: string | undefined;
+    const port: NetPort = {
+      receive: (_q, packet) => {
+        if (turnFrames++ === 0) setImmediate(() => (turnFrames = 0));
+        if (turnFrames > MAX_FRAMES_PER_TURN) {
+          flood ??= `over ${MAX_FRAMES_PER_TURN} frames handed to the guest in one turn of the event loop`;
+          throw new OracleError(flood); // the only way out of a sender that never returns
+        }
+        return accepting && (received.push(packet.slice(12)), true);
+      },
+    };
     user.attach(port);
     const send = (f: Uint8Array): void => user.send(0, withVnetHdr(f));
     /** A TCP conversation from the guest: handshake (answering the SYN-ACK it gets), then segments. */
@@ -116,7 +136,9 @@ export const userNet: FuzzTarget<Servers> = {
         const payload = r.bytes(r.u8() < 200 ? r.u8() : r.u16() % 8192);
         send(tcpFrame(GUEST, GATEWAY, { srcPort: guestPort, dstPort, seq, ack, flags, window: r.bool() ? 0 : r.u16(), payload }));
         seq = (seq + payload.length + (flags & 1)) >>> 0;
-        await settle(() => false, r.u8() % 8);
+        // Data goes to the echo server: wait (bounded) for it to come back, so host data meets this connection's state.
+        const before = received.length;
+        await settle(() => received.slice(before).some((f) => (parse(f).tcp?.payload.length ?? 0) > 0), payload.length ? 64 : r.u8() % 8);
         const last = received.map(parse).filter((p) => p.tcp?.dstPort === guestPort).at(-1)?.tcp;
         if (last) ack = (last.seq + last.payload.length + (last.flags & 1)) >>> 0;
       }
@@ -140,6 +162,7 @@ export const userNet: FuzzTarget<Servers> = {
             accepting = r.bool();
             user.resume();
         }
+        if (flood) throw new OracleError(flood);
         const s = user.stats();
         check(s.tcpOpen! <= LIMITS.maxTcp, `${s.tcpOpen} TCP connections open, limit ${LIMITS.maxTcp}`);
         check(s.udpFlows! <= LIMITS.maxUdp, `${s.udpFlows} UDP flows open, limit ${LIMITS.maxUdp}`);
