@@ -6,16 +6,8 @@ import { INTERESTING, le } from './bytes.js';
 
 export type Random = () => number;
 
-/** xorshift32, seeded: the same sequence on every run. */
-export function seeded(seed: number): Random {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    return (x >>> 0) / 2 ** 32;
-  };
-}
+/** The tests' seeded xorshift32: the same sequence on every run. */
+export { rng as seeded } from '../../test/support/seeded-random.js';
 
 const MAX_INPUT = 16 * 1024;
 
