@@ -102,8 +102,8 @@ function cachedKernelPackage(): string | undefined {
 }
 
 /** Debian's generic amd64 kernel (the one linux-image-amd64 points at), unpacked. */
-export function fetchKernel(log: (line: string) => void = stderrLog): DebianKernel {
-  let name = process.env.TSVISOR_KERNEL_PACKAGE;
+export function fetchKernel(log: (line: string) => void = stderrLog, packageName = process.env.TSVISOR_KERNEL_PACKAGE): DebianKernel {
+  let name = packageName;
   if (!name) {
     try {
       name = resolveMetapackage('linux-image-amd64', 'linux-image-', log);

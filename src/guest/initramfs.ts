@@ -17,7 +17,9 @@ export interface InitramfsSpec {
 }
 
 /** The script lines that load `modules` (as listed in /etc/modules) at boot. */
-export const LOAD_MODULES = 'while read -r m; do insmod /lib/modules/$m.ko || echo "initramfs: insmod $m failed" >&2; done < /etc/modules';
+/** Loads /etc/modules in order; `module.param=value` on the kernel command line reaches the module, as modprobe would pass it. */
+export const LOAD_MODULES =
+  'while read -r m; do insmod /lib/modules/$m.ko $(tr " " "\\n" </proc/cmdline | sed -n "s/^$(echo $m | tr - _)\\.//p") || echo "initramfs: insmod $m failed" >&2; done < /etc/modules';
 
 export function initramfsEntries(spec: InitramfsSpec): CpioEntry[] {
   const entries: CpioEntry[] = [

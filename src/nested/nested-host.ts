@@ -153,8 +153,23 @@ export function commandScript(opts: NestedRunOptions, scratch: string): string {
   return lines.join('\n') + '\n';
 }
 
-function hostInitramfs(log?: (line: string) => void): { kernel: string; initrd: string } {
-  const kernel = fetchKernel(log);
+/**
+ * The nested host's configuration, each part replaceable from the environment to
+ * study how it behaves under load (README: "When the nested host stalls").
+ */
+export function nestedHostKnobs(env = process.env) {
+  return {
+    accel: env.TSVISOR_NESTED_ACCEL ?? 'tcg,thread=multi',
+    cpu: env.TSVISOR_NESTED_CPU ?? 'max',
+    /** Added to the nested host kernel's command line; `kvm_amd.X=Y` reaches the module too. */
+    append: env.TSVISOR_NESTED_APPEND?.trim() ?? '',
+    qemuArgs: (env.TSVISOR_NESTED_QEMU_ARGS ?? '').split(/\s+/).filter(Boolean),
+    kernelPackage: env.TSVISOR_NESTED_KERNEL_PACKAGE ?? env.TSVISOR_KERNEL_PACKAGE,
+  };
+}
+
+function hostInitramfs(kernelPackage: string | undefined, log?: (line: string) => void): { kernel: string; initrd: string } {
+  const kernel = fetchKernel(log, kernelPackage);
   const busybox = fetchBusybox(log);
   const modules = resolveModules(indexModules(kernel.modulesDir), HOST_MODULES, OPTIONAL_HOST_MODULES);
   return { kernel: kernel.vmlinuz, initrd: buildInitramfs(`nested-host-${kernel.version}`, { busybox, init: INIT, modules }) };
@@ -171,7 +186,8 @@ export async function runNested(opts: NestedRunOptions): Promise<number> {
   const log = opts.log ?? ((l: string) => process.stderr.write(l + '\n'));
   const stallMs = stallSeconds() * 1000;
   ensureQemu(log);
-  const { kernel, initrd } = hostInitramfs(log);
+  const knobs = nestedHostKnobs();
+  const { kernel, initrd } = hostInitramfs(knobs.kernelPackage, log);
   const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'tsvisor-nested-'));
   try {
     const writable = [scratch, ...(opts.writable ?? [])].map((d) => path.resolve(d));
@@ -194,10 +210,10 @@ export async function runNested(opts: NestedRunOptions): Promise<number> {
     const debug = process.env.TSVISOR_NESTED_DEBUG === '1';
     const consoleLog = debug ? path.join(os.tmpdir(), 'tsvisor-nested-console.log') : path.join(scratch, 'console.log');
     if (debug) log(`nested host console: ${consoleLog}`);
-    const append = ['console=ttyS0', ...(debug ? [] : ['quiet']), 'panic=-1', `tsvisor.scratch=${scratch}`].join(' ');
+    const append = ['console=ttyS0', ...(debug ? [] : ['quiet']), 'panic=-1', `tsvisor.scratch=${scratch}`, knobs.append].join(' ').trim();
     const qemuArgs = [
-      '-accel', 'tcg,thread=multi',
-      '-cpu', 'max',
+      '-accel', knobs.accel,
+      '-cpu', knobs.cpu,
       '-smp', String(opts.cpus ?? 2),
       '-m', `${opts.memoryMiB ?? 4096}M`,
       '-nodefaults', '-no-user-config', '-display', 'none', '-vga', 'none', '-no-reboot',
@@ -211,6 +227,7 @@ export async function runNested(opts: NestedRunOptions): Promise<number> {
       '-chardev', `socket,id=heartbeat,path=${heartbeatSocket.path}`, '-device', 'virtserialport,chardev=heartbeat,name=tsvisor.heartbeat',
       '-virtfs', 'local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap',
       ...writable.flatMap((d, i) => ['-virtfs', `local,path=${d},mount_tag=rw${i},security_model=none,multidevs=remap`]),
+      ...knobs.qemuArgs,
     ];
     const child = spawn(QEMU, qemuArgs, { stdio: ['ignore', 'inherit', 'inherit'] });
     const watchdog = new NestedWatchdog(
