@@ -24,6 +24,7 @@ import { fetchPackage } from '../src/guest/debian.js';
 import { defaultGuest, DEFAULT_GUEST_CMDLINE, USERSPACE_BANNER } from '../src/guest/default-guest.js';
 import { kvmBacking } from '../src/vmm/accel.js';
 import { outLoop, runRealMode } from '../test/support/tiny-guest.js';
+import { bootCommands, timeBoot } from './boot-timing.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const BIN = path.join(ROOT, 'bin', 'tsvisor.js');
@@ -39,34 +40,19 @@ const ONLY = new Set((process.env.BENCH_ONLY ?? 'boot,pio,blk,net').split(','));
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
 /** Seconds from spawn until `banner` appears on the child's stdout; the child is then killed. */
-function timeUntil(cmd: string, args: string[], banner: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const t0 = process.hrtime.bigint();
-    const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'ignore'] });
-    let out = '';
-    const timer = setTimeout(() => {
-      child.kill('SIGKILL');
-      reject(new Error(`${cmd}: no "${banner}" within 300 s`));
-    }, 300_000);
-    child.stdout.on('data', (d) => {
-      out += d;
-      if (out.includes(banner)) {
-        clearTimeout(timer);
-        resolve(Number(process.hrtime.bigint() - t0) / 1e9);
-        child.kill('SIGKILL');
-      }
-    });
-  });
+async function timeUntil(cmd: string, args: string[], banner: string): Promise<number> {
+  const r = await timeBoot(cmd, args, banner, { stallMs: 300_000, limitMs: 300_000 });
+  if (r.kind !== 'up') throw new Error(`${cmd}: no "${banner}" within 300 s (${r.kind}, last line: ${r.lastLine})`);
+  return r.seconds;
 }
 
 async function bootBench(kernel: string, initrd: string): Promise<void> {
-  const tsvisor = [BIN, 'run', '--accel', 'kvm', '--kernel', kernel, '--initrd', initrd, '--memory', '512M', '--append', DEFAULT_GUEST_CMDLINE];
-  const qemu = ['-accel', 'kvm', '-M', 'pc', '-cpu', 'host', '-m', '512', '-nodefaults', '-no-user-config', '-display', 'none', '-serial', 'stdio', '-no-reboot', '-kernel', kernel, '-initrd', initrd, '-append', DEFAULT_GUEST_CMDLINE];
+  const { tsvisor, qemu } = bootCommands(kernel, initrd);
   const t: number[] = [];
   const q: number[] = [];
   for (let i = 0; i < BOOT_RUNS; i++) {
-    t.push(await timeUntil(process.execPath, tsvisor, USERSPACE_BANNER));
-    q.push(await timeUntil('qemu-system-x86_64', qemu, USERSPACE_BANNER));
+    t.push(await timeUntil(...tsvisor, USERSPACE_BANNER));
+    q.push(await timeUntil(...qemu, USERSPACE_BANNER));
   }
   report('boot to first userspace line (s, median)', median(t), median(q), 'qemu -accel kvm -M pc', `runs: tsvisor ${t.map((x) => x.toFixed(1)).join(' ')} | qemu ${q.map((x) => x.toFixed(1)).join(' ')}`);
 }
