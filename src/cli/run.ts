@@ -380,7 +380,7 @@ export function formatStats(s: MachineStats): string {
     );
     lines.push(`    ${Object.entries(n.detail).map(([k, v]) => `${k}=${v}`).join(' ')}`);
   }
-  for (const [name, why] of Object.entries(s.virtioFailures)) lines.push(`  ${name} needed a reset: ${why}`);
+  for (const [name, why] of Object.entries(s.deviceFailures)) lines.push(`  ${name} needed a reset: ${why}`);
   lines.push(`  event loop wakeups: ${s.eventLoopWakeups}`);
   if (s.strayErrors) lines.push(`  errors caught outside any device: ${s.strayErrors}`);
   return lines.join('\n') + '\n';

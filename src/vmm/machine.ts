@@ -289,7 +289,11 @@ export class Machine {
       coalescedWrites: this.ring?.drained ?? 0,
       virtio: Object.fromEntries(this.virtio.filter((v) => !(v.device instanceof VirtioNet)).map((v) => [v.name, v.stats()])),
       nics: this.nics.map((n) => this.nicStats(n.config, n.device)),
-      virtioFailures: Object.fromEntries(this.virtio.filter((v) => v.lastFailure).map((v) => [v.name, v.lastFailure!])),
+      deviceFailures: Object.fromEntries(
+        [...this.virtio.map((v) => [v.name, v.lastFailure]), ...this.nics.map((n) => [n.config.name, n.device instanceof E1000 ? n.device.lastError : undefined])].filter(
+          (entry): entry is [string, string] => entry[1] !== undefined,
+        ),
+      ),
       eventLoopWakeups: this.events.wakeups,
       strayErrors: this.strayErrors,
     };
@@ -346,8 +350,8 @@ export interface MachineStats {
   /** Per virtio device other than network cards: transport counters (kicks by exit and by eventfd, interrupts) and the device's own. */
   virtio: Record<string, Record<string, number>>;
   nics: NicStats[];
-  /** Why a virtio device last set DEVICE_NEEDS_RESET, by device. */
-  virtioFailures: Record<string, string>;
+  /** Why a device last broke (a virtio device set DEVICE_NEEDS_RESET, an e1000 took its link down), by device. */
+  deviceFailures: Record<string, string>;
   eventLoopWakeups: number;
   strayErrors: number;
 }
