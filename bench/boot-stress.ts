@@ -16,6 +16,7 @@ import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { defaultGuest, USERSPACE_BANNER } from '../src/guest/default-guest.js';
 import { nestedHostKnobs } from '../src/nested/nested-host.js';
+import { killOnSilence } from '../test/support/silence.js';
 import { bootCommands, timeBoot, type BootResult } from './boot-timing.js';
 
 const BIN = fileURLToPath(new URL('../../bin/tsvisor.js', import.meta.url));
@@ -95,27 +96,18 @@ function nestedRun(o: Options, kernel: string, initrd: string, first: number, on
   // Every boot ends within --limit; past that plus a margin with no report, the nested host stopped.
   const silenceMs = (o.limitSeconds + 120) * 1000;
   let next = first;
-  let stalled = false;
-  let timer: NodeJS.Timeout;
-  const arm = () => {
-    clearTimeout(timer);
-    timer = setTimeout(() => {
-      stalled = true;
-      child.kill('SIGTERM');
-    }, silenceMs);
-  };
-  arm();
+  const silence = killOnSilence(child, silenceMs);
   readline.createInterface({ input: child.stdout! }).on('line', (line) => {
     if (!line.startsWith(LINE_PREFIX)) return;
     const l = JSON.parse(line.slice(LINE_PREFIX.length)) as BootLine;
-    arm();
+    silence.arm();
     onLine(l);
     if (l.vmm === o.vmms[o.vmms.length - 1]) next = l.boot + 1;
   });
   return new Promise((resolve) => {
     child.once('close', () => {
-      clearTimeout(timer);
-      resolve({ next, stalled });
+      silence.stop();
+      resolve({ next, stalled: silence.stalled });
     });
   });
 }

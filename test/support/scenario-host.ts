@@ -13,6 +13,7 @@ import { defaultGuest } from '../../src/guest/default-guest.js';
 import { WATCHDOG_LINES } from '../../src/nested/watchdog.js';
 import { kvmBacking } from '../../src/vmm/accel.js';
 import { SCENARIO_TIMEOUT_MS, type ScenarioResult } from './boot-scenarios.js';
+import { killOnSilence } from './silence.js';
 
 const BIN = fileURLToPath(new URL('../../../bin/tsvisor.js', import.meta.url));
 const SCENARIO_SCRIPT = fileURLToPath(new URL('./boot-scenarios.js', import.meta.url));
@@ -39,17 +40,8 @@ function runScenarios(kernel: string, initrd: string, names: string[], results: 
     kvmBacking() === 'hardware' ? [process.execPath, script] : [process.execPath, [BIN, 'nested', '--writable', scenarioDir, '--', process.execPath, ...script]];
   const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, TSVISOR_TEST_DIR: scenarioDir } });
   let stderr = '';
-  let stalled = false;
   let hostStalls = 0;
-  let timer: NodeJS.Timeout;
-  const arm = () => {
-    clearTimeout(timer);
-    timer = setTimeout(() => {
-      stalled = true;
-      child.kill('SIGTERM');
-    }, STALL_MS);
-  };
-  arm();
+  const silence = killOnSilence(child, STALL_MS);
   readline.createInterface({ input: child.stderr }).on('line', (line) => {
     stderr += line + '\n';
     if (!Object.values(WATCHDOG_LINES).some((start) => line.startsWith(start))) return;
@@ -59,7 +51,7 @@ function runScenarios(kernel: string, initrd: string, names: string[], results: 
   readline.createInterface({ input: child.stdout }).on('line', (line) => {
     if (!line.startsWith('SCENARIO ')) return;
     const s = JSON.parse(line.slice(9)) as ScenarioResult;
-    arm();
+    silence.arm();
     // A guest that hung is given one more boot (in a fresh host); a second hang is a failure.
     if (s.timedOut && !timedOutOnce.has(s.name)) {
       timedOutOnce.add(s.name);
@@ -70,8 +62,8 @@ function runScenarios(kernel: string, initrd: string, names: string[], results: 
   });
   return new Promise((resolve) =>
     child.on('close', () => {
-      clearTimeout(timer);
-      resolve({ stderr, stalled, hostStalls });
+      silence.stop();
+      resolve({ stderr, stalled: silence.stalled, hostStalls });
     }),
   );
 }
