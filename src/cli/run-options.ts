@@ -33,6 +33,8 @@ export interface NicSpec {
   netdev: string;
   mac?: Uint8Array;
   queues?: number;
+  /** virtio-net: the largest control command read from the guest, bytes. */
+  ctrlMax?: number;
 }
 
 export interface NetworkOptions {
@@ -296,14 +298,19 @@ function parseUserLimits(kv: Map<string, string>): Partial<UserNetLimits> {
   for (const [key, { field, min, max, unit }] of Object.entries(USER_LIMIT_KEYS)) {
     const text = kv.get(key);
     if (text === undefined) continue;
-    const bytes = unit === 'bytes';
-    const m = (bytes ? /^(\d+)([KM]?)$/i : /^(\d+)()$/).exec(text);
-    const n = m ? Number(m[1]) * { '': 1, K: 1024, M: MiB }[m[2]!.toUpperCase() as '' | 'K' | 'M'] : NaN;
-    const range = bytes ? `${formatSize(min)} to ${formatSize(max)} bytes (K and M suffixes allowed)` : `${min} to ${max} ${unit}`;
-    if (!(n >= min && n <= max)) throw new UsageError(`--netdev user: ${key}=${text} must be a whole number from ${range}`);
-    limits[field] = n;
+    limits[field] = parseCount(text, { min, max, unit }, `--netdev user: ${key}`);
   }
   return limits;
+}
+
+/** A whole number in [min, max]; a count of bytes also takes a K or M suffix. */
+function parseCount(text: string, { min, max, unit }: { min: number; max: number; unit: string }, what: string): number {
+  const bytes = unit === 'bytes';
+  const m = (bytes ? /^(\d+)([KM]?)$/i : /^(\d+)()$/).exec(text);
+  const n = m ? Number(m[1]) * { '': 1, K: 1024, M: MiB }[m[2]!.toUpperCase() as '' | 'K' | 'M'] : NaN;
+  const range = bytes ? `${formatSize(min)} to ${formatSize(max)} bytes (K and M suffixes allowed)` : `${min} to ${max} ${unit}`;
+  if (!(n >= min && n <= max)) throw new UsageError(`${what}=${text} must be a whole number from ${range}`);
+  return n;
 }
 
 /** `tcp:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT`, as QEMU writes it. */
@@ -320,7 +327,9 @@ function parseHostForward(text: string): HostForward {
   return { hostAddress: m[2] ?? '', hostPort, guestAddress, guestPort };
 }
 
-const NIC_KEYS = { 'virtio-net': ['netdev', 'mac', 'queues'], e1000: ['netdev', 'mac'] } as const;
+const NIC_KEYS = { 'virtio-net': ['netdev', 'mac', 'queues', 'ctrl-max'], e1000: ['netdev', 'mac'] } as const;
+/** Linux's largest control command, a full MAC table set, is under 1 KiB; past 16 MiB a limit protects nothing. */
+const CTRL_MAX_RANGE = { min: 1024, max: 16 * MiB, unit: 'bytes' };
 
 function parseNic(text: string, model: NicSpec['model']): NicSpec {
   const rest = text.slice(text.indexOf(',') + 1);
@@ -332,7 +341,14 @@ function parseNic(text: string, model: NicSpec['model']): NicSpec {
   const macText = kv.get('mac');
   const mac = macText === undefined ? undefined : parseMac(macText);
   if (macText !== undefined && (!mac || mac[0]! & 1)) throw new UsageError(`--device ${model}: mac=${macText} must be a unicast address like 52:54:00:12:34:56`);
-  return { model, netdev, mac, queues: parseQueues(kv.get('queues'), `--device ${model}`) };
+  const ctrlMax = kv.get('ctrl-max');
+  return {
+    model,
+    netdev,
+    mac,
+    queues: parseQueues(kv.get('queues'), `--device ${model}`),
+    ...(ctrlMax === undefined ? {} : { ctrlMax: parseCount(ctrlMax, CTRL_MAX_RANGE, `--device ${model}: ctrl-max`) }),
+  };
 }
 
 /** `--netdev` and network `--device` texts, as on the command line. */
@@ -385,6 +401,7 @@ export function networkArgs(network: NetworkOptions): string[] {
     const kv = [c.model === 'e1000' ? 'e1000' : 'virtio-net-pci', `netdev=${c.netdev}`];
     if (c.mac) kv.push(`mac=${formatMac(c.mac)}`);
     if (c.queues !== undefined) kv.push(`queues=${c.queues}`);
+    if (c.ctrlMax !== undefined) kv.push(`ctrl-max=${c.ctrlMax}`);
     args.push('--device', kv.join(','));
   }
   return args;

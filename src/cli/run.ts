@@ -199,6 +199,7 @@ async function networkCards(network: NetworkOptions): Promise<NicConfig[]> {
         backend,
         mac: spec.mac ?? Uint8Array.of(0x52, 0x54, 0x00, 0x12, 0x34, 0x56 + i),
         queues: spec.queues ?? backend.queues,
+        ctrlMax: spec.ctrlMax,
       });
     }
   } catch (e) {

@@ -54,7 +54,8 @@ const MAX_PAIRS = 16;
 /** Entries the MAC filter table holds; beyond it the device falls back to accepting all of that kind. */
 const MAC_TABLE_ENTRIES = 64;
 /**
- * The largest control command read from the guest. Linux's biggest is a MAC table
+ * The largest control command read from the guest, unless the card is given another
+ * (`ctrl-max=`). Linux's biggest is a MAC table
  * set (8 bytes + 6 per address); 64 KiB holds over 10,000 addresses, far past the
  * point where the table falls back to "all", and keeps a guest from making the VMM
  * copy and parse megabytes per command.
@@ -67,6 +68,8 @@ export interface VirtioNetOptions {
   mac: Uint8Array;
   /** Queue pairs; more than one offers MQ. */
   pairs: number;
+  /** Bytes; default MAX_CTRL_COMMAND. */
+  maxCtrlCommand?: number;
 }
 
 export class VirtioNet implements VirtioDevice, NetPort {
@@ -77,6 +80,7 @@ export class VirtioNet implements VirtioDevice, NetPort {
   private readonly config = new Uint8Array(CONFIG_SIZE);
   private readonly mac: Uint8Array;
   private readonly pairs: number;
+  private readonly maxCtrlCommand: number;
   private active: ActiveQueues | undefined;
   private activePairs = 1;
   private mergeable = false;
@@ -99,6 +103,7 @@ export class VirtioNet implements VirtioDevice, NetPort {
     if (options.pairs < 1 || options.pairs > MAX_PAIRS) throw new Error(`virtio-net: queues must be 1..${MAX_PAIRS}`);
     this.mac = options.mac.slice(0, ETH_ALEN);
     this.pairs = options.pairs;
+    this.maxCtrlCommand = options.maxCtrlCommand ?? MAX_CTRL_COMMAND;
     this.perPair = Array.from({ length: this.pairs }, () => ({ tx: 0, rx: 0 }));
     let features: number[] = [NetFeature.MAC, NetFeature.STATUS, NetFeature.MRG_RXBUF, NetFeature.CTRL_VQ, NetFeature.CTRL_RX, NetFeature.CTRL_RX_EXTRA, NetFeature.CTRL_MAC_ADDR];
     if (this.pairs > 1) features.push(NetFeature.MQ);
@@ -316,9 +321,9 @@ export class VirtioNet implements VirtioDevice, NetPort {
     drainQueue(active, index, (chain) => {
       this.counters.ctrlCommands++;
       const len = totalLength(chain.readable);
-      const command = len >= 2 && len <= MAX_CTRL_COMMAND ? readStream(active.memory, chain.readable, 0, len) : undefined;
+      const command = len >= 2 && len <= this.maxCtrlCommand ? readStream(active.memory, chain.readable, 0, len) : undefined;
       const status = command ? this.command(command[0]!, command[1]!, command.subarray(2)) : ACK_ERR;
-      if (!command) this.drops.count(len > MAX_CTRL_COMMAND ? 'ctrl-oversized' : 'ctrl-malformed');
+      if (!command) this.drops.count(len > this.maxCtrlCommand ? 'ctrl-oversized' : 'ctrl-malformed');
       const written = writeStream(active.memory, chain.writable, 0, Uint8Array.of(status));
       completeChain(active, index, chain.head, written);
     });

@@ -46,6 +46,8 @@ export interface NicConfig {
   mac: Uint8Array;
   /** virtio-net queue pairs. */
   queues?: number;
+  /** virtio-net: the largest control command read from the guest (default MAX_CTRL_COMMAND). */
+  ctrlMax?: number;
 }
 
 export interface MachineConfig {
@@ -167,7 +169,7 @@ export class Machine {
         nic.backend.attach(e1000, this.events);
         this.nics.push({ config: nic, device: e1000 });
       } else {
-        const net = new VirtioNet(nic.backend, { mac: nic.mac, pairs: nic.queues ?? 1 }, nic.name);
+        const net = new VirtioNet(nic.backend, { mac: nic.mac, pairs: nic.queues ?? 1, maxCtrlCommand: nic.ctrlMax }, nic.name);
         nic.backend.attach(net, this.events);
         this.nics.push({ config: nic, device: plugVirtio(net) });
       }

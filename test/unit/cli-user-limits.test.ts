@@ -1,5 +1,5 @@
-// The `--netdev user` keys that bound what a guest can make tsvisor hold:
-// max-tcp, max-udp, tcp-idle, udp-idle, tcp-buffer.
+// The keys that bound what a guest can make tsvisor hold: `--netdev user`'s
+// max-tcp, max-udp, tcp-idle, udp-idle, tcp-buffer, and virtio-net's ctrl-max.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { test } from 'node:test';
@@ -47,6 +47,23 @@ test('bad user limit values are usage errors naming the key and its range', () =
   ];
   for (const [keys, re] of cases) assert.throws(() => userNet(`,${keys}`), (e: Error) => e instanceof UsageError && re.test(e.message), keys);
   assert.throws(() => parseNetworkArgs(['tap,id=t,max-tcp=4'], ['e1000,netdev=t']), /unknown key "max-tcp"/, 'limits are user keys only');
+});
+
+test('virtio-net ctrl-max: bytes with K or M, in range, written back by networkArgs; not an e1000 key', () => {
+  const nic = (keys: string) => parseNetworkArgs(['user,id=u'], [`virtio-net-pci,netdev=u${keys}`]);
+  assert.equal('ctrlMax' in nic('').nics[0]!, false);
+  assert.equal(nic(',ctrl-max=4K').nics[0]!.ctrlMax, 4096);
+  assert.equal(nic(',ctrl-max=16M').nics[0]!.ctrlMax, 16 * 2 ** 20);
+  const network = nic(',ctrl-max=2048');
+  assert.deepEqual(parseRunArgs(networkArgs(network)).network, network);
+  for (const [keys, re] of [
+    [',ctrl-max=1023', /ctrl-max=1023 must be a whole number from 1K to 16M bytes/],
+    [',ctrl-max=17M', /ctrl-max=17M/],
+    [',ctrl-max=lots', /ctrl-max=lots/],
+  ] as const) {
+    assert.throws(() => nic(keys), (e: Error) => e instanceof UsageError && re.test(e.message), keys);
+  }
+  assert.throws(() => parseNetworkArgs(['user,id=u'], ['e1000,netdev=u,ctrl-max=4K']), /unknown key "ctrl-max"/);
 });
 
 test('a bad limit on the command line is one line on stderr and status 2', () => {

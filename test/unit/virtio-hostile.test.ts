@@ -163,9 +163,9 @@ test('drainQueue: any error from a chain handler fails the device, and nothing m
 });
 
 /** virtio-net with its control queue in a RAM big enough for oversized commands. */
-function netRig() {
+function netRig(maxCtrlCommand?: number) {
   const backend = new FakeBackend(1);
-  const net = new VirtioNet(backend, { mac: Uint8Array.of(0x52, 0x54, 0, 1, 2, 3), pairs: 1 });
+  const net = new VirtioNet(backend, { mac: Uint8Array.of(0x52, 0x54, 0, 1, 2, 3), pairs: 1, maxCtrlCommand });
   backend.attach(net, NO_POLLER);
   const mem = GuestMemory.fromBuffers([{ start: gpa(0), size: 4 << 20 }]);
   const drivers = [0, 1, 2].map((q) => new SimDriver(64, false, { mem, ringOffset: q * 0x6000, dataStart: 0x20000 + q * 0x10000 }));
@@ -194,6 +194,22 @@ test('virtio-net: a control command over the size limit is refused uncopied and 
   assert.equal(r.mem.readU8(ack), 1, 'VIRTIO_NET_ERR');
   assert.equal(r.net.stats()['drop.ctrl-oversized'], 1);
   assert.equal(r.active.failures.length, 0, 'the device carries on');
+});
+
+test('virtio-net: ctrl-max sets the control command limit', () => {
+  const r = netRig(1024);
+  const ctrl = r.drivers[2]!;
+  const send = (len: number) => {
+    const at = ctrl.alloc(len);
+    r.mem.write(at, Uint8Array.of(0, 0, 1)); // VIRTIO_NET_CTRL_RX, PROMISC, on (then padding)
+    const ack = ctrl.alloc(1, 0xaa);
+    ctrl.post([{ addr: at, len }, { addr: ack, len: 1, write: true }]);
+    r.net.queueNotify(2);
+    return r.mem.readU8(ack);
+  };
+  assert.equal(send(1024), 0, 'at the limit: read and answered');
+  assert.equal(send(1025), 1, 'past it: refused');
+  assert.equal(r.net.stats()['drop.ctrl-oversized'], 1);
 });
 
 test('virtio-net: a back-end that throws on send costs one packet; the chain still goes back and the queue moves on', () => {
