@@ -8,6 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { reportWatchdogLines } from '../support/nested-stalls.js';
 
 const BIN = fileURLToPath(new URL('../../../bin/tsvisor.js', import.meta.url));
 
@@ -29,7 +30,8 @@ test('run --drive: what the guest writes to /dev/vda lands in the host file; a r
     // progress altogether; a run that reports nothing in 5 minutes gets one fresh try.
     let r = spawnSync(process.execPath, args, { input, encoding: 'utf8', timeout: 300_000 });
     if ((r.error as NodeJS.ErrnoException | undefined)?.code === 'ETIMEDOUT') {
-      console.log('# run --drive made no progress for 5 min; trying once more in a fresh nested host');
+      const stalls = reportWatchdogLines(r.stderr);
+      console.log(`# run --drive made no progress for 5 min (${stalls} nested host stalls reported); 1 retry in a fresh nested host`);
       fs.writeFileSync(disk, Buffer.alloc(32 * 2 ** 20));
       r = spawnSync(process.execPath, args, { input, encoding: 'utf8', timeout: 300_000 });
     }

@@ -6,6 +6,7 @@ import { spawn } from 'node:child_process';
 import net from 'node:net';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { reportWatchdogLines } from '../support/nested-stalls.js';
 
 const BIN = fileURLToPath(new URL('../../../bin/tsvisor.js', import.meta.url));
 const PAGE = 'served from the guest';
@@ -60,7 +61,8 @@ async function attempt(port: number): Promise<{ status: number | null; page?: st
 test('run --netdev user,hostfwd=...: a host client reaches a server in the default guest', async () => {
   let r = await attempt(await freePort());
   if (r.page === undefined) {
-    console.log(`# run with hostfwd made no progress for 5 min (output tail: ${JSON.stringify(r.output.slice(-400))}); trying once more in a fresh nested host`);
+    const stalls = reportWatchdogLines(r.output);
+    console.log(`# run with hostfwd made no progress for 5 min (${stalls} nested host stalls reported; output tail: ${JSON.stringify(r.output.slice(-400))}); 1 retry in a fresh nested host`);
     r = await attempt(await freePort());
   }
   assert.equal(r.page?.trim(), PAGE, r.output.slice(-3000));

@@ -13,6 +13,7 @@ import { defaultGuest } from '../../src/guest/default-guest.js';
 import { WATCHDOG_LINES } from '../../src/nested/watchdog.js';
 import { kvmBacking } from '../../src/vmm/accel.js';
 import { SCENARIO_TIMEOUT_MS, type ScenarioResult } from './boot-scenarios.js';
+import { isWatchdogLine } from './nested-stalls.js';
 import { killOnSilence } from './silence.js';
 
 const BIN = fileURLToPath(new URL('../../../bin/tsvisor.js', import.meta.url));
@@ -44,7 +45,7 @@ function runScenarios(kernel: string, initrd: string, names: string[], results: 
   const silence = killOnSilence(child, STALL_MS);
   readline.createInterface({ input: child.stderr }).on('line', (line) => {
     stderr += line + '\n';
-    if (!Object.values(WATCHDOG_LINES).some((start) => line.startsWith(start))) return;
+    if (!isWatchdogLine(line)) return;
     console.log(`# ${line}`);
     if (line.startsWith(WATCHDOG_LINES.stalled)) hostStalls++;
   });
