@@ -161,8 +161,15 @@ export function nestedHostKnobs(env = process.env) {
   return {
     accel: env.TSVISOR_NESTED_ACCEL ?? 'tcg,thread=multi',
     cpu: env.TSVISOR_NESTED_CPU ?? 'max',
-    /** Added to the nested host kernel's command line; `kvm_amd.X=Y` reaches the module too. */
-    append: env.TSVISOR_NESTED_APPEND?.trim() ?? '',
+    /**
+     * Added to the nested host kernel's command line; `kvm_amd.X=Y` reaches the module too.
+     * Setting it replaces the default. `tsc=reliable`: without it the kernel distrusts the
+     * TSC of a multi-CPU AMD-vendor CPU and keeps time with the HPET, whose 32-bit counter
+     * at 100 MHz froze the nested host's clock, and every timer, for 21 s more after a 25 s
+     * SIGSTOP of QEMU (a 60 s sleep took 103 s); with the TSC the heartbeat was back 0.5 s
+     * after SIGCONT and the sleep took 60.2 s (docs/nested-host-load.md).
+     */
+    append: env.TSVISOR_NESTED_APPEND?.trim() ?? 'tsc=reliable',
     qemuArgs: (env.TSVISOR_NESTED_QEMU_ARGS ?? '').split(/\s+/).filter(Boolean),
     kernelPackage: env.TSVISOR_NESTED_KERNEL_PACKAGE ?? env.TSVISOR_KERNEL_PACKAGE,
   };
