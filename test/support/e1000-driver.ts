@@ -2,6 +2,7 @@
 // registers through BAR 0 (or BAR 1's IOADDR/IODATA window), descriptors written
 // into guest memory.
 import { E1000, R } from '../../src/devices/net/e1000.js';
+import type { TxContext } from '../../src/devices/net/e1000-offload.js';
 import { GuestMemory, gpa } from '../../src/memory/guest-memory.js';
 import { FakeBackend, NO_POLLER } from './fake-net-backend.js';
 
@@ -15,17 +16,7 @@ export const TuCmd = { TCP: 0x01, IP: 0x02 } as const;
 export const Popts = { IXSM: 0x01, TXSM: 0x02 } as const;
 
 /** A context descriptor's fields, as Linux's e1000_tso fills them for a TCP/IPv4 packet without options. */
-export interface ContextFields {
-  ipcss: number;
-  ipcso: number;
-  ipcse: number;
-  tucss: number;
-  tucso: number;
-  tucse: number;
-  hdrLen: number;
-  mss: number;
-  tucmd: number;
-}
+export type ContextFields = Omit<TxContext, 'ipv4' | 'tcp'> & { tucmd: number };
 
 export const TCP4_TSO: ContextFields = { ipcss: 14, ipcso: 24, ipcse: 33, tucss: 34, tucso: 50, tucse: 0, hdrLen: 54, mss: 1448, tucmd: TuCmd.TCP | TuCmd.IP | TxCmd.TSE };
 
