@@ -104,10 +104,7 @@ export class Vm {
 
   /** Sets the level of a GSI on the in-kernel PIC/IOAPIC. Callable from any thread. */
   irqLine(gsi: number, level: boolean): void {
-    const buf = Buffer.alloc(8);
-    buf.writeUInt32LE(gsi, 0);
-    buf.writeUInt32LE(level ? 1 : 0, 4);
-    ioctlBuf(this.fd, Ioctl.IRQ_LINE, 'KVM_IRQ_LINE', buf);
+    irqLine(this.fd, gsi, level);
   }
 
   /**
@@ -254,4 +251,13 @@ export class Vcpu {
     munmap(this.run);
     closeFd(this.fd);
   }
+}
+
+const irqLineArg = Buffer.alloc(8);
+
+/** KVM_IRQ_LINE on a VM fd, for threads that hold the fd but not the Vm object (vCPU threads). */
+export function irqLine(vmFd: number, gsi: number, level: boolean): void {
+  irqLineArg.writeUInt32LE(gsi, 0);
+  irqLineArg.writeUInt32LE(level ? 1 : 0, 4);
+  ioctlBuf(vmFd, Ioctl.IRQ_LINE, 'KVM_IRQ_LINE', irqLineArg);
 }

@@ -1,16 +1,6 @@
 // A whole x86 VM: KVM objects, guest RAM, the loaded kernel, the legacy devices on
-// the port bus, and one thread per vCPU.
-//
-// Threading: the main thread (Node's event loop) owns every device, both buses and
-// guest memory, and is the only thread that runs device code. Each vCPU has a
-// worker thread that only issues KVM_RUN and hands exits over (vcpu-worker.ts);
-// the main thread answers them in its event loop (vcpu-thread.ts). Interrupts are
-// raised from the main thread with KVM_IRQ_LINE on the VM fd, which KVM allows
-// from any thread. Host input (stdin) arrives as event-loop callbacks too.
-//
-// virtio queue kicks the guest sends through ioeventfds, and block I/O
-// completions from libuv's pool threads, also arrive as event-loop callbacks
-// (event-loop.ts polls the eventfds), so they too run on the main thread.
+// the port bus, and one thread per vCPU. Which thread owns what is written down
+// once, in README.md ("Threads: who owns what").
 import { writeAcpiTables } from '../arch/x86/acpi/tables.js';
 import { bootMsrs, bootRegs, configureLint, longModeSregs, writeBootTables } from '../arch/x86/cpu-state.js';
 import { vcpuCpuid } from '../arch/x86/cpuid.js';
@@ -35,7 +25,7 @@ import { CoalescedRing } from './coalesced-ring.js';
 import { EventLoop } from './event-loop.js';
 import { GsiRouting, IrqfdMsiSink, SignalMsiSink } from './msi.js';
 import { PanicWatcher } from './panic-watcher.js';
-import { COM1_IRQ, installPcDevices } from './pc-devices.js';
+import { COM1_IRQ, COM1_PORT, COM1_PORTS, installPcDevices } from './pc-devices.js';
 import { VcpuThread, type VcpuStop } from './vcpu-thread.js';
 
 /** A network card: the device model the guest's driver sees, and the back-end its packets use. */
@@ -213,7 +203,8 @@ export class Machine {
         vcpu.setRegs(bootRegs(kernel.entry));
       }
       if (id === 0) this.ring = this.coalescePciAddressWrites(vcpu.run.buffer);
-      this.threads.push(new VcpuThread(vcpu, { pio: this.pio, mmio: this.mmio }, (e) => this.deviceError(e), () => this.ring?.drain(this.pio, this.mmio)));
+      const local = { vmFd: this.vm.fd, devices: [{ kind: 'serial' as const, name: this.serial.name, port: COM1_PORT, length: COM1_PORTS, state: this.serial.shared, gsi: COM1_IRQ }] };
+      this.threads.push(new VcpuThread(vcpu, { pio: this.pio, mmio: this.mmio }, (e) => this.deviceError(e), () => this.ring?.drain(this.pio, this.mmio), local));
     }
   }
 
@@ -270,6 +261,8 @@ export class Machine {
       if (this.exit) resolve();
     });
     const mmapSize = this.kvm.vcpuMmapSize();
+    // The vCPU threads transmit on the UART themselves; the pump passes the bytes on.
+    const serialOutput = this.serial.pumpOutput();
     const runs = this.threads.map((t) =>
       t.run(mmapSize).then((stop) => {
         if (!this.exit) this.end(...classifyStop(stop));
@@ -277,13 +270,15 @@ export class Machine {
     );
     await allStopped;
     await Promise.all(runs);
+    this.serial.close();
+    await serialOutput;
     return this.exit!;
   }
 
   stats(): MachineStats {
     return {
       vcpus: this.threads.map((t) => ({ id: t.vcpu.id, exits: t.exitCounts(), deviceErrors: t.deviceErrors })),
-      pio: Object.fromEntries(this.pio.counters()),
+      pio: Object.fromEntries(mergeCounters(this.pio.counters(), ...this.threads.map((t) => t.localAccesses()))),
       mmio: Object.fromEntries(this.mmio.counters()),
       unclaimed: { pio: { ...this.pio.unclaimed }, mmio: { ...this.mmio.unclaimed } },
       unclaimedTop: { pio: topAddresses(this.pio), mmio: topAddresses(this.mmio) },
@@ -375,6 +370,18 @@ export interface NicStats {
   drops: Record<string, number>;
   /** Everything the device and its back-end count. */
   detail: Record<string, number>;
+}
+
+/** Access counts by device, summed over the main thread's bus and the vCPU threads' own devices. */
+function mergeCounters(...sources: Map<string, { reads: number; writes: number }>[]): Map<string, { reads: number; writes: number }> {
+  const out = new Map<string, { reads: number; writes: number }>();
+  for (const source of sources) {
+    for (const [name, c] of source) {
+      const sum = out.get(name) ?? { reads: 0, writes: 0 };
+      out.set(name, { reads: sum.reads + c.reads, writes: sum.writes + c.writes });
+    }
+  }
+  return out;
 }
 
 function topAddresses(bus: Bus, n = 8): [number, number][] {

@@ -42,6 +42,8 @@ export const Slot = {
   detail: 9,
   /** the worker's kernel thread id, for kicking it out of KVM_RUN */
   tid: 10,
+  /** errors the worker's own devices threw (each access is then dropped) */
+  localErrors: 11,
 } as const;
 
 export const SPIN_MICROS = availableParallelism() > 1 ? 1000 : 0;
@@ -60,15 +62,20 @@ export const HEADER_BYTES = 64;
 export const DATA_BYTES = 4096;
 /** Exit counters by KVM exit reason, counted by the worker. */
 export const EXIT_COUNTERS = 32;
+/** Devices a vCPU thread answers itself, each with a read and a write counter. */
+export const MAX_LOCAL_DEVICES = 4;
 
 export class Mailbox {
   readonly header: Int32Array;
   readonly data: Uint8Array;
   readonly exits: Float64Array;
+  /** Reads and writes of the worker's own devices: [2i] reads, [2i+1] writes of device i. */
+  readonly localAccesses: Float64Array;
 
-  constructor(readonly shared: SharedArrayBuffer = new SharedArrayBuffer(HEADER_BYTES + DATA_BYTES + EXIT_COUNTERS * 8)) {
+  constructor(readonly shared: SharedArrayBuffer = new SharedArrayBuffer(HEADER_BYTES + DATA_BYTES + (EXIT_COUNTERS + 2 * MAX_LOCAL_DEVICES) * 8)) {
     this.header = new Int32Array(shared, 0, HEADER_BYTES / 4);
     this.data = new Uint8Array(shared, HEADER_BYTES, DATA_BYTES);
     this.exits = new Float64Array(shared, HEADER_BYTES + DATA_BYTES, EXIT_COUNTERS);
+    this.localAccesses = new Float64Array(shared, HEADER_BYTES + DATA_BYTES + EXIT_COUNTERS * 8, 2 * MAX_LOCAL_DEVICES);
   }
 }

@@ -15,6 +15,7 @@ import { PciBus } from '../devices/pci/pci-bus.js';
 import { PCI_IO_WINDOW, PCI_MMIO_WINDOW } from '../arch/x86/layout.js';
 
 export const COM1_PORT = 0x3f8;
+export const COM1_PORTS = 8;
 export const COM1_IRQ = 4;
 const POST_PORT = 0x80;
 /** Red Hat's generic PCIe host bridge id, which Linux binds no special quirks to. */
@@ -42,7 +43,7 @@ export interface PcDevices {
 
 export function installPcDevices(pio: Bus, wiring: PcWiring): PcDevices {
   const serial = new Serial('serial0', wiring.com1Irq, wiring.serialOutput);
-  pio.insert(serial, COM1_PORT, 8);
+  pio.insert(serial, COM1_PORT, COM1_PORTS);
   pio.insert(new I8042(wiring.onReset), I8042_DATA_PORT, 5);
   pio.insert(new Rtc(), RTC_PORT, 2);
   pio.insert(new AcpiPmEvent(), PM1A_EVT_BLK, PM1_EVT_LEN);

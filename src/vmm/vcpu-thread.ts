@@ -1,5 +1,5 @@
-// The main thread's handle on one vCPU thread: starts the worker, answers its
-// exits by dispatching them to the buses, and reports when it stops.
+// The main thread's handle on one vCPU thread: starts the worker, answers the
+// exits it hands over by dispatching them to the buses, and reports when it stops.
 import os from 'node:os';
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import { Worker } from 'node:worker_threads';
@@ -8,7 +8,7 @@ import { exitReasonName } from '../kvm/ioctls.js';
 import { tgkill } from '../kvm/sys.js';
 import type { Bus } from '../devices/bus.js';
 import { AccessKind, Mailbox, MailboxState, SPIN_MICROS, Slot, spinWhile } from './mailbox.js';
-import type { VcpuWorkerData } from './vcpu-worker.js';
+import type { VcpuLocalDevice, VcpuWorkerData } from './vcpu-worker.js';
 
 export interface VcpuStop {
   vcpu: number;
@@ -22,6 +22,12 @@ export interface Buses {
   mmio: Bus;
 }
 
+/** The devices the vCPU thread answers itself, and the VM fd their interrupts go through. */
+export interface LocalDevices {
+  vmFd: number;
+  devices: VcpuLocalDevice[];
+}
+
 /** The signal that kicks a vCPU thread out of KVM_RUN; the process ignores it otherwise. */
 const KICK_SIGNAL = os.constants.signals.SIGUSR2;
 /** The longest the main thread serves one vCPU's exits without letting other events run. */
@@ -31,8 +37,8 @@ let kickHandlerInstalled = false;
 export class VcpuThread {
   readonly mailbox = new Mailbox();
   private worker: Worker | undefined;
-  /** Errors thrown by device code, which must never take the VMM down. */
-  deviceErrors = 0;
+  /** Errors thrown by device code on the main thread, which must never take the VMM down. */
+  private mainThreadErrors = 0;
 
   /** `beforeDispatch` runs ahead of every exit's device access (the machine drains the coalesced ring there). */
   constructor(
@@ -40,7 +46,19 @@ export class VcpuThread {
     private readonly buses: Buses,
     private readonly onDeviceError: (e: unknown) => void,
     private readonly beforeDispatch: () => void = () => {},
+    private readonly local: LocalDevices = { vmFd: -1, devices: [] },
   ) {}
+
+  /** Errors device code threw, on the main thread and on the vCPU thread. */
+  get deviceErrors(): number {
+    return this.mainThreadErrors + Atomics.load(this.mailbox.header, Slot.localErrors);
+  }
+
+  /** Accesses the vCPU thread answered itself, by device. */
+  localAccesses(): Map<string, { reads: number; writes: number }> {
+    const counts = this.mailbox.localAccesses;
+    return new Map(this.local.devices.map((d, i) => [d.name, { reads: counts[2 * i]!, writes: counts[2 * i + 1]! }]));
+  }
 
   /** Runs the vCPU until it stops; resolves with why. */
   async run(mmapSize: number): Promise<VcpuStop> {
@@ -48,7 +66,7 @@ export class VcpuThread {
       process.on('SIGUSR2', () => {});
       kickHandlerInstalled = true;
     }
-    const data: VcpuWorkerData = { fd: this.vcpu.fd, mmapSize, shared: this.mailbox.shared };
+    const data: VcpuWorkerData = { fd: this.vcpu.fd, mmapSize, shared: this.mailbox.shared, vmFd: this.local.vmFd, local: this.local.devices };
     this.worker = new Worker(new URL('./vcpu-worker.js', import.meta.url), { workerData: data });
     const failed = new Promise<VcpuStop>((resolve) => {
       this.worker!.once('error', (e) => {
@@ -105,7 +123,7 @@ export class VcpuThread {
         if (isWrite) bus.write(addr, chunk);
         else bus.read(addr, chunk);
       } catch (e) {
-        this.deviceErrors++;
+        this.mainThreadErrors++;
         if (!isWrite) chunk.fill(0xff);
         this.onDeviceError(e);
       }

@@ -1,19 +1,48 @@
-// Body of one vCPU thread. It owns nothing but its kvm_run mapping: it issues
-// KVM_RUN, counts exits, and hands every I/O and MMIO exit to the main thread
-// through its Mailbox (see mailbox.ts), blocking until the device has answered.
+// Body of one vCPU thread. It owns its kvm_run mapping and views of the devices
+// whose state is shared memory (the UART): it issues KVM_RUN, counts exits,
+// answers port accesses to those devices itself, and hands every other I/O and
+// MMIO exit to the main thread through its Mailbox (see mailbox.ts), blocking
+// until the device has answered.
 import { workerData } from 'node:worker_threads';
+import { Bus } from '../devices/bus.js';
+import { Serial } from '../devices/legacy/serial.js';
 import { ExitReason, Ioctl, IoDirection, RunOffset } from '../kvm/ioctls.js';
+import { irqLine } from '../kvm/kvm.js';
 import { EAGAIN, EINTR, gettid, ioctlRaw, mmapShared } from '../kvm/sys.js';
-import { AccessKind, EXIT_COUNTERS, Mailbox, MailboxState, SPIN_MICROS, Slot, spinWhile } from './mailbox.js';
+import { AccessKind, EXIT_COUNTERS, Mailbox, MailboxState, MAX_LOCAL_DEVICES, SPIN_MICROS, Slot, spinWhile } from './mailbox.js';
+
+/** A device the vCPU thread answers itself: its state is shared memory behind a lock. */
+export interface VcpuLocalDevice {
+  kind: 'serial';
+  name: string;
+  port: number;
+  length: number;
+  /** The owner's shared state (Serial.shared). */
+  state: SharedArrayBuffer;
+  /** The interrupt line it raises with KVM_IRQ_LINE on vmFd. */
+  gsi: number;
+}
 
 export interface VcpuWorkerData {
   fd: number;
   mmapSize: number;
   shared: SharedArrayBuffer;
+  vmFd: number;
+  local: VcpuLocalDevice[];
 }
 
-function runVcpu({ fd, mmapSize, shared }: VcpuWorkerData): void {
+/** The port bus of the thread's own devices; accesses are counted in the mailbox. */
+function localBus(vmFd: number, devices: VcpuLocalDevice[]): { bus: Bus; owner: (port: number, len: number) => number } {
+  if (devices.length > MAX_LOCAL_DEVICES) throw new Error(`at most ${MAX_LOCAL_DEVICES} devices on a vCPU thread`);
+  const bus = new Bus('pio-local');
+  for (const d of devices) bus.insert(Serial.attach(d.name, d.state, { set: (level) => irqLine(vmFd, d.gsi, level) }), d.port, d.length);
+  const owner = (port: number, len: number) => devices.findIndex((d) => port >= d.port && port + len <= d.port + d.length);
+  return { bus, owner };
+}
+
+function runVcpu({ fd, mmapSize, shared, vmFd, local }: VcpuWorkerData): void {
   const box = new Mailbox(shared);
+  const own = localBus(vmFd, local);
   const h = box.header;
   const runMap = mmapShared(fd, mmapSize);
   const run = new DataView(runMap.buffer);
@@ -55,8 +84,15 @@ function runVcpu({ fd, mmapSize, shared }: VcpuWorkerData): void {
         const dataOffset = Number(run.getBigUint64(RunOffset.ioDataOffset, true));
         const bytes = size * count;
         if (bytes > box.data.length || dataOffset + bytes > runBytes.length) return stop(reason, -1);
+        const port = run.getUint16(RunOffset.ioPort, true);
+        const device = own.owner(port, size);
+        if (device >= 0) {
+          box.localAccesses[2 * device + (isWrite ? 1 : 0)]! += count;
+          answerLocally(own.bus, port, size, isWrite, runBytes.subarray(dataOffset, dataOffset + bytes), h);
+          break;
+        }
         h[Slot.kind] = AccessKind.PIO;
-        h[Slot.addrLo] = run.getUint16(RunOffset.ioPort, true);
+        h[Slot.addrLo] = port;
         h[Slot.addrHi] = 0;
         h[Slot.size] = size;
         h[Slot.count] = count;
@@ -90,6 +126,24 @@ function runVcpu({ fd, mmapSize, shared }: VcpuWorkerData): void {
         // failed entry, internal error, system event. Keep the first word of detail.
         return stop(reason, run.getInt32(RunOffset.union, true));
       }
+    }
+  }
+}
+
+/**
+ * One port access (or a string of them) against the thread's own devices. What a
+ * device throws is counted and the access dropped (reads see all-ones): guest
+ * input must not end the vCPU thread.
+ */
+function answerLocally(bus: Bus, port: number, size: number, isWrite: boolean, data: Uint8Array, h: Int32Array): void {
+  for (let i = 0; i < data.length; i += size) {
+    const chunk = data.subarray(i, i + size);
+    try {
+      if (isWrite) bus.write(port, chunk);
+      else bus.read(port, chunk);
+    } catch {
+      Atomics.add(h, Slot.localErrors, 1);
+      if (!isWrite) chunk.fill(0xff);
     }
   }
 }

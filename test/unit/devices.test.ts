@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
 import { test } from 'node:test';
+import { Worker } from 'node:worker_threads';
 import { Bus, BusError, type BusDevice } from '../../src/devices/bus.js';
 import { AcpiPmControl, AcpiPmEvent } from '../../src/devices/legacy/acpi-pm.js';
 import { I8042 } from '../../src/devices/legacy/i8042.js';
@@ -93,6 +95,37 @@ test('serial: divisor latch and loopback', () => {
   s.write(0, b(0x5a));
   assert.deepEqual(out, []);
   assert.equal(rd8(s, 0), 0x5a);
+});
+
+test('serial: a view on another thread shares the state; its bytes reach the owner in order, past a full ring', async () => {
+  const { s, out, levels } = uart();
+  s.enqueueInput(Buffer.from('hi'));
+  s.write(1, b(0x01)); // IER = RDA: the owner raises the line
+  assert.equal(levels.at(-1), true);
+  const text = 'the quick brown fox jumps over the lazy dog\n'.repeat(4000); // 180 KB: past the 64 KiB ring
+  const serialUrl = new URL('../../src/devices/legacy/serial.js', import.meta.url).href;
+  const worker = new Worker(
+    `const { workerData, parentPort } = require('node:worker_threads');
+     import(workerData.serialUrl).then(({ Serial }) => {
+       const levels = [];
+       const view = Serial.attach('s', workerData.state, { set: (l) => levels.push(l) });
+       const byte = new Uint8Array(1);
+       let got = '';
+       for (;;) { view.read(5, byte); if (!(byte[0] & 1)) break; view.read(0, byte); got += String.fromCharCode(byte[0]); }
+       for (const c of workerData.text) { view.read(5, byte); view.write(0, Uint8Array.of(c.charCodeAt(0))); }
+       parentPort.postMessage({ got, levels });
+     });`,
+    { eval: true, workerData: { serialUrl, state: s.shared, text } },
+  );
+  const pump = s.pumpOutput();
+  const [reply] = (await once(worker, 'message')) as [{ got: string; levels: boolean[] }];
+  await worker.terminate();
+  s.close();
+  await pump;
+  assert.equal(reply.got, 'hi', 'input the owner queued is read on the other thread');
+  assert.deepEqual(reply.levels, [false], 'the view lowered the line the owner raised');
+  assert.equal(Buffer.from(out).toString(), text);
+  assert.equal(s.counters.txBytes, text.length);
 });
 
 test('i8042: self-test answers 0x55 and command 0xFE resets the CPU', () => {

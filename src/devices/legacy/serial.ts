@@ -1,19 +1,20 @@
 // A 16550A UART: the register file a PC's ttyS driver programs, a 16-byte receive
 // FIFO, and an interrupt line that follows the IIR's "interrupt pending" state.
 //
-// Host input waits in `pending` and moves into the FIFO only while the guest has
+// Its whole state lives in one SharedArrayBuffer behind a lock, so every vCPU
+// thread answers the guest's UART accesses itself (a kernel prints each console
+// byte with an LSR read and a THR write: two exits that would otherwise each wait
+// for the main thread). `new Serial()` makes the state and is the owner: host input
+// enters through it and transmitted bytes leave through its output function.
+// `Serial.attach()` gives a vCPU thread its own view; bytes it transmits wait in a
+// ring that the owner's pump drains.
+//
+// Host input waits in a ring and moves into the FIFO only while the guest has
 // receive interrupts enabled, and a FIFO reset hands unread bytes back to it:
 // bytes typed (or piped) before the guest's driver is ready are never lost.
 import type { BusDevice, IrqLine } from '../bus.js';
 
-const RBR_THR = 0; // DLL when DLAB
-const IER = 1; // DLM when DLAB
-const IIR_FCR = 2;
-const LCR = 3;
-const MCR = 4;
-const LSR = 5;
-const MSR = 6;
-const SCR = 7;
+const Register = { RBR_THR: 0, IER: 1, IIR_FCR: 2, LCR: 3, MCR: 4, LSR: 5, MSR: 6, SCR: 7 } as const;
 
 const IER_RDA = 0x01;
 const IER_THRE = 0x02;
@@ -43,134 +44,247 @@ const MSR_DCD = 0x80;
 export const FIFO_SIZE = 16;
 /** Host input held while the guest is not reading; past this, input is dropped and counted. */
 export const PENDING_LIMIT = 1 << 20;
+/** Transmitted bytes a vCPU thread may queue before it waits for the owner to drain them. */
+const TX_RING = 1 << 16;
+
+/** Int32 slots of the shared state. */
+const S = {
+  lock: 0,
+  ier: 1,
+  lcr: 2,
+  mcr: 3,
+  lsrErrors: 4,
+  scr: 5,
+  dll: 6,
+  dlm: 7,
+  fifoEnabled: 8,
+  threPending: 9,
+  lineLevel: 10,
+  /** Host input: the ring's first byte, how many it holds, and how many of those are in the FIFO. */
+  inHead: 11,
+  inCount: 12,
+  rxCount: 13,
+  /** Loopback bytes (MCR.LOOP wires THR to RBR, away from host input). */
+  loopHead: 14,
+  loopCount: 15,
+  /** Transmit ring positions, free-running: the owner advances txHead, transmitters txTail. */
+  txHead: 16,
+  txTail: 17,
+  /** Set while the owner's pump sleeps: a transmitter must wake it. */
+  txWaiting: 18,
+  closed: 19,
+} as const;
+const SLOTS = 20;
+const COUNTERS = ['txBytes', 'rxBytes', 'rxDropped', 'interrupts'] as const;
+type CounterName = (typeof COUNTERS)[number];
+
+const LAYOUT = (() => {
+  const counters = SLOTS * 4;
+  const input = counters + COUNTERS.length * 8;
+  const loop = input + PENDING_LIMIT;
+  const tx = loop + FIFO_SIZE;
+  return { counters, input, loop, tx, bytes: tx + TX_RING };
+})();
+
+/** Interval of the owner's wait for transmitted bytes, and of a transmitter's wait for room. */
+const WAIT_MS = 50;
 
 export class Serial implements BusDevice {
-  private ier = 0;
-  private lcr = 0x03;
-  private mcr = 0x08;
-  private lsrErrors = 0;
-  private scr = 0;
-  private dll = 0x0c;
-  private dlm = 0;
-  private fifoEnabled = false;
-  private threPending = true;
-  private rx: number[] = [];
-  private pending: number[] = [];
-  private pendingHead = 0;
-  private lineLevel = false;
-  readonly counters = { txBytes: 0, rxBytes: 0, rxDropped: 0, interrupts: 0 };
+  readonly shared: SharedArrayBuffer;
+  private readonly s: Int32Array;
+  private readonly count: Float64Array;
+  private readonly input: Uint8Array;
+  private readonly loop: Uint8Array;
+  private readonly tx: Uint8Array;
 
+  /**
+   * The owner makes the state (transmitted bytes go to `output`); a view over an
+   * existing state (`shared`) comes from attach().
+   */
   constructor(
     readonly name: string,
     private readonly irq: IrqLine,
-    private readonly output: (bytes: Uint8Array) => void,
-  ) {}
+    private readonly output: ((bytes: Uint8Array) => void) | undefined,
+    shared?: SharedArrayBuffer,
+  ) {
+    this.shared = shared ?? new SharedArrayBuffer(LAYOUT.bytes);
+    if (this.shared.byteLength !== LAYOUT.bytes) throw new Error(`serial state must be ${LAYOUT.bytes} bytes`);
+    this.s = new Int32Array(this.shared, 0, SLOTS);
+    this.count = new Float64Array(this.shared, LAYOUT.counters, COUNTERS.length);
+    this.input = new Uint8Array(this.shared, LAYOUT.input, PENDING_LIMIT);
+    this.loop = new Uint8Array(this.shared, LAYOUT.loop, FIFO_SIZE);
+    this.tx = new Uint8Array(this.shared, LAYOUT.tx, TX_RING);
+    if (!shared) {
+      this.s[S.lcr] = 0x03;
+      this.s[S.mcr] = 0x08;
+      this.s[S.dll] = 0x0c;
+      this.s[S.threPending] = 1;
+    }
+  }
+
+  /** Another thread's view of an owner's state (`owner.shared`); it raises the same line through `irq`. */
+  static attach(name: string, shared: SharedArrayBuffer, irq: IrqLine): Serial {
+    return new Serial(name, irq, undefined, shared);
+  }
+
+  get counters(): Record<CounterName, number> {
+    return Object.fromEntries(COUNTERS.map((k, i) => [k, this.count[i]!])) as Record<CounterName, number>;
+  }
+
+  private bump(name: CounterName, n = 1): void {
+    this.count[COUNTERS.indexOf(name)]! += n;
+  }
+
+  /** Runs `body` holding the state's lock. Every critical section is a few dozen operations. */
+  private locked<T>(body: () => T): T {
+    while (Atomics.compareExchange(this.s, S.lock, 0, 1) !== 0) Atomics.wait(this.s, S.lock, 1, 1);
+    try {
+      return body();
+    } finally {
+      Atomics.store(this.s, S.lock, 0);
+      Atomics.notify(this.s, S.lock, 1);
+    }
+  }
 
   /** Queues host bytes for the guest to read. */
   enqueueInput(bytes: Uint8Array): void {
-    for (const b of bytes) {
-      if (this.pending.length - this.pendingHead >= PENDING_LIMIT) {
-        this.counters.rxDropped++;
-        continue;
+    this.locked(() => {
+      const s = this.s;
+      for (const b of bytes) {
+        if (s[S.inCount]! >= PENDING_LIMIT) {
+          this.bump('rxDropped');
+          continue;
+        }
+        this.input[(s[S.inHead]! + s[S.inCount]!) % PENDING_LIMIT] = b;
+        s[S.inCount]!++;
       }
-      this.pending.push(b);
-    }
-    this.refill();
-    this.update();
+      this.refill();
+      this.update();
+    });
   }
 
+  /** Moves waiting host input into the FIFO while the guest takes receive interrupts. */
   private refill(): void {
-    if (!(this.ier & IER_RDA)) return;
-    const room = (this.fifoEnabled ? FIFO_SIZE : 1) - this.rx.length;
-    for (let i = 0; i < room && this.pendingHead < this.pending.length; i++) {
-      this.rx.push(this.pending[this.pendingHead++]!);
-    }
-    if (this.pendingHead > 4096 && this.pendingHead * 2 > this.pending.length) {
-      this.pending = this.pending.slice(this.pendingHead);
-      this.pendingHead = 0;
-    }
+    const s = this.s;
+    if (!(s[S.ier]! & IER_RDA)) return;
+    const capacity = s[S.fifoEnabled] ? FIFO_SIZE : 1;
+    s[S.rxCount] = Math.max(s[S.rxCount]!, Math.min(capacity, s[S.inCount]!));
   }
 
   /**
-   * A FIFO reset discards nothing the host sent: bytes the guest never read go back
-   * to the front of `pending`. Linux resets the FIFO while probing and opening the
-   * port, after its probe has briefly enabled receive interrupts.
+   * A FIFO reset discards nothing the host sent: the bytes in it stay at the front
+   * of the input. Linux resets the FIFO while probing and opening the port, after
+   * its probe has briefly enabled receive interrupts.
    */
   private clearRx(): void {
-    if (!(this.mcr & MCR_LOOP) && this.rx.length > 0) {
-      this.pending = [...this.rx, ...this.pending.slice(this.pendingHead)];
-      this.pendingHead = 0;
-    }
-    this.rx = [];
+    if (this.s[S.mcr]! & MCR_LOOP) this.s[S.loopCount] = 0;
+    else this.s[S.rxCount] = 0;
+  }
+
+  private rxReady(): boolean {
+    return (this.s[S.mcr]! & MCR_LOOP ? this.s[S.loopCount]! : this.s[S.rxCount]!) > 0;
   }
 
   private interruptId(): number {
-    if (this.ier & IER_RDA && this.rx.length > 0) return IIR_RDA;
-    if (this.ier & IER_THRE && this.threPending) return IIR_THRE;
+    const ier = this.s[S.ier]!;
+    if (ier & IER_RDA && this.rxReady()) return IIR_RDA;
+    if (ier & IER_THRE && this.s[S.threPending]) return IIR_THRE;
     return IIR_NONE;
   }
 
   private update(): void {
     const level = this.interruptId() !== IIR_NONE;
-    if (level === this.lineLevel) return;
-    this.lineLevel = level;
-    if (level) this.counters.interrupts++;
+    if (level === (this.s[S.lineLevel] === 1)) return;
+    this.s[S.lineLevel] = level ? 1 : 0;
+    if (level) this.bump('interrupts');
+    // Under the lock, so the line's last level is the state's, whichever thread sets it.
     this.irq.set(level);
   }
 
-  private transmit(byte: number): void {
-    this.counters.txBytes++;
-    if (this.mcr & MCR_LOOP) {
-      if (this.rx.length < FIFO_SIZE) this.rx.push(byte);
-      else this.lsrErrors |= LSR_OE;
-    } else {
-      this.output(Uint8Array.of(byte));
+  /** Takes the next received byte, or undefined. */
+  private receive(): number | undefined {
+    const s = this.s;
+    if (s[S.mcr]! & MCR_LOOP) {
+      if (s[S.loopCount] === 0) return undefined;
+      const b = this.loop[s[S.loopHead]!]!;
+      s[S.loopHead] = (s[S.loopHead]! + 1) % FIFO_SIZE;
+      s[S.loopCount]!--;
+      return b;
     }
+    if (s[S.rxCount] === 0) return undefined;
+    const b = this.input[s[S.inHead]!]!;
+    s[S.inHead] = (s[S.inHead]! + 1) % PENDING_LIMIT;
+    s[S.inCount]!--;
+    s[S.rxCount]!--;
+    this.bump('rxBytes');
+    this.refill();
+    return b;
+  }
+
+  /** Whether the byte left; false when the transmit ring is full (the caller waits and retries). */
+  private transmit(byte: number): boolean {
+    const s = this.s;
+    if (s[S.mcr]! & MCR_LOOP) {
+      if (s[S.loopCount]! < FIFO_SIZE) {
+        this.loop[(s[S.loopHead]! + s[S.loopCount]!) % FIFO_SIZE] = byte;
+        s[S.loopCount]!++;
+      } else {
+        s[S.lsrErrors]! |= LSR_OE;
+      }
+    } else {
+      const tail = s[S.txTail]!;
+      if (((tail - Atomics.load(s, S.txHead)) | 0) >= TX_RING) return false;
+      this.tx[tail & (TX_RING - 1)] = byte;
+      Atomics.store(s, S.txTail, (tail + 1) | 0);
+      // Clearing the flag also wakes a pump that has not started waiting yet.
+      if (Atomics.compareExchange(s, S.txWaiting, 1, 0) === 1) Atomics.notify(s, S.txWaiting);
+    }
+    this.bump('txBytes');
     // The byte leaves at once: THR is empty again and may interrupt.
-    this.threPending = true;
+    s[S.threPending] = 1;
+    return true;
   }
 
   read(offset: number, data: Uint8Array): void {
     data.fill(0);
-    data[0] = this.readRegister(offset);
-    this.update();
+    data[0] = this.locked(() => {
+      const v = this.readRegister(offset);
+      this.update();
+      return v;
+    });
   }
 
   private readRegister(offset: number): number {
+    const s = this.s;
+    const dlab = (s[S.lcr]! & LCR_DLAB) !== 0;
     switch (offset) {
-      case RBR_THR: {
-        if (this.lcr & LCR_DLAB) return this.dll;
-        const b = this.rx.shift();
-        if (b === undefined) return 0;
-        this.counters.rxBytes++;
-        this.refill();
-        return b;
-      }
-      case IER:
-        return this.lcr & LCR_DLAB ? this.dlm : this.ier;
-      case IIR_FCR: {
+      case Register.RBR_THR:
+        return dlab ? s[S.dll]! : (this.receive() ?? 0);
+      case Register.IER:
+        return dlab ? s[S.dlm]! : s[S.ier]!;
+      case Register.IIR_FCR: {
         const id = this.interruptId();
         // Reading IIR while it reports THRE acknowledges that interrupt.
-        if (id === IIR_THRE) this.threPending = false;
-        return id | (this.fifoEnabled ? IIR_FIFO_ENABLED : 0);
+        if (id === IIR_THRE) s[S.threPending] = 0;
+        return id | (s[S.fifoEnabled] ? IIR_FIFO_ENABLED : 0);
       }
-      case LCR:
-        return this.lcr;
-      case MCR:
-        return this.mcr;
-      case LSR: {
-        const lsr = (this.rx.length > 0 ? LSR_DR : 0) | LSR_THRE | LSR_TEMT | this.lsrErrors;
-        this.lsrErrors = 0;
+      case Register.LCR:
+        return s[S.lcr]!;
+      case Register.MCR:
+        return s[S.mcr]!;
+      case Register.LSR: {
+        const lsr = (this.rxReady() ? LSR_DR : 0) | LSR_THRE | LSR_TEMT | s[S.lsrErrors]!;
+        s[S.lsrErrors] = 0;
         return lsr;
       }
-      case MSR:
-        if (this.mcr & MCR_LOOP) {
-          // Loopback wires DTR->DSR, RTS->CTS, OUT1->RI, OUT2->DCD.
-          return ((this.mcr & 0x01) << 5) | ((this.mcr & 0x02) << 3) | ((this.mcr & 0x04) << 4) | ((this.mcr & 0x08) << 4);
-        }
+      case Register.MSR: {
+        const mcr = s[S.mcr]!;
+        // Loopback wires DTR->DSR, RTS->CTS, OUT1->RI, OUT2->DCD.
+        if (mcr & MCR_LOOP) return ((mcr & 0x01) << 5) | ((mcr & 0x02) << 3) | ((mcr & 0x04) << 4) | ((mcr & 0x08) << 4);
         return MSR_DCD | MSR_DSR | MSR_CTS;
-      case SCR:
-        return this.scr;
+      }
+      case Register.SCR:
+        return s[S.scr]!;
       default:
         return 0xff;
     }
@@ -178,38 +292,95 @@ export class Serial implements BusDevice {
 
   write(offset: number, data: Uint8Array): void {
     const v = data[0]!;
+    // A full transmit ring is a slow owner: the guest waits, as it would for a real line.
+    while (!this.locked(() => this.writeRegister(offset, v))) {
+      if (this.output) this.drainOutput();
+      else if (Atomics.load(this.s, S.closed)) return;
+      else Atomics.wait(this.s, S.txHead, Atomics.load(this.s, S.txHead), WAIT_MS);
+    }
+    if (this.output && offset === Register.RBR_THR) this.drainOutput();
+  }
+
+  /** False when a transmitted byte found no room (nothing changed then). */
+  private writeRegister(offset: number, v: number): boolean {
+    const s = this.s;
+    const dlab = (s[S.lcr]! & LCR_DLAB) !== 0;
     switch (offset) {
-      case RBR_THR:
-        if (this.lcr & LCR_DLAB) this.dll = v;
-        else this.transmit(v);
+      case Register.RBR_THR:
+        if (dlab) s[S.dll] = v;
+        else if (!this.transmit(v)) return false;
         break;
-      case IER:
-        if (this.lcr & LCR_DLAB) {
-          this.dlm = v;
+      case Register.IER:
+        if (dlab) {
+          s[S.dlm] = v;
         } else {
-          const enablingThre = !(this.ier & IER_THRE) && v & IER_THRE;
-          this.ier = v & (IER_RDA | IER_THRE | IER_RLS | IER_MSI);
-          if (enablingThre) this.threPending = true;
+          if (!(s[S.ier]! & IER_THRE) && v & IER_THRE) s[S.threPending] = 1;
+          s[S.ier] = v & (IER_RDA | IER_THRE | IER_RLS | IER_MSI);
           this.refill();
         }
         break;
-      case IIR_FCR:
-        this.fifoEnabled = (v & FCR_ENABLE) !== 0;
+      case Register.IIR_FCR:
+        s[S.fifoEnabled] = v & FCR_ENABLE ? 1 : 0;
         if (v & FCR_CLEAR_RX) this.clearRx();
         this.refill();
         break;
-      case LCR:
-        this.lcr = v;
+      case Register.LCR:
+        s[S.lcr] = v;
         break;
-      case MCR:
-        this.mcr = v & 0x1f;
+      case Register.MCR:
+        s[S.mcr] = v & 0x1f;
         break;
-      case SCR:
-        this.scr = v;
+      case Register.SCR:
+        s[S.scr] = v;
         break;
       default:
         break; // LSR and MSR are read-only
     }
     this.update();
+    return true;
+  }
+
+  /** The owner hands every byte transmitted so far (by any thread) to its output. */
+  drainOutput(): void {
+    const s = this.s;
+    const head = Atomics.load(s, S.txHead);
+    const tail = Atomics.load(s, S.txTail);
+    const n = (tail - head) | 0;
+    if (n <= 0 || !this.output) return;
+    const start = head & (TX_RING - 1);
+    const first = Math.min(n, TX_RING - start);
+    const bytes = new Uint8Array(n);
+    bytes.set(this.tx.subarray(start, start + first));
+    bytes.set(this.tx.subarray(0, n - first), first);
+    Atomics.store(s, S.txHead, tail);
+    Atomics.notify(s, S.txHead);
+    this.output(bytes);
+  }
+
+  /**
+   * The owner's pump, while other threads transmit: wakes when bytes arrive and
+   * passes them on, until close(). Sleeps without a timer while the line is quiet.
+   */
+  async pumpOutput(): Promise<void> {
+    const s = this.s;
+    while (!Atomics.load(s, S.closed)) {
+      this.drainOutput();
+      Atomics.store(s, S.txWaiting, 1);
+      const tail = Atomics.load(s, S.txTail);
+      if (tail === Atomics.load(s, S.txHead)) {
+        const w = Atomics.waitAsync(s, S.txWaiting, 1, WAIT_MS * 20);
+        if (w.async) await w.value;
+      }
+      Atomics.store(s, S.txWaiting, 0);
+    }
+    this.drainOutput();
+  }
+
+  /** Ends the pump (after a last drain) and releases transmitters waiting for room. */
+  close(): void {
+    Atomics.store(this.s, S.closed, 1);
+    Atomics.store(this.s, S.txWaiting, 0);
+    Atomics.notify(this.s, S.txWaiting);
+    Atomics.notify(this.s, S.txHead);
   }
 }
