@@ -1,9 +1,10 @@
 // Boot-stall reproduction: N boots of the default guest inside the nested KVM host,
 // each under tsvisor and under QEMU (-accel kvm), while busy processes load the
 // real host. Per boot: time to userspace, or how it failed (no console output for
-// --stall seconds, still printing at --limit, the VMM exited). A nested host that
-// reports nothing for longer than a boot may take is itself stalled: it is ended,
-// counted, and a fresh one runs the remaining boots.
+// --stall seconds, still printing at --limit, the VMM exited). A nested host whose
+// watchdog has missed its heartbeat for two intervals, or that reports nothing for
+// longer than a boot may take, is itself stalled: it is ended, counted, and a fresh
+// one runs the remaining boots.
 //
 //   node dist/bench/boot-stress.js [--boots N] [--load K] [--nice N] [--vmm tsvisor,qemu]
 //        [--stall SECONDS] [--limit SECONDS] [--cpus N] [--guest-append 'ARGS']
@@ -16,6 +17,7 @@ import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { defaultGuest, USERSPACE_BANNER } from '../src/guest/default-guest.js';
 import { nestedHostKnobs } from '../src/nested/nested-host.js';
+import { WATCHDOG_LINES } from '../src/nested/watchdog.js';
 import { killOnSilence } from '../test/support/silence.js';
 import { bootCommands, timeBoot, type BootResult } from './boot-timing.js';
 
@@ -36,7 +38,7 @@ interface Options {
 }
 
 function parseOptions(argv: string[]): Options {
-  const o: Options = { boots: 20, load: 1, nice: 10, vmms: [...VMMS], stallSeconds: 60, limitSeconds: 600, cpus: 2, guestAppend: '' };
+  const o: Options = { boots: 20, load: 1, nice: 10, vmms: [...VMMS], stallSeconds: 60, limitSeconds: 600, cpus: nestedHostKnobs().cpus, guestAppend: '' };
   for (let i = 0; i < argv.length; i += 2) {
     const [flag, value] = [argv[i]!, argv[i + 1]];
     if (value === undefined) throw new Error(`${flag} needs a value`);
@@ -92,11 +94,16 @@ function startLoad(n: number, nice: number): ChildProcess[] {
 /** Runs boots [first, o.boots) in one nested host; resolves with the lines it reported and whether it stalled. */
 function nestedRun(o: Options, kernel: string, initrd: string, first: number, onLine: (l: BootLine) => void): Promise<{ next: number; stalled: boolean }> {
   const args = [BIN, 'nested', '--cpus', String(o.cpus), '--', process.execPath, SELF, 'inner', kernel, initrd, String(first), String(o.boots), o.vmms.join(','), String(o.stallSeconds), String(o.limitSeconds), o.guestAppend];
-  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   // Every boot ends within --limit; past that plus a margin with no report, the nested host stopped.
   const silenceMs = (o.limitSeconds + 120) * 1000;
   let next = first;
   const silence = killOnSilence(child, silenceMs);
+  // Sooner: the host's own heartbeat has been missing for two stall intervals.
+  readline.createInterface({ input: child.stderr! }).on('line', (line) => {
+    process.stderr.write(line + '\n');
+    if (line.startsWith(WATCHDOG_LINES.stillStalled)) silence.expire();
+  });
   readline.createInterface({ input: child.stdout! }).on('line', (line) => {
     if (!line.startsWith(LINE_PREFIX)) return;
     const l = JSON.parse(line.slice(LINE_PREFIX.length)) as BootLine;
@@ -122,8 +129,8 @@ function table(o: Options, lines: BootLine[], hostStalls: number): string {
     return { vmm, runs: mine.length, failed, median: median(up), max: up.length ? Math.max(...up) : NaN };
   });
   const out = [
-    `load: ${o.load} busy process(es) at nice ${o.nice}; nested host: ${o.cpus} vCPUs, ${JSON.stringify(nestedHostKnobs())}; guest append: "${o.guestAppend}"; stall = no console output for ${o.stallSeconds} s`,
-    `nested host stalls (no report for ${o.limitSeconds + 120} s, host restarted): ${hostStalls}`,
+    `load: ${o.load} busy process(es) at nice ${o.nice}; nested host: ${o.cpus} vCPUs, ${JSON.stringify({ ...nestedHostKnobs(), cpus: undefined })}; guest append: "${o.guestAppend}"; stall = no console output for ${o.stallSeconds} s`,
+    `nested host stalls (no heartbeat for two watchdog intervals, or no report for ${o.limitSeconds + 120} s; host restarted): ${hostStalls}`,
     '| VMM | boots | stalled or failed | median to userspace (s) | max (s) |',
     '|---|---|---|---|---|',
     ...rows.map((r) => `| ${r.vmm} | ${r.runs} | ${r.failed} | ${r.median.toFixed(1)} | ${r.max.toFixed(1)} |`),
@@ -147,7 +154,7 @@ async function outer(o: Options): Promise<void> {
       });
       if (r.stalled) {
         hostStalls++;
-        process.stdout.write(`# the nested host reported nothing for ${o.limitSeconds + 120} s; a fresh one runs the rest\n`);
+        process.stdout.write(`# the nested host stalled; a fresh one runs the rest\n`);
       } else if (r.next === first) {
         throw new Error('the nested host ended without reporting a boot');
       }

@@ -7,6 +7,8 @@ export interface SilenceGuard {
   arm(): void;
   /** Whether the guard ended the child. */
   readonly stalled: boolean;
+  /** Ends the child now, as if the silence had run out (another sign said it is stuck). */
+  expire(): void;
   stop(): void;
 }
 
@@ -17,10 +19,13 @@ export function killOnSilence(child: ChildProcess, ms: number): SilenceGuard {
     stalled: false,
     arm: () => {
       clearTimeout(timer);
-      timer = setTimeout(() => {
-        guard.stalled = true;
-        child.kill('SIGTERM');
-      }, ms);
+      timer = setTimeout(() => guard.expire(), ms);
+    },
+    expire: () => {
+      clearTimeout(timer);
+      if (guard.stalled) return;
+      guard.stalled = true;
+      child.kill('SIGTERM');
     },
     stop: () => clearTimeout(timer),
   };
