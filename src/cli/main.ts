@@ -45,7 +45,7 @@ export const USAGE = `usage:
       --stats-json PATH             also write them as JSON to PATH, at exit and on SIGUSR1
   tsvisor nested [--memory SIZE] [--cpus N] [--writable DIR]... -- COMMAND [ARGS...]
                                     run a command inside the nested KVM host (host / read-only,
-                                    each DIR writable at its own path)
+                                    each DIR writable at its own path; 1 vCPU unless --cpus)
   tsvisor doctor [--json] [--quick] report KVM access, its backing, and whether the nested host starts
   tsvisor bench io-paths [--size SIZE] [--accel auto|kvm|nested] [--kernel FILE --initrd FILE]
                                     download SIZE (default 64M) into the default guest through an

@@ -16,6 +16,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { UserError } from '../cli/errors.js';
 import { aptUpdate, fetchBusybox, fetchKernel, FetchError, hasCommand, isRoot } from '../guest/debian.js';
 import { buildInitramfs, LOAD_MODULES } from '../guest/initramfs.js';
 import { indexModules, resolveModules } from '../guest/kernel-modules.js';
@@ -162,6 +163,13 @@ export function nestedHostKnobs(env = process.env) {
     accel: env.TSVISOR_NESTED_ACCEL ?? 'tcg,thread=multi',
     cpu: env.TSVISOR_NESTED_CPU ?? 'max',
     /**
+     * vCPUs, unless the caller asks (`tsvisor nested --cpus`). One: with two, QEMU 7.2's
+     * multi-threaded TCG wedged 3 times in 40 boots beside one busy host process (a vCPU
+     * re-running a stale translation of code the kernel had just patched, stuck in
+     * `__schedule`); with one, 0 in 40 boots, and boots as fast (docs/nested-host-load.md).
+     */
+    cpus: nestedCpus(env.TSVISOR_NESTED_CPUS),
+    /**
      * Added to the nested host kernel's command line; `kvm_amd.X=Y` reaches the module too.
      * Setting it replaces the default. `tsc=reliable`: without it the kernel distrusts the
      * TSC of a multi-CPU AMD-vendor CPU and keeps time with the HPET, whose 32-bit counter
@@ -173,6 +181,13 @@ export function nestedHostKnobs(env = process.env) {
     qemuArgs: (env.TSVISOR_NESTED_QEMU_ARGS ?? '').split(/\s+/).filter(Boolean),
     kernelPackage: env.TSVISOR_NESTED_KERNEL_PACKAGE ?? env.TSVISOR_KERNEL_PACKAGE,
   };
+}
+
+function nestedCpus(value: string | undefined): number {
+  if (value === undefined || value === '') return 1;
+  const n = Number(value);
+  if (!(Number.isInteger(n) && n >= 1 && n <= 8)) throw new UserError(`TSVISOR_NESTED_CPUS="${value}" must be 1 to 8`);
+  return n;
 }
 
 function hostInitramfs(kernelPackage: string | undefined, log?: (line: string) => void): { kernel: string; initrd: string } {
@@ -221,7 +236,7 @@ export async function runNested(opts: NestedRunOptions): Promise<number> {
     const qemuArgs = [
       '-accel', knobs.accel,
       '-cpu', knobs.cpu,
-      '-smp', String(opts.cpus ?? 2),
+      '-smp', String(opts.cpus ?? knobs.cpus),
       '-m', `${opts.memoryMiB ?? 4096}M`,
       '-nodefaults', '-no-user-config', '-display', 'none', '-vga', 'none', '-no-reboot',
       '-kernel', kernel, '-initrd', initrd, '-append', append,
