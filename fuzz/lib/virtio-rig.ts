@@ -23,7 +23,7 @@ export class VirtioRig {
 
   constructor(readonly device: VirtioDevice, r: ByteReader) {
     this.active = this.activate(r);
-    this.driver = new HostileDriver(this.mem, this.active.queues.map((q) => q.size));
+    this.driver = new HostileDriver(this.mem, this.active.queues.map((q) => q?.size ?? 1));
   }
 
   private get queueCount(): number {
@@ -35,16 +35,11 @@ export class VirtioRig {
     const offered = this.device.features | bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_F_RING_INDIRECT_DESC) | bit(VIRTIO_F_RING_EVENT_IDX);
     const features = (r.u64() & offered) | bit(VIRTIO_F_VERSION_1);
     const queues = this.device.queueSizes.map((max, i) => {
-      const q = new SplitQueue(max);
-      q.size = Math.min(max, 1 << (r.u8() % 9)) || max;
+      const size = Math.min(max, 1 << (r.u8() % 9)) || max;
       const home = ringLayout(i);
-      q.descTable = home.desc;
-      q.availRing = home.avail;
-      q.usedRing = home.used;
-      q.eventIdx = (features & bit(VIRTIO_F_RING_EVENT_IDX)) !== 0n;
-      q.ready = r.u8() < 240;
-      q.validate(this.mem);
-      return q;
+      const eventIdx = (features & bit(VIRTIO_F_RING_EVENT_IDX)) !== 0n;
+      const state = { size, descTable: home.desc, availRing: home.avail, usedRing: home.used, eventIdx, nextAvail: 0, nextUsed: 0 };
+      return r.u8() < 240 ? SplitQueue.fromState(max, state, this.mem) : undefined;
     });
     const active = {
       memory: this.mem,
@@ -80,7 +75,7 @@ export class VirtioRig {
         this.active.stopped = true;
         this.device.reset();
         this.active = this.activate(r);
-        this.driver = new HostileDriver(this.mem, this.active.queues.map((q) => q.size));
+        this.driver = new HostileDriver(this.mem, this.active.queues.map((q) => q?.size ?? 1));
         return true;
     }
     return false;

@@ -42,18 +42,15 @@ function refused(body: () => void): boolean {
   }
 }
 
-/** The driver programs the queue: mostly at the rings' home, sometimes anywhere; true when it validates. */
-function configure(q: SplitQueue, mem: GuestMemory, r?: ByteReader): boolean {
-  q.reset();
+/** The driver programs the queue: mostly at the rings' home, sometimes anywhere; no queue when it does not validate. */
+function configure(mem: GuestMemory, r?: ByteReader): { size: number; queue: SplitQueue | undefined } {
   const home = ringLayout(0);
   const place = (at: number): number => (!r || r.u8() < 200 ? at : Number(guestAddress(r)));
-  q.size = !r ? 16 : r.bool() ? 1 << r.below(10) : r.u16();
-  q.descTable = place(home.desc);
-  q.availRing = place(home.avail);
-  q.usedRing = place(home.used);
-  q.eventIdx = r?.bool() ?? false;
-  q.ready = true;
-  return !refused(() => q.validate(mem));
+  const size = !r ? 16 : r.bool() ? 1 << r.below(10) : r.u16();
+  const state = { size, descTable: place(home.desc), availRing: place(home.avail), usedRing: place(home.used), eventIdx: r?.bool() ?? false, nextAvail: 0, nextUsed: 0 };
+  let queue: SplitQueue | undefined;
+  refused(() => (queue = SplitQueue.fromState(MAX_SIZE, state, mem)));
+  return { size, queue };
 }
 
 export const virtqueue: FuzzTarget = {
@@ -62,9 +59,9 @@ export const virtqueue: FuzzTarget = {
   arbitrary: opsArbitrary(KINDS, { weights: [1, 8, 4, 2, 1, 1, 1] }),
   run(_ctx, data) {
     const mem = guestMemory();
-    const q = new SplitQueue(MAX_SIZE);
+    let q = configure(mem).queue!;
     let driver = new HostileDriver(mem, [16]);
-    let usable = configure(q, mem);
+    let usable = true;
     const popped: number[] = [];
     let lastPopped = false;
     const writes = watchWrites(mem);
@@ -77,8 +74,10 @@ export const virtqueue: FuzzTarget = {
     for (const { kind, args: r } of operations(data)) {
       const op = kind % KINDS;
       if (op === Op.CONFIG) {
-        usable = configure(q, mem, r);
-        driver = new HostileDriver(mem, [Math.min(MAX_SIZE, q.size) || 1]);
+        const programmed = configure(mem, r);
+        usable = programmed.queue !== undefined;
+        if (programmed.queue) q = programmed.queue;
+        driver = new HostileDriver(mem, [Math.min(MAX_SIZE, programmed.size) || 1]);
       } else if (op === Op.RING) driver.apply(r.u8() % RING_OPS, 0, r);
       else if (op === Op.SCRIBBLE) scribble(mem, r);
       else if (!usable) continue;

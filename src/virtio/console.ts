@@ -85,7 +85,7 @@ export class VirtioConsole implements VirtioDevice {
   private deliverInput(): void {
     const active = this.active;
     const q = active?.queues[RECEIVE_QUEUE];
-    if (!active || !q?.ready || !this.live || this.pendingBytes === 0) return;
+    if (!active || !q || !this.live || this.pendingBytes === 0) return;
     guarded(active, 'console input', undefined, () => this.fillReceive(active));
   }
 

@@ -24,7 +24,8 @@ export interface VirtioInterrupt {
 
 export interface ActiveQueues {
   memory: GuestMemory;
-  queues: SplitQueue[];
+  /** Live queues by index; undefined where the driver did not enable one. */
+  queues: (SplitQueue | undefined)[];
   interrupt: VirtioInterrupt;
   /** The features the driver accepted. */
   features: bigint;
@@ -93,7 +94,7 @@ export function guarded<T>(active: ActiveQueues, what: string, fallback: T, body
  */
 export function drainQueue(active: ActiveQueues, index: number, handle: (chain: DescriptorChain) => boolean | void): void {
   const q = active.queues[index];
-  if (!q?.ready) return;
+  if (!q) return;
   const mem = active.memory;
   guarded(active, `queue ${index}`, undefined, () => {
     for (;;) {
@@ -113,8 +114,8 @@ export function drainQueue(active: ActiveQueues, index: number, handle: (chain: 
 
 /** Returns a chain to the driver and interrupts it if it asked to be told. */
 export function completeChain(active: ActiveQueues, index: number, head: number, written: number): void {
-  if (active.stopped) return;
-  const q = active.queues[index]!;
+  const q = active.queues[index];
+  if (active.stopped || !q) return;
   q.pushUsed(active.memory, head, written);
   if (q.needsInterrupt(active.memory)) active.interrupt.queue(index);
 }

@@ -269,7 +269,7 @@ export class VirtioNet implements VirtioDevice, NetPort {
   /** MRG_RXBUF: the packet spreads over as many chains as it needs; num_buffers says how many. */
   private placeMergeable(active: ActiveQueues, index: number, packet: Uint8Array): boolean | undefined {
     const q = active.queues[index];
-    if (!q?.ready) return undefined;
+    if (!q) return undefined;
     const chains: { chain: DescriptorChain; len: number }[] = [];
     let room = 0;
     drainQueue(active, index, (chain) => {

@@ -89,7 +89,8 @@ export class VirtioPciDevice implements PciDevice {
   readonly counters: TransportCounters = { notifyExits: 0, notifyEventfds: 0, interruptsMsix: 0, interruptsIntx: 0, needsReset: 0 };
   /** Why the device last set DEVICE_NEEDS_RESET. */
   lastFailure: string | undefined;
-  private readonly queues: SplitQueue[];
+  /** What the driver programmed into each queue's registers; live queues are made from it at DRIVER_OK. */
+  private readonly queues: QueueRegisters[];
   private readonly queueVectors: number[];
   private readonly msix: Msix;
   private readonly offered: bigint;
@@ -111,7 +112,7 @@ export class VirtioPciDevice implements PciDevice {
   constructor(readonly device: VirtioDevice, private readonly env: VirtioPciEnv) {
     this.name = device.name;
     this.offered = device.features | bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_F_RING_INDIRECT_DESC) | bit(VIRTIO_F_RING_EVENT_IDX);
-    this.queues = device.queueSizes.map((n) => new SplitQueue(n));
+    this.queues = device.queueSizes.map((maxSize) => resetRegisters({ maxSize } as QueueRegisters));
     this.queueVectors = this.queues.map(() => NO_VECTOR);
     this.config = new ConfigSpace({
       vendor: VIRTIO_PCI_VENDOR,
@@ -247,7 +248,7 @@ export class VirtioPciDevice implements PciDevice {
     this.intx.set(false);
   }
 
-  private get selected(): SplitQueue | undefined {
+  private get selected(): QueueRegisters | undefined {
     return this.queues[this.queueSelect];
   }
 
@@ -346,17 +347,15 @@ export class VirtioPciDevice implements PciDevice {
 
   private activate(): void {
     const eventIdx = (this.driverFeatures & bit(VIRTIO_F_RING_EVENT_IDX)) !== 0n;
+    let queues: (SplitQueue | undefined)[];
     try {
-      for (const q of this.queues) {
-        q.eventIdx = eventIdx;
-        if (q.ready) q.validate(this.env.memory);
-      }
+      queues = this.queues.map((r) => (r.ready ? SplitQueue.fromState(r.maxSize, { ...r, eventIdx, nextAvail: 0, nextUsed: 0 }, this.env.memory) : undefined));
     } catch (e) {
       return this.fail(describeError(e));
     }
     const activation = {
       memory: this.env.memory,
-      queues: this.queues,
+      queues,
       features: this.driverFeatures,
       interrupt: { queue: (q: number) => this.interrupt(this.queueVectors[q] ?? NO_VECTOR, 1), configChanged: () => this.configChanged() },
       stopped: false,
@@ -406,7 +405,7 @@ export class VirtioPciDevice implements PciDevice {
   private reset(): void {
     this.stopActivation();
     this.device.reset();
-    for (const q of this.queues) q.reset();
+    for (const q of this.queues) resetRegisters(q);
     this.queueVectors.fill(NO_VECTOR);
     this.configVector = NO_VECTOR;
     this.status = 0;
@@ -420,4 +419,19 @@ export class VirtioPciDevice implements PciDevice {
   stats(): Record<string, number> {
     return { ...this.counters, msixDeferred: this.msix.deferred, ...this.device.stats() };
   }
+}
+
+/** One queue's registers in the common configuration structure. */
+interface QueueRegisters {
+  /** The largest size the device allows (QUEUE_SIZE reads it until the driver writes a smaller one). */
+  readonly maxSize: number;
+  size: number;
+  ready: boolean;
+  descTable: number;
+  availRing: number;
+  usedRing: number;
+}
+
+function resetRegisters(r: QueueRegisters): QueueRegisters {
+  return Object.assign(r, { size: r.maxSize, ready: false, descTable: 0, availRing: 0, usedRing: 0 });
 }

@@ -22,40 +22,69 @@ export class QueueError extends Error {
   override name = 'QueueError';
 }
 
-export class SplitQueue {
-  /** The size the driver chose (a power of two, at most maxSize). */
+/**
+ * A queue as plain data: what a data plane needs to run it, and what it gives back
+ * when it stops. Untrusted (it may come from the guest's registers or from another
+ * process): it becomes a live queue only through SplitQueue.fromState().
+ */
+export interface QueueState {
+  /** The size the driver chose (a power of two, at most the device's). */
   size: number;
-  ready = false;
-  descTable = 0;
-  availRing = 0;
-  usedRing = 0;
+  descTable: number;
+  availRing: number;
+  usedRing: number;
   /** VIRTIO_F_RING_EVENT_IDX was negotiated. */
-  eventIdx = false;
-  private lastAvail = 0;
-  private nextUsed = 0;
+  eventIdx: boolean;
+  /** The available-ring index of the next chain the device takes. */
+  nextAvail: number;
+  /** The used-ring index of the next entry the device fills. */
+  nextUsed: number;
+}
+
+export class SplitQueue {
+  readonly size: number;
+  readonly descTable: number;
+  readonly availRing: number;
+  readonly usedRing: number;
+  readonly eventIdx: boolean;
+  private lastAvail: number;
+  private nextUsed: number;
   /** The used index at the last interrupt decision (EVENT_IDX). */
-  private signalledUsed = 0;
+  private signalledUsed: number;
 
-  constructor(readonly maxSize: number) {
+  private constructor(s: QueueState) {
+    this.size = s.size;
+    this.descTable = s.descTable;
+    this.availRing = s.availRing;
+    this.usedRing = s.usedRing;
+    this.eventIdx = s.eventIdx;
+    this.lastAvail = s.nextAvail;
+    this.nextUsed = this.signalledUsed = s.nextUsed;
+  }
+
+  /**
+   * A live queue from plain data, after checking everything in it: the size against
+   * the device's `maxSize`, each ring's alignment and placement in guest RAM, the
+   * indices. Throws QueueError otherwise.
+   */
+  static fromState(maxSize: number, s: QueueState, mem: GuestMemory): SplitQueue {
     if (!isPowerOfTwo(maxSize) || maxSize > MAX_QUEUE_SIZE) throw new Error(`bad virtqueue size ${maxSize}`);
-    this.size = maxSize;
+    const n = s.size;
+    if (!isPowerOfTwo(n) || n > maxSize) throw new QueueError(`queue size ${n} is not a power of two up to ${maxSize}`);
+    for (const [what, index] of [['next available', s.nextAvail], ['next used', s.nextUsed]] as const) {
+      if (!Number.isInteger(index) || index < 0 || index > 0xffff) throw new QueueError(`${what} index ${index} is not a 16-bit index`);
+    }
+    if (typeof s.eventIdx !== 'boolean') throw new QueueError('eventIdx is not a boolean');
+    checkArea(mem, 'descriptor table', s.descTable, DESC_SIZE * n, 16);
+    checkArea(mem, 'available ring', s.availRing, 6 + 2 * n, 2);
+    checkArea(mem, 'used ring', s.usedRing, 6 + USED_ELEM_SIZE * n, 4);
+    return new SplitQueue({ size: n, descTable: s.descTable, availRing: s.availRing, usedRing: s.usedRing, eventIdx: s.eventIdx, nextAvail: s.nextAvail, nextUsed: s.nextUsed });
   }
 
-  reset(): void {
-    this.size = this.maxSize;
-    this.ready = false;
-    this.descTable = this.availRing = this.usedRing = 0;
-    this.eventIdx = false;
-    this.lastAvail = this.nextUsed = this.signalledUsed = 0;
-  }
-
-  /** Checks the driver's size and ring placement before first use. */
-  validate(mem: GuestMemory): void {
-    const n = this.size;
-    if (!isPowerOfTwo(n) || n > this.maxSize) throw new QueueError(`queue size ${n} is not a power of two up to ${this.maxSize}`);
-    checkArea(mem, 'descriptor table', this.descTable, DESC_SIZE * n, 16);
-    checkArea(mem, 'available ring', this.availRing, 6 + 2 * n, 2);
-    checkArea(mem, 'used ring', this.usedRing, 6 + USED_ELEM_SIZE * n, 4);
+  /** Where the device is, as plain data (after it stopped taking chains). */
+  state(): QueueState {
+    const { size, descTable, availRing, usedRing, eventIdx } = this;
+    return { size, descTable, availRing, usedRing, eventIdx, nextAvail: this.lastAvail, nextUsed: this.nextUsed };
   }
 
   /** The next chain the driver made available, or undefined when there is none. */
@@ -161,6 +190,7 @@ function isPowerOfTwo(n: number): boolean {
 }
 
 function checkArea(mem: GuestMemory, what: string, addr: number, len: number, align: number): void {
+  if (!Number.isSafeInteger(addr)) throw new QueueError(`${what} address ${addr} is not an address`);
   if (addr % align !== 0) throw new QueueError(`${what} at 0x${addr.toString(16)} is not ${align}-byte aligned`);
   if (!mem.contains(addr, len)) throw new QueueError(`${what} [0x${addr.toString(16)}, +${len}) is outside guest RAM`);
 }

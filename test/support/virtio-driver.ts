@@ -51,12 +51,7 @@ export class SimDriver {
     this.availRing = AVAIL_RING + (at?.ringOffset ?? 0);
     this.usedRing = USED_RING + (at?.ringOffset ?? 0);
     this.nextData = at?.dataStart ?? DATA_START;
-    this.queue = new SplitQueue(size);
-    this.queue.descTable = this.descTable;
-    this.queue.availRing = this.availRing;
-    this.queue.usedRing = this.usedRing;
-    this.queue.eventIdx = eventIdx;
-    this.queue.ready = true;
+    this.queue = SplitQueue.fromState(size, { size, descTable: this.descTable, availRing: this.availRing, usedRing: this.usedRing, eventIdx, nextAvail: 0, nextUsed: 0 }, this.mem);
   }
 
   /** A fresh data buffer of `len` bytes, filled with `fill`. */
