@@ -3,6 +3,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
+import { UserError } from '../../src/cli/errors.js';
+import { nestedHostKnobs } from '../../src/nested/nested-host.js';
 import { lastLogLine, NestedWatchdog, procThreads, stallSeconds, WATCHDOG_LINES, type QemuThreads, type ThreadSample } from '../../src/nested/watchdog.js';
 
 /** A watchdog on a fake clock, a fake QEMU (its main thread 100 and vCPU threads 101, 102) and a fake console. */
@@ -148,6 +150,12 @@ test('TSVISOR_NESTED_STALL_SECONDS sets the interval; 60 s by default; nonsense 
   assert.equal(stallSeconds({ TSVISOR_NESTED_STALL_SECONDS: '' }), 60);
   assert.equal(stallSeconds({ TSVISOR_NESTED_STALL_SECONDS: '7.5' }), 7.5);
   for (const bad of ['0', '-3', 'soon', 'Infinity']) assert.throws(() => stallSeconds({ TSVISOR_NESTED_STALL_SECONDS: bad }), /TSVISOR_NESTED_STALL_SECONDS/);
+});
+
+test('the nested host has one vCPU unless TSVISOR_NESTED_CPUS says 1 to 8; nonsense is refused', () => {
+  assert.equal(nestedHostKnobs({}).cpus, 1);
+  assert.equal(nestedHostKnobs({ TSVISOR_NESTED_CPUS: '2' }).cpus, 2);
+  for (const bad of ['0', '9', '1.5', 'two']) assert.throws(() => nestedHostKnobs({ TSVISOR_NESTED_CPUS: bad }), UserError, bad);
 });
 
 test("procThreads reads each thread's state, utime+stime and run-queue wait, whatever the command name holds", () => {
