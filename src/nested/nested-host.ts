@@ -68,7 +68,12 @@ stdio=$(port tsvisor.stdio)
 stderr=$(port tsvisor.stderr)
 exec 2>"$stderr"
 # Proof of life for tsvisor's watchdog: needs this kernel's timers and scheduler, nothing else.
-while :; do echo; sleep ${HEARTBEAT_SECONDS}; done >"$(port tsvisor.heartbeat)" &
+# The bytes tsvisor sends back are read and dropped: each is an interrupt that wakes this
+# kernel, should it have lost its own timer (a port opens once, so both use fd 4).
+exec 4<>"$(port tsvisor.heartbeat)"
+cat <&4 >/dev/null &
+while :; do echo; sleep ${HEARTBEAT_SECONDS}; done >&4 &
+exec 4>&-
 ip link set lo up
 # The uplink (QEMU user-mode networking): outbound traffic and forwarded ports.
 if [ -e /sys/class/net/eth0 ]; then
@@ -226,7 +231,15 @@ export async function runNested(opts: NestedRunOptions): Promise<number> {
       process.stdin.on('data', (d) => conn.write(d));
     });
     const stderrSocket = await serveSocket(path.join(scratch, '.stderr.sock'), (conn) => conn.pipe(process.stderr, { end: false }));
-    const heartbeatSocket = await serveSocket(path.join(scratch, '.heartbeat.sock'), (conn) => conn.on('data', () => watchdog.heartbeat()));
+    // A nested host with one vCPU has once sat idle for 204 s with none of its timers
+    // firing (QEMU idle too) until something outside woke it: a byte every heartbeat
+    // interval is an interrupt that bounds such a lost timer to that interval.
+    const heartbeatSocket = await serveSocket(path.join(scratch, '.heartbeat.sock'), (conn) => {
+      conn.on('data', () => watchdog.heartbeat());
+      conn.on('error', () => {});
+      const poke = setInterval(() => conn.write('\n'), HEARTBEAT_SECONDS * 1000).unref();
+      conn.on('close', () => clearInterval(poke));
+    });
     // The console is always kept: even `quiet` lets errors through (RCU stalls, soft
     // lockups), which the watchdog quotes. With debugging on it is verbose and outlives the run.
     const debug = process.env.TSVISOR_NESTED_DEBUG === '1';
