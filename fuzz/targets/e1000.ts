@@ -5,7 +5,7 @@
 // frames into any ring, over a back-end that sometimes refuses a frame (throws).
 // Oracles: no register access or receive throws; what one operation makes the
 // card send stays within a bound: MAX_FRAMES_PER_OP frames.
-import { R } from '../../src/devices/net/e1000.js';
+import { MacReg } from '../../src/devices/net/e1000.js';
 import { withVnetHdr } from '../../src/net/backend.js';
 import { tcpFrame } from '../../test/support/net-frames.js';
 import { dword, le, operations, opsArbitrary, type ByteReader } from '../lib/bytes.js';
@@ -19,7 +19,7 @@ const KINDS = 9;
 const TX_RING = 0x1000;
 const RX_RING = 0x3000;
 const RING_BYTES = 0x2000;
-const REGS = Object.values(R);
+const REGS = Object.values(MacReg);
 /**
  * Frames one register write may send before the rest waits for later turns of the
  * event loop: sixteen times the card's per-doorbell budget (TX_BUDGET.frames, 256),
@@ -74,20 +74,20 @@ export const e1000Target: FuzzTarget = {
       }
     };
     const setUp = (r: ByteReader): void => {
-      wr(R.CTRL, 1 << 6);
-      wr(R.IMS, r.u32());
-      wr(R.TDBAL, TX_RING);
-      wr(R.TDBAH, 0);
-      wr(R.TDLEN, 128 * (1 + r.below(RING_BYTES / 128)));
-      wr(R.TDH, 0);
-      wr(R.TDT, 0);
-      wr(R.TCTL, 2);
-      wr(R.RDBAL, RX_RING);
-      wr(R.RDBAH, 0);
-      wr(R.RDLEN, 128 * (1 + r.below(RING_BYTES / 128)));
-      wr(R.RDH, 0);
-      wr(R.RDT, r.u16() % 512);
-      wr(R.RCTL, 0x2 | (r.u32() & 0x0603f038));
+      wr(MacReg.CTRL, 1 << 6);
+      wr(MacReg.IMS, r.u32());
+      wr(MacReg.TDBAL, TX_RING);
+      wr(MacReg.TDBAH, 0);
+      wr(MacReg.TDLEN, 128 * (1 + r.below(RING_BYTES / 128)));
+      wr(MacReg.TDH, 0);
+      wr(MacReg.TDT, 0);
+      wr(MacReg.TCTL, 2);
+      wr(MacReg.RDBAL, RX_RING);
+      wr(MacReg.RDBAH, 0);
+      wr(MacReg.RDLEN, 128 * (1 + r.below(RING_BYTES / 128)));
+      wr(MacReg.RDH, 0);
+      wr(MacReg.RDT, r.u16() % 512);
+      wr(MacReg.RCTL, 0x2 | (r.u32() & 0x0603f038));
       backend.refuse(r);
     };
     /**
@@ -96,9 +96,9 @@ export const e1000Target: FuzzTarget = {
      * 64 KiB; TDT then moves past them.
      */
     const tsoPacket = (r: ByteReader): void => {
-      const slots = Math.floor(dword(guardedRead(mmio, R.TDLEN, 4)) / 16);
+      const slots = Math.floor(dword(guardedRead(mmio, MacReg.TDLEN, 4)) / 16);
       if (!slots) return;
-      let tail = dword(guardedRead(mmio, R.TDT, 4));
+      let tail = dword(guardedRead(mmio, MacReg.TDT, 4));
       const next = (): number => TX_RING + 16 * (tail++ % slots);
       const put = (at: number, bytes: Uint8Array): void => {
         if (mem.contains(at, 16)) mem.write(at, bytes);
@@ -114,7 +114,7 @@ export const e1000Target: FuzzTarget = {
         const cmd = TSO_DATA | (i === n - 1 ? EOP_RS : 0);
         put(next(), dataDesc(LOW.start + r.below(LOW.size - len + 1), len, cmd));
       }
-      wr(R.TDT, tail % slots);
+      wr(MacReg.TDT, tail % slots);
     };
     try {
       for (const { kind, args: r } of operations(data)) {
@@ -122,7 +122,7 @@ export const e1000Target: FuzzTarget = {
           case Op.REG_WRITE: {
             const reg = r.u8() < 220 ? r.pick(REGS) + (r.u8() < 240 ? 0 : r.u8() & 3) : r.below(0x20000);
             const width = r.u8() < 220 ? 4 : r.pick(WIDTHS);
-            mmio.write(reg, le(reg === R.TDBAL || reg === R.RDBAL ? (r.bool() ? r.pick([TX_RING, RX_RING]) : Number(guestAddress(r)) >>> 0) : registerValue(r), width));
+            mmio.write(reg, le(reg === MacReg.TDBAL || reg === MacReg.RDBAL ? (r.bool() ? r.pick([TX_RING, RX_RING]) : Number(guestAddress(r)) >>> 0) : registerValue(r), width));
             break;
           }
           case Op.REG_READ:
@@ -134,7 +134,7 @@ export const e1000Target: FuzzTarget = {
             break;
           case Op.TX_DESC:
             txDescriptor(r);
-            if (r.bool()) wr(R.TDT, r.u16() % 512);
+            if (r.bool()) wr(MacReg.TDT, r.u16() % 512);
             break;
           case Op.RX_DESC:
             mem.writeU64(desc(RX_RING, r), r.u8() < 220 ? BigInt(DATA_START + r.u16() % 0xf000) : guestAddress(r));

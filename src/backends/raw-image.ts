@@ -11,7 +11,7 @@
 // enough for it goes through a page-aligned bounce buffer.
 import fs from 'node:fs';
 import { promisify } from 'node:util';
-import { closeFd, EOPNOTSUPP, fallocate, ioNowait, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, memfdCreate, mmapShared, munmap } from '../kvm/sys.js';
+import { closeFd, EOPNOTSUPP, fallocate, ioNowait, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, memfdCreate, mmapShared, munmap } from '../host/libc.js';
 
 export type CacheMode = 'writeback' | 'none';
 

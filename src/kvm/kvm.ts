@@ -5,7 +5,7 @@ import {
   cpuidBuffer, decodeCpuid, decodeMsrs, decodeRegs, decodeSregs, encodeCpuid, encodeDefaultFpu, encodeMemoryRegion,
   encodeMsrs, encodeRegs, encodeSregs, type CpuidEntry, type MsrEntry, type Regs, type Sregs, SREGS_SIZE,
 } from './structs.js';
-import { closeFd, errnoName, ioctlBuf, ioctlInt, mmapShared, munmap, O_RDWR, openFile, SysError, type Mapping } from './sys.js';
+import { closeFd, errnoName, ioctlBuf, ioctlInt, mmapShared, munmap, O_RDWR, openFile, SysError, type Mapping } from '../host/libc.js';
 
 export const KVM_DEVICE = '/dev/kvm';
 

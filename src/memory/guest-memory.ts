@@ -5,7 +5,7 @@
 // physical address and a length; both are checked against the regions before any
 // byte is touched, and an access that leaves guest RAM throws GuestMemoryError.
 
-import { closeFd, memfdCreate, mmapShared, munmap, type Mapping } from '../kvm/sys.js';
+import { closeFd, memfdCreate, mmapShared, munmap, type Mapping } from '../host/libc.js';
 
 /** A guest-physical address. Branded so it is not mixed up with host offsets. */
 export type GuestAddress = number & { readonly __brand: 'GuestAddress' };

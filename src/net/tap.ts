@@ -6,7 +6,7 @@
 //
 // Each queue's fd is polled by the VMM's event loop; a queue whose guest has no
 // receive buffers stops being polled until the front-end calls resume().
-import { closeFd, controlSocket, EAGAIN, errnoName, ifNameToIndex, ioctlBuf, ioctlInt, O_NONBLOCK, O_RDWR, openFile, readFd, SysError, writeFd } from '../kvm/sys.js';
+import { closeFd, controlSocket, EAGAIN, errnoName, ifNameToIndex, ioctlBuf, ioctlInt, O_NONBLOCK, O_RDWR, openFile, readFd, SysError, writeFd } from '../host/libc.js';
 import type { FdPoller, NetBackend, NetPort, RxOffloads } from './backend.js';
 import { VNET_HDR_LEN } from './backend.js';
 import { DropCounter } from './counters.js';

@@ -7,7 +7,7 @@ import { u64ToNumber, type GuestMemory } from '../memory/guest-memory.js';
 import { guestIovecs, guestViews, readStream, subSegments, totalLength, writeStream, type DescriptorChain, type Segment } from './chain.js';
 import { bit, completeChain, describeError, drainQueue, guarded, readConfigBytes, VirtioId, type ActiveQueues, type VirtioDevice } from './device.js';
 
-const F = { SIZE_MAX: 1, SEG_MAX: 2, RO: 5, BLK_SIZE: 6, FLUSH: 9, TOPOLOGY: 10, DISCARD: 13, WRITE_ZEROES: 14 } as const;
+const BlockFeature = { SIZE_MAX: 1, SEG_MAX: 2, RO: 5, BLK_SIZE: 6, FLUSH: 9, TOPOLOGY: 10, DISCARD: 13, WRITE_ZEROES: 14 } as const;
 export const BlkType = { IN: 0, OUT: 1, FLUSH: 4, GET_ID: 8, DISCARD: 11, WRITE_ZEROES: 13 } as const;
 export const BlkStatus = { OK: 0, IOERR: 1, UNSUPP: 2 } as const;
 
@@ -47,7 +47,7 @@ export class VirtioBlock implements VirtioDevice {
   private readonly sectors: number;
   private active: ActiveQueues | undefined;
   /** Bumped on reset: completions of requests from before a reset are dropped. */
-  private generation = 0;
+  private epoch = 0;
   private readonly inFlight = new Set<Promise<void>>();
   private readonly counters = { reads: 0, writes: 0, flushes: 0, discards: 0, writeZeroes: 0, getIds: 0, bytesRead: 0, bytesWritten: 0, ioErrors: 0, unsupported: 0, maxInFlight: 0 };
 
@@ -57,8 +57,8 @@ export class VirtioBlock implements VirtioDevice {
     this.serial = new Uint8Array(ID_BYTES);
     this.serial.set(Buffer.from(opts.serial ?? '', 'ascii').subarray(0, ID_BYTES));
     this.sectors = Math.floor(opts.image.size / SECTOR_SIZE);
-    let features = bit(F.SIZE_MAX) | bit(F.SEG_MAX) | bit(F.BLK_SIZE) | bit(F.FLUSH) | bit(F.TOPOLOGY);
-    features |= opts.image.readOnly ? bit(F.RO) : bit(F.DISCARD) | bit(F.WRITE_ZEROES);
+    let features = bit(BlockFeature.SIZE_MAX) | bit(BlockFeature.SEG_MAX) | bit(BlockFeature.BLK_SIZE) | bit(BlockFeature.FLUSH) | bit(BlockFeature.TOPOLOGY);
+    features |= opts.image.readOnly ? bit(BlockFeature.RO) : bit(BlockFeature.DISCARD) | bit(BlockFeature.WRITE_ZEROES);
     this.features = features;
     const v = new DataView(this.config.buffer);
     v.setBigUint64(0, BigInt(this.sectors), true);
@@ -86,7 +86,7 @@ export class VirtioBlock implements VirtioDevice {
 
   reset(): void {
     this.active = undefined;
-    this.generation++;
+    this.epoch++;
   }
 
   queueNotify(): void {
@@ -103,7 +103,7 @@ export class VirtioBlock implements VirtioDevice {
 
   /** One request from start to completion; never rejects, whatever the guest or the file did. */
   private async serve(active: ActiveQueues, chain: DescriptorChain): Promise<void> {
-    const generation = this.generation;
+    const epoch = this.epoch;
     let written: number;
     try {
       written = await this.handle(active, chain);
@@ -111,7 +111,7 @@ export class VirtioBlock implements VirtioDevice {
       return active.fail(`request: ${describeError(e)}`);
     }
     // A reset in between drops the completion: the rings may since belong to a new driver.
-    if (this.generation === generation) guarded(active, 'completion', undefined, () => completeChain(active, 0, chain.head, written));
+    if (this.epoch === epoch) guarded(active, 'completion', undefined, () => completeChain(active, 0, chain.head, written));
   }
 
   /** Serves one request; resolves with the bytes written into the chain (data + status). */

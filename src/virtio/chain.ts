@@ -1,7 +1,7 @@
 // A descriptor chain as a device sees it: the driver-readable buffers, then the
 // device-writable ones, each already checked to lie inside guest RAM. Devices
 // treat each side as one byte stream and never assume how the driver framed it.
-import { IOVEC_SIZE } from '../kvm/sys.js';
+import { IOVEC_SIZE } from '../host/libc.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
 
 export interface Segment {

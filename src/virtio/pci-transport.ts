@@ -43,7 +43,7 @@ const BAR0_SIZE = 0x8000;
 const CLASS_BY_TYPE: Record<number, number> = { 1: 0x020000, 2: 0x010000, 3: 0x078000, 4: 0x00ff00 };
 
 /** Common configuration register offsets. */
-const C = {
+const CommonCfg = {
   DEVICE_FEATURE_SELECT: 0x00,
   DEVICE_FEATURE: 0x04,
   DRIVER_FEATURE_SELECT: 0x08,
@@ -100,7 +100,7 @@ export class VirtioPciDevice implements PciDevice {
   private driverFeatures = 0n;
   private configVector = NO_VECTOR;
   private status = 0;
-  private generation = 0;
+  private configGeneration = 0;
   private queueSelect = 0;
   private isr = 0;
   private undoIoevents: (() => void)[] = [];
@@ -257,23 +257,23 @@ export class VirtioPciDevice implements PciDevice {
     const v = new DataView(new ArrayBuffer(COMMON_SIZE));
     const q = this.selected;
     const featureWord = (features: bigint, select: number): number => (select < 2 ? Number((features >> BigInt(32 * select)) & 0xffffffffn) : 0);
-    v.setUint32(C.DEVICE_FEATURE_SELECT, this.deviceFeatureSelect, true);
-    v.setUint32(C.DEVICE_FEATURE, featureWord(this.offered, this.deviceFeatureSelect), true);
-    v.setUint32(C.DRIVER_FEATURE_SELECT, this.driverFeatureSelect, true);
-    v.setUint32(C.DRIVER_FEATURE, featureWord(this.driverFeatures, this.driverFeatureSelect), true);
-    v.setUint16(C.MSIX_CONFIG, this.configVector, true);
-    v.setUint16(C.NUM_QUEUES, this.queues.length, true);
-    v.setUint8(C.DEVICE_STATUS, this.status);
-    v.setUint8(C.CONFIG_GENERATION, this.generation & 0xff);
-    v.setUint16(C.QUEUE_SELECT, this.queueSelect, true);
+    v.setUint32(CommonCfg.DEVICE_FEATURE_SELECT, this.deviceFeatureSelect, true);
+    v.setUint32(CommonCfg.DEVICE_FEATURE, featureWord(this.offered, this.deviceFeatureSelect), true);
+    v.setUint32(CommonCfg.DRIVER_FEATURE_SELECT, this.driverFeatureSelect, true);
+    v.setUint32(CommonCfg.DRIVER_FEATURE, featureWord(this.driverFeatures, this.driverFeatureSelect), true);
+    v.setUint16(CommonCfg.MSIX_CONFIG, this.configVector, true);
+    v.setUint16(CommonCfg.NUM_QUEUES, this.queues.length, true);
+    v.setUint8(CommonCfg.DEVICE_STATUS, this.status);
+    v.setUint8(CommonCfg.CONFIG_GENERATION, this.configGeneration & 0xff);
+    v.setUint16(CommonCfg.QUEUE_SELECT, this.queueSelect, true);
     if (q) {
-      v.setUint16(C.QUEUE_SIZE, q.size, true);
-      v.setUint16(C.QUEUE_MSIX_VECTOR, this.queueVectors[this.queueSelect]!, true);
-      v.setUint16(C.QUEUE_ENABLE, q.ready ? 1 : 0, true);
-      v.setUint16(C.QUEUE_NOTIFY_OFF, this.queueSelect, true);
-      v.setBigUint64(C.QUEUE_DESC, BigInt(q.descTable), true);
-      v.setBigUint64(C.QUEUE_DRIVER, BigInt(q.availRing), true);
-      v.setBigUint64(C.QUEUE_DEVICE, BigInt(q.usedRing), true);
+      v.setUint16(CommonCfg.QUEUE_SIZE, q.size, true);
+      v.setUint16(CommonCfg.QUEUE_MSIX_VECTOR, this.queueVectors[this.queueSelect]!, true);
+      v.setUint16(CommonCfg.QUEUE_ENABLE, q.ready ? 1 : 0, true);
+      v.setUint16(CommonCfg.QUEUE_NOTIFY_OFF, this.queueSelect, true);
+      v.setBigUint64(CommonCfg.QUEUE_DESC, BigInt(q.descTable), true);
+      v.setBigUint64(CommonCfg.QUEUE_DRIVER, BigInt(q.availRing), true);
+      v.setBigUint64(CommonCfg.QUEUE_DEVICE, BigInt(q.usedRing), true);
     }
     return v;
   }
@@ -295,26 +295,26 @@ export class VirtioPciDevice implements PciDevice {
     const touches = (reg: number, size: number): boolean => offset < reg + size && end > reg;
     const q = this.selected;
     const queueWritable = q !== undefined && !q.ready && !(this.status & Status.DRIVER_OK);
-    if (touches(C.DEVICE_FEATURE_SELECT, 4)) this.deviceFeatureSelect = v.getUint32(C.DEVICE_FEATURE_SELECT, true);
-    if (touches(C.DRIVER_FEATURE_SELECT, 4)) this.driverFeatureSelect = v.getUint32(C.DRIVER_FEATURE_SELECT, true);
-    if (touches(C.DRIVER_FEATURE, 4) && this.driverFeatureSelect < 2 && !(this.status & Status.FEATURES_OK)) {
+    if (touches(CommonCfg.DEVICE_FEATURE_SELECT, 4)) this.deviceFeatureSelect = v.getUint32(CommonCfg.DEVICE_FEATURE_SELECT, true);
+    if (touches(CommonCfg.DRIVER_FEATURE_SELECT, 4)) this.driverFeatureSelect = v.getUint32(CommonCfg.DRIVER_FEATURE_SELECT, true);
+    if (touches(CommonCfg.DRIVER_FEATURE, 4) && this.driverFeatureSelect < 2 && !(this.status & Status.FEATURES_OK)) {
       const shift = BigInt(32 * this.driverFeatureSelect);
-      const word = BigInt(v.getUint32(C.DRIVER_FEATURE, true));
+      const word = BigInt(v.getUint32(CommonCfg.DRIVER_FEATURE, true));
       this.driverFeatures = (this.driverFeatures & ~(0xffffffffn << shift)) | (word << shift);
     }
-    if (touches(C.MSIX_CONFIG, 2)) this.configVector = this.checkVector(v.getUint16(C.MSIX_CONFIG, true));
-    if (touches(C.QUEUE_SELECT, 2)) this.queueSelect = v.getUint16(C.QUEUE_SELECT, true);
+    if (touches(CommonCfg.MSIX_CONFIG, 2)) this.configVector = this.checkVector(v.getUint16(CommonCfg.MSIX_CONFIG, true));
+    if (touches(CommonCfg.QUEUE_SELECT, 2)) this.queueSelect = v.getUint16(CommonCfg.QUEUE_SELECT, true);
     else if (q) {
-      if (touches(C.QUEUE_MSIX_VECTOR, 2)) this.queueVectors[this.queueSelect] = this.checkVector(v.getUint16(C.QUEUE_MSIX_VECTOR, true));
+      if (touches(CommonCfg.QUEUE_MSIX_VECTOR, 2)) this.queueVectors[this.queueSelect] = this.checkVector(v.getUint16(CommonCfg.QUEUE_MSIX_VECTOR, true));
       if (queueWritable) {
-        if (touches(C.QUEUE_SIZE, 2)) q.size = v.getUint16(C.QUEUE_SIZE, true);
-        if (touches(C.QUEUE_DESC, 8)) q.descTable = Number(v.getBigUint64(C.QUEUE_DESC, true));
-        if (touches(C.QUEUE_DRIVER, 8)) q.availRing = Number(v.getBigUint64(C.QUEUE_DRIVER, true));
-        if (touches(C.QUEUE_DEVICE, 8)) q.usedRing = Number(v.getBigUint64(C.QUEUE_DEVICE, true));
-        if (touches(C.QUEUE_ENABLE, 2) && v.getUint16(C.QUEUE_ENABLE, true) === 1) q.ready = true;
+        if (touches(CommonCfg.QUEUE_SIZE, 2)) q.size = v.getUint16(CommonCfg.QUEUE_SIZE, true);
+        if (touches(CommonCfg.QUEUE_DESC, 8)) q.descTable = Number(v.getBigUint64(CommonCfg.QUEUE_DESC, true));
+        if (touches(CommonCfg.QUEUE_DRIVER, 8)) q.availRing = Number(v.getBigUint64(CommonCfg.QUEUE_DRIVER, true));
+        if (touches(CommonCfg.QUEUE_DEVICE, 8)) q.usedRing = Number(v.getBigUint64(CommonCfg.QUEUE_DEVICE, true));
+        if (touches(CommonCfg.QUEUE_ENABLE, 2) && v.getUint16(CommonCfg.QUEUE_ENABLE, true) === 1) q.ready = true;
       }
     }
-    if (touches(C.DEVICE_STATUS, 1)) this.writeStatus(v.getUint8(C.DEVICE_STATUS));
+    if (touches(CommonCfg.DEVICE_STATUS, 1)) this.writeStatus(v.getUint8(CommonCfg.DEVICE_STATUS));
   }
 
   /** A vector the device does not have reads back as NO_VECTOR, which tells the driver the mapping failed. */
@@ -388,7 +388,7 @@ export class VirtioPciDevice implements PciDevice {
   }
 
   private configChanged(): void {
-    this.generation++;
+    this.configGeneration++;
     this.interrupt(this.configVector, 2);
   }
 

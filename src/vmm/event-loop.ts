@@ -2,7 +2,7 @@
 // later devices, backend fds. One epoll set is waited on from a libuv pool thread;
 // the handlers run on the main thread, which owns all device state, so device code
 // never runs concurrently with itself.
-import { closeFd, EPOLL_EVENT_SIZE, epollAdd, epollCreate, epollDelete, epollWaitAsync, eventfd, eventfdDrain, eventfdSignal } from '../kvm/sys.js';
+import { closeFd, EPOLL_EVENT_SIZE, epollAdd, epollCreate, epollDelete, epollWaitAsync, eventfd, eventfdDrain, eventfdSignal } from '../host/libc.js';
 
 const MAX_EVENTS = 64;
 /** The token of the eventfd that wakes the waiter when the loop closes. */

@@ -14,7 +14,7 @@ import { PCI_CONFIG_IO_PORT } from '../devices/pci/config-io.js';
 import type { PciBus } from '../devices/pci/pci-bus.js';
 import { Cap, ExitReason, SystemEvent } from '../kvm/ioctls.js';
 import { Kvm, type Vm } from '../kvm/kvm.js';
-import { closeFd, eventfd, eventfdDrain } from '../kvm/sys.js';
+import { closeFd, eventfd, eventfdDrain } from '../host/libc.js';
 import { GuestMemory } from '../memory/guest-memory.js';
 import type { NetBackend } from '../net/backend.js';
 import { VirtioNet } from '../virtio/net.js';
@@ -233,7 +233,7 @@ export class Machine {
   end(kind: MachineExitKind, detail: string): void {
     if (this.exit) return;
     this.exit = { kind, detail };
-    for (const t of this.threads) t.kick();
+    for (const t of this.threads) t.requestStop();
     this.finish?.();
   }
 

@@ -25,8 +25,8 @@ import { availableParallelism } from 'node:os';
 export const MailboxState = { RUNNING: 0, PENDING: 1, STOPPED: 2 } as const;
 export const AccessKind = { PIO: 1, MMIO: 2 } as const;
 
-/** Int32 slots in the header. */
-export const Slot = {
+/** The header's Int32 fields, by index. */
+export const MailboxField = {
   state: 0,
   stop: 1,
   kind: 2,
@@ -40,7 +40,7 @@ export const Slot = {
   exitReason: 8,
   /** on STOPPED: errno, internal-error suberror, system-event type, ... */
   detail: 9,
-  /** the worker's kernel thread id, for kicking it out of KVM_RUN */
+  /** the worker's kernel thread id, for signalling it out of KVM_RUN */
   tid: 10,
   /** errors the worker's own devices threw (each access is then dropped) */
   localErrors: 11,

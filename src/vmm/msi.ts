@@ -3,7 +3,7 @@
 // write, which any thread (or a vhost back-end) could do. Without irqfd, each raise
 // is a KVM_SIGNAL_MSI ioctl.
 import { IrqChip, type GsiRoute, type Vm } from '../kvm/kvm.js';
-import { closeFd, eventfd, eventfdSignal } from '../kvm/sys.js';
+import { closeFd, eventfd, eventfdSignal } from '../host/libc.js';
 import type { MsiMessage, MsiSink } from '../devices/pci/msix.js';
 
 const IOAPIC_PINS = 24;

@@ -5,9 +5,9 @@ import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import { Worker } from 'node:worker_threads';
 import type { Vcpu } from '../kvm/kvm.js';
 import { exitReasonName } from '../kvm/ioctls.js';
-import { tgkill } from '../kvm/sys.js';
+import { tgkill } from '../host/libc.js';
 import type { Bus } from '../devices/bus.js';
-import { AccessKind, Mailbox, MailboxState, SPIN_MICROS, Slot, spinWhile } from './mailbox.js';
+import { AccessKind, Mailbox, MailboxState, SPIN_MICROS, MailboxField, spinWhile } from './mailbox.js';
 import type { VcpuLocalDevice, VcpuWorkerData } from './vcpu-worker.js';
 
 export interface VcpuStop {
@@ -28,11 +28,11 @@ export interface LocalDevices {
   devices: VcpuLocalDevice[];
 }
 
-/** The signal that kicks a vCPU thread out of KVM_RUN; the process ignores it otherwise. */
-const KICK_SIGNAL = os.constants.signals.SIGUSR2;
+/** The signal that takes a vCPU thread out of KVM_RUN; the process ignores it otherwise. */
+const LEAVE_RUN_SIGNAL = os.constants.signals.SIGUSR2;
 /** The longest the main thread serves one vCPU's exits without letting other events run. */
 const YIELD_EVERY_MS = 5;
-let kickHandlerInstalled = false;
+let leaveRunHandlerInstalled = false;
 
 export class VcpuThread {
   readonly mailbox = new Mailbox();
@@ -51,7 +51,7 @@ export class VcpuThread {
 
   /** Errors device code threw, on the main thread and on the vCPU thread. */
   get deviceErrors(): number {
-    return this.mainThreadErrors + Atomics.load(this.mailbox.header, Slot.localErrors);
+    return this.mainThreadErrors + Atomics.load(this.mailbox.header, MailboxField.localErrors);
   }
 
   /** Accesses the vCPU thread answered itself, by device. */
@@ -62,9 +62,9 @@ export class VcpuThread {
 
   /** Runs the vCPU until it stops; resolves with why. */
   async run(mmapSize: number): Promise<VcpuStop> {
-    if (!kickHandlerInstalled) {
+    if (!leaveRunHandlerInstalled) {
       process.on('SIGUSR2', () => {});
-      kickHandlerInstalled = true;
+      leaveRunHandlerInstalled = true;
     }
     const data: VcpuWorkerData = { fd: this.vcpu.fd, mmapSize, shared: this.mailbox.shared, vmFd: this.local.vmFd, local: this.local.devices };
     this.worker = new Worker(new URL('./vcpu-worker.js', import.meta.url), { workerData: data });
@@ -90,32 +90,32 @@ export class VcpuThread {
         await yieldToEventLoop();
         lastYield = performance.now();
       }
-      const state = Atomics.load(h, Slot.state);
+      const state = Atomics.load(h, MailboxField.state);
       if (state === MailboxState.RUNNING) {
-        if (spinWhile(h, Slot.state, MailboxState.RUNNING, SPIN_MICROS)) continue;
-        const w = Atomics.waitAsync(h, Slot.state, MailboxState.RUNNING);
+        if (spinWhile(h, MailboxField.state, MailboxState.RUNNING, SPIN_MICROS)) continue;
+        const w = Atomics.waitAsync(h, MailboxField.state, MailboxState.RUNNING);
         if (w.async) await w.value;
         lastYield = performance.now();
         continue;
       }
       if (state === MailboxState.STOPPED) {
-        return { vcpu: this.vcpu.id, reason: h[Slot.exitReason]!, detail: h[Slot.detail]! };
+        return { vcpu: this.vcpu.id, reason: h[MailboxField.exitReason]!, detail: h[MailboxField.detail]! };
       }
       this.dispatch();
-      Atomics.store(h, Slot.state, MailboxState.RUNNING);
-      Atomics.notify(h, Slot.state);
+      Atomics.store(h, MailboxField.state, MailboxState.RUNNING);
+      Atomics.notify(h, MailboxField.state);
     }
   }
 
   /** Runs the access in the mailbox against the bus it targets. */
   private dispatch(): void {
     const h = this.mailbox.header;
-    const size = h[Slot.size]!;
-    const count = h[Slot.count]!;
-    const isWrite = h[Slot.isWrite] === 1;
-    const pio = h[Slot.kind] === AccessKind.PIO;
+    const size = h[MailboxField.size]!;
+    const count = h[MailboxField.count]!;
+    const isWrite = h[MailboxField.isWrite] === 1;
+    const pio = h[MailboxField.kind] === AccessKind.PIO;
     const bus = pio ? this.buses.pio : this.buses.mmio;
-    const addr = pio ? h[Slot.addrLo]! : (h[Slot.addrLo]! >>> 0) + (h[Slot.addrHi]! >>> 0) * 2 ** 32;
+    const addr = pio ? h[MailboxField.addrLo]! : (h[MailboxField.addrLo]! >>> 0) + (h[MailboxField.addrHi]! >>> 0) * 2 ** 32;
     this.beforeDispatch();
     for (let i = 0; i < count; i++) {
       const chunk = this.mailbox.data.subarray(i * size, (i + 1) * size);
@@ -131,13 +131,13 @@ export class VcpuThread {
   }
 
   /** Asks the vCPU to leave KVM_RUN and end its thread. */
-  kick(): void {
-    Atomics.store(this.mailbox.header, Slot.stop, 1);
+  requestStop(): void {
+    Atomics.store(this.mailbox.header, MailboxField.stop, 1);
     this.vcpu.requestImmediateExit();
-    const tid = Atomics.load(this.mailbox.header, Slot.tid);
-    if (tid > 0 && Atomics.load(this.mailbox.header, Slot.state) !== MailboxState.STOPPED) {
+    const tid = Atomics.load(this.mailbox.header, MailboxField.tid);
+    if (tid > 0 && Atomics.load(this.mailbox.header, MailboxField.state) !== MailboxState.STOPPED) {
       try {
-        tgkill(tid, KICK_SIGNAL);
+        tgkill(tid, LEAVE_RUN_SIGNAL);
       } catch {
         // The thread has already gone.
       }

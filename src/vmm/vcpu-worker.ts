@@ -8,8 +8,8 @@ import { Bus } from '../devices/bus.js';
 import { Serial } from '../devices/legacy/serial.js';
 import { ExitReason, Ioctl, IoDirection, RunOffset } from '../kvm/ioctls.js';
 import { irqLine } from '../kvm/kvm.js';
-import { EAGAIN, EINTR, gettid, ioctlRaw, mmapShared } from '../kvm/sys.js';
-import { AccessKind, EXIT_COUNTERS, Mailbox, MailboxState, MAX_LOCAL_DEVICES, SPIN_MICROS, Slot, spinWhile } from './mailbox.js';
+import { EAGAIN, EINTR, gettid, ioctlRaw, mmapShared } from '../host/libc.js';
+import { AccessKind, EXIT_COUNTERS, Mailbox, MailboxState, MAX_LOCAL_DEVICES, SPIN_MICROS, MailboxField, spinWhile } from './mailbox.js';
 
 /** A device the vCPU thread answers itself: its state is shared memory behind a lock. */
 export interface VcpuLocalDevice {
@@ -47,25 +47,25 @@ function runVcpu({ fd, mmapSize, shared, vmFd, local }: VcpuWorkerData): void {
   const runMap = mmapShared(fd, mmapSize);
   const run = new DataView(runMap.buffer);
   const runBytes = new Uint8Array(runMap.buffer);
-  Atomics.store(h, Slot.tid, gettid());
+  Atomics.store(h, MailboxField.tid, gettid());
 
   const stop = (reason: number, detail: number) => {
-    h[Slot.exitReason] = reason;
-    h[Slot.detail] = detail;
-    Atomics.store(h, Slot.state, MailboxState.STOPPED);
-    Atomics.notify(h, Slot.state);
+    h[MailboxField.exitReason] = reason;
+    h[MailboxField.detail] = detail;
+    Atomics.store(h, MailboxField.state, MailboxState.STOPPED);
+    Atomics.notify(h, MailboxField.state);
   };
 
   /** Hands the access in the mailbox to the main thread and waits for its answer. */
   const handOff = () => {
-    Atomics.store(h, Slot.state, MailboxState.PENDING);
-    Atomics.notify(h, Slot.state);
-    if (spinWhile(h, Slot.state, MailboxState.PENDING, SPIN_MICROS)) return;
-    while (Atomics.load(h, Slot.state) === MailboxState.PENDING) Atomics.wait(h, Slot.state, MailboxState.PENDING);
+    Atomics.store(h, MailboxField.state, MailboxState.PENDING);
+    Atomics.notify(h, MailboxField.state);
+    if (spinWhile(h, MailboxField.state, MailboxState.PENDING, SPIN_MICROS)) return;
+    while (Atomics.load(h, MailboxField.state) === MailboxState.PENDING) Atomics.wait(h, MailboxField.state, MailboxState.PENDING);
   };
 
   for (;;) {
-    if (Atomics.load(h, Slot.stop)) return stop(ExitReason.INTR, 0);
+    if (Atomics.load(h, MailboxField.stop)) return stop(ExitReason.INTR, 0);
     const ret = ioctlRaw(fd, Ioctl.RUN, 0);
     if (ret < 0) {
       if (-ret === EINTR || -ret === EAGAIN) {
@@ -91,12 +91,12 @@ function runVcpu({ fd, mmapSize, shared, vmFd, local }: VcpuWorkerData): void {
           answerLocally(own.bus, port, size, isWrite, runBytes.subarray(dataOffset, dataOffset + bytes), h);
           break;
         }
-        h[Slot.kind] = AccessKind.PIO;
-        h[Slot.addrLo] = port;
-        h[Slot.addrHi] = 0;
-        h[Slot.size] = size;
-        h[Slot.count] = count;
-        h[Slot.isWrite] = isWrite ? 1 : 0;
+        h[MailboxField.kind] = AccessKind.PIO;
+        h[MailboxField.addrLo] = port;
+        h[MailboxField.addrHi] = 0;
+        h[MailboxField.size] = size;
+        h[MailboxField.count] = count;
+        h[MailboxField.isWrite] = isWrite ? 1 : 0;
         if (isWrite) box.data.set(runBytes.subarray(dataOffset, dataOffset + bytes));
         handOff();
         if (!isWrite) runBytes.set(box.data.subarray(0, bytes), dataOffset);
@@ -107,12 +107,12 @@ function runVcpu({ fd, mmapSize, shared, vmFd, local }: VcpuWorkerData): void {
         const isWrite = run.getUint8(RunOffset.mmioIsWrite) !== 0;
         const addr = run.getBigUint64(RunOffset.mmioPhysAddr, true);
         if (len > 8) return stop(reason, -1);
-        h[Slot.kind] = AccessKind.MMIO;
-        h[Slot.addrLo] = Number(addr & 0xffffffffn) | 0;
-        h[Slot.addrHi] = Number(addr >> 32n) | 0;
-        h[Slot.size] = len;
-        h[Slot.count] = 1;
-        h[Slot.isWrite] = isWrite ? 1 : 0;
+        h[MailboxField.kind] = AccessKind.MMIO;
+        h[MailboxField.addrLo] = Number(addr & 0xffffffffn) | 0;
+        h[MailboxField.addrHi] = Number(addr >> 32n) | 0;
+        h[MailboxField.size] = len;
+        h[MailboxField.count] = 1;
+        h[MailboxField.isWrite] = isWrite ? 1 : 0;
         if (isWrite) box.data.set(runBytes.subarray(RunOffset.mmioData, RunOffset.mmioData + len));
         handOff();
         if (!isWrite) runBytes.set(box.data.subarray(0, len), RunOffset.mmioData);
@@ -142,7 +142,7 @@ function answerLocally(bus: Bus, port: number, size: number, isWrite: boolean, d
       if (isWrite) bus.write(port, chunk);
       else bus.read(port, chunk);
     } catch {
-      Atomics.add(h, Slot.localErrors, 1);
+      Atomics.add(h, MailboxField.localErrors, 1);
       if (!isWrite) chunk.fill(0xff);
     }
   }

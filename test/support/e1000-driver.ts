@@ -1,7 +1,7 @@
 // An e1000 on a fake back-end in 1 MiB of guest RAM, driven as its driver does:
 // registers through BAR 0 (or BAR 1's IOADDR/IODATA window), descriptors written
 // into guest memory.
-import { E1000, R } from '../../src/devices/net/e1000.js';
+import { E1000, MacReg } from '../../src/devices/net/e1000.js';
 import type { TxContext } from '../../src/devices/net/e1000-offload.js';
 import { GuestMemory, gpa } from '../../src/memory/guest-memory.js';
 import { FakeBackend, NO_POLLER } from './fake-net-backend.js';
@@ -41,12 +41,12 @@ export function e1000Setup(backend = new FakeBackend()) {
   /** A transmit ring of `count` descriptors at `base`, head and tail 0, transmit enabled. */
   const txRing = (base: number, count: number) => {
     txBase = base;
-    wr(R.TDBAL, base);
-    wr(R.TDBAH, 0);
-    wr(R.TDLEN, count * 16);
-    wr(R.TDH, 0);
-    wr(R.TDT, 0);
-    wr(R.TCTL, 2);
+    wr(MacReg.TDBAL, base);
+    wr(MacReg.TDBAH, 0);
+    wr(MacReg.TDLEN, count * 16);
+    wr(MacReg.TDH, 0);
+    wr(MacReg.TDT, 0);
+    wr(MacReg.TCTL, 2);
   };
   const txDesc = (index: number) => txBase + 16 * index;
   /** A legacy descriptor: one buffer, by default a whole frame that asks for DD. */

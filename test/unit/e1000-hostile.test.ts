@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { setImmediate as nextTurn } from 'node:timers/promises';
-import { Icr, MIN_TSO_MSS, R, TX_BUDGET } from '../../src/devices/net/e1000.js';
+import { Icr, MIN_TSO_MSS, MacReg, TX_BUDGET } from '../../src/devices/net/e1000.js';
 import { VNET_HDR_LEN } from '../../src/net/backend.js';
 import { e1000Setup, TCP4_TSO, TuCmd, TxCmd } from '../support/e1000-driver.js';
 import { FakeBackend } from '../support/fake-net-backend.js';
@@ -59,21 +59,21 @@ test('e1000: TSO with MSS 1 is cut at MIN_TSO_MSS; a TDT write sends at most TX_
     packets.push(packet);
   }
   const frames = PACKETS * Math.ceil(PAYLOAD / MIN_TSO_MSS);
-  wr(R.TDT, 1 + PACKETS);
+  wr(MacReg.TDT, 1 + PACKETS);
   const firstWrite = backend.sent.length;
   assert.ok(firstWrite < frames, `one TDT write sent ${firstWrite} frames, all of them`);
   assert.ok(firstWrite <= TX_BUDGET.frames, `one TDT write sent ${firstWrite} frames`);
-  assert.notEqual(rd(R.TDH), 1 + PACKETS);
+  assert.notEqual(rd(MacReg.TDH), 1 + PACKETS);
   assert.equal(txDone(PACKETS), false, 'no DD before the packet is out');
-  wr(R.TDT, 1 + PACKETS);
+  wr(MacReg.TDT, 1 + PACKETS);
   assert.equal(backend.sent.length, firstWrite, 'a doorbell while a chunk is scheduled adds no work of its own');
 
-  const turns = await turnsUntil(() => rd(R.TDH) === 1 + PACKETS);
-  assert.equal(rd(R.TDH), 1 + PACKETS);
+  const turns = await turnsUntil(() => rd(MacReg.TDH) === 1 + PACKETS);
+  assert.equal(rd(MacReg.TDH), 1 + PACKETS);
   assert.ok(turns >= frames / TX_BUDGET.frames - 1, `${turns} turns`);
   assert.equal(backend.sent.length, frames);
   for (let i = 1; i <= PACKETS; i++) assert.ok(txDone(i), `DD on descriptor ${i}`);
-  assert.equal(rd(R.ICR) & (Icr.TXDW | Icr.TXQE), Icr.TXDW | Icr.TXQE);
+  assert.equal(rd(MacReg.ICR) & (Icr.TXDW | Icr.TXQE), Icr.TXDW | Icr.TXQE);
   const segs = backend.sent.map((s) => parse(s.packet.subarray(VNET_HDR_LEN)));
   assert.ok(segs.every((s) => s.tcp!.payload.length === MIN_TSO_MSS && s.ipChecksumOk));
   const perPacket = frames / PACKETS;
@@ -92,10 +92,10 @@ test('e1000: a ring of 4096 context descriptors takes TX_BUDGET.descriptors per 
   const { wr, rd, txRing, contextTx } = e1000Setup();
   txRing(0x40000, 4096);
   for (let i = 0; i < 4096; i++) contextTx(i, TCP4_TSO);
-  wr(R.TDT, 4095);
-  assert.equal(rd(R.TDH), TX_BUDGET.descriptors);
-  await turnsUntil(() => rd(R.TDH) === 4095);
-  assert.equal(rd(R.TDH), 4095);
+  wr(MacReg.TDT, 4095);
+  assert.equal(rd(MacReg.TDH), TX_BUDGET.descriptors);
+  await turnsUntil(() => rd(MacReg.TDH) === 4095);
+  assert.equal(rd(MacReg.TDH), 4095);
 });
 
 test('e1000: a frame the back-end throws on is dropped and counted; its descriptor completes and the queue goes on', () => {
@@ -107,15 +107,15 @@ test('e1000: a frame the back-end throws on is dropped and counted; its descript
   mem.write(0x9000, fine);
   legacyTx(0, 0x8000, toPortZero.length);
   legacyTx(1, 0x9000, fine.length);
-  assert.doesNotThrow(() => wr(R.TDT, 2));
-  assert.equal(rd(R.TDH), 2);
+  assert.doesNotThrow(() => wr(MacReg.TDT, 2));
+  assert.equal(rd(MacReg.TDH), 2);
   assert.ok(txDone(0) && txDone(1));
   assert.equal(nic.drops.get('tx-backend-error'), 1);
   assert.equal(backend.sent.length, 1);
   legacyTx(2, 0x8000, toPortZero.length);
   legacyTx(3, 0x9000, fine.length);
-  assert.doesNotThrow(() => wr(R.TDT, 4));
-  assert.equal(rd(R.TDH), 4, 'the queue never wedges on the refused frame');
+  assert.doesNotThrow(() => wr(MacReg.TDT, 4));
+  assert.equal(rd(MacReg.TDH), 4, 'the queue never wedges on the refused frame');
   assert.equal(backend.sent.length, 2);
   assert.equal(nic.drops.get('tx-backend-error'), 2);
   assert.equal(nic.stats().deviceErrors, 0, 'a refused frame is not a device error');
@@ -123,45 +123,45 @@ test('e1000: a frame the back-end throws on is dropped and counted; its descript
 
 test('e1000: an error escaping a register write breaks the device (link down, LSC once, counted) until CTRL.RST', () => {
   const { mem, backend, nic, wr, rd, irq, txRing, legacyTx } = e1000Setup();
-  wr(R.IMS, Icr.LSC);
-  wr(R.RDBAL, 0x2000);
-  wr(R.RDLEN, 128);
+  wr(MacReg.IMS, Icr.LSC);
+  wr(MacReg.RDBAL, 0x2000);
+  wr(MacReg.RDLEN, 128);
   for (let i = 0; i < 8; i++) mem.writeU64(0x2000 + 16 * i, BigInt(0x20000 + i * 2048));
-  wr(R.RCTL, 0x2 | 0x8000);
+  wr(MacReg.RCTL, 0x2 | 0x8000);
   const broadcast = new Uint8Array(VNET_HDR_LEN + 60).fill(0xff);
   assert.equal(backend.port!.receive(0, broadcast), false, 'no buffers yet: held');
   const restore = breakMethod(backend, 'resume');
-  assert.doesNotThrow(() => wr(R.RDT, 7));
+  assert.doesNotThrow(() => wr(MacReg.RDT, 7));
   restore();
   assert.equal(nic.stats().deviceErrors, 1);
   assert.equal(nic.stats().broken, 1);
   assert.match(nic.lastError ?? '', /MMIO write: Error: resume failed/);
-  assert.equal(rd(R.STATUS) & 0x2, 0, 'STATUS.LU cleared');
-  wr(R.MDIC, (2 << 26) | (1 << 21) | (1 << 16));
-  assert.equal(rd(R.MDIC) & PHY_STATUS_LINK, 0, 'the PHY reports the link down too');
+  assert.equal(rd(MacReg.STATUS) & 0x2, 0, 'STATUS.LU cleared');
+  wr(MacReg.MDIC, (2 << 26) | (1 << 21) | (1 << 16));
+  assert.equal(rd(MacReg.MDIC) & PHY_STATUS_LINK, 0, 'the PHY reports the link down too');
   assert.equal(irq(), true);
-  assert.equal(rd(R.ICR) & Icr.LSC, Icr.LSC);
+  assert.equal(rd(MacReg.ICR) & Icr.LSC, Icr.LSC);
 
   // Broken: nothing moves, and a second error raises no second LSC.
   txRing(0x1000, 8);
   const frame = udpFrame(ip('10.0.2.15'), 5000, ip('10.0.2.2'), 53, Uint8Array.of(1));
   mem.write(0x8000, frame);
   legacyTx(0, 0x8000, frame.length);
-  wr(R.TDT, 1);
+  wr(MacReg.TDT, 1);
   assert.equal(backend.sent.length, 0);
   assert.equal(backend.port!.receive(0, broadcast), true);
   assert.equal(nic.drops.get('rx-link-down'), 1);
   nic.plugged({ set: () => { throw new Error('interrupt line failed'); } });
-  assert.doesNotThrow(() => wr(R.IMS, Icr.TXDW));
+  assert.doesNotThrow(() => wr(MacReg.IMS, Icr.TXDW));
   nic.plugged({ set: () => {} });
   assert.equal(nic.stats().deviceErrors, 2);
-  assert.equal(rd(R.ICR) & Icr.LSC, 0, 'LSC is raised once');
+  assert.equal(rd(MacReg.ICR) & Icr.LSC, 0, 'LSC is raised once');
 
-  wr(R.CTRL, 1 << 26);
+  wr(MacReg.CTRL, 1 << 26);
   assert.equal(nic.stats().broken, 0);
-  assert.equal(rd(R.STATUS) & 0x2, 0x2, 'CTRL.RST brings the link back');
+  assert.equal(rd(MacReg.STATUS) & 0x2, 0x2, 'CTRL.RST brings the link back');
   txRing(0x1000, 8);
-  wr(R.TDT, 1);
+  wr(MacReg.TDT, 1);
   assert.equal(backend.sent.length, 1);
   assert.equal(nic.stats().deviceErrors, 2, 'the count survives the reset');
 });
@@ -178,37 +178,37 @@ test('e1000: the I/O BAR, the back-end receive callback and a resumed transmit c
   legacyTx(0, 0x8000, 60);
   let restore = breakMethod(mem, 'readU32');
   assert.doesNotThrow(() => {
-    ioWrite(0, R.TDT);
+    ioWrite(0, MacReg.TDT);
     ioWrite(4, 1);
   });
   restore();
   assert.match(nic.lastError ?? '', /^I\/O write: Error: readU32 failed/);
-  wr(R.CTRL, 1 << 26);
+  wr(MacReg.CTRL, 1 << 26);
 
-  wr(R.RDBAL, 0x2000);
-  wr(R.RDLEN, 128);
-  wr(R.RDT, 7);
-  wr(R.RCTL, 0x2 | 0x8000);
+  wr(MacReg.RDBAL, 0x2000);
+  wr(MacReg.RDLEN, 128);
+  wr(MacReg.RDT, 7);
+  wr(MacReg.RCTL, 0x2 | 0x8000);
   restore = breakMethod(mem, 'write');
   let taken: boolean | undefined;
   assert.doesNotThrow(() => (taken = backend.port!.receive(0, new Uint8Array(VNET_HDR_LEN + 60).fill(0xff))));
   restore();
   assert.equal(taken, true, 'the frame is dropped, not held');
   assert.match(nic.lastError ?? '', /^receive: Error: write failed/);
-  wr(R.CTRL, 1 << 26);
+  wr(MacReg.CTRL, 1 << 26);
 
   txRing(0x1000, 8);
   contextTx(0, { ...TCP4_TSO, mss: 1 });
   const packet = tsoPacket(0, 32 * 1024);
   mem.write(0x10000, packet);
   dataTx(1, 0x10000, packet.length);
-  wr(R.TDT, 2);
+  wr(MacReg.TDT, 2);
   restore = breakMethod(mem, 'readU8');
   await turnsUntil(() => nic.stats().deviceErrors === 3);
   restore();
   assert.equal(nic.stats().deviceErrors, 3);
   assert.match(nic.lastError ?? '', /^transmit: Error: readU8 failed/);
-  assert.equal(rd(R.STATUS) & 0x2, 0);
+  assert.equal(rd(MacReg.STATUS) & 0x2, 0);
   const sent = backend.sent.length;
   await turnsUntil(() => false, 5);
   assert.equal(backend.sent.length, sent, 'a broken device schedules nothing more');
@@ -220,26 +220,26 @@ test('e1000: TDT or RDT beyond the ring and a zero TDLEN do no work and are coun
   const frame = udpFrame(ip('10.0.2.15'), 5000, ip('10.0.2.2'), 53, Uint8Array.of(1));
   mem.write(0x8000, frame);
   for (let i = 0; i < 8; i++) legacyTx(i, 0x8000, frame.length);
-  wr(R.TDT, 100);
+  wr(MacReg.TDT, 100);
   assert.equal(backend.sent.length, 0, 'no lap of the ring for a tail it never reaches');
-  assert.equal(rd(R.TDH), 0);
+  assert.equal(rd(MacReg.TDH), 0);
   assert.equal(nic.drops.get('tx-bad-ring'), 1);
-  wr(R.TDLEN, 100); // below the 128-byte granule: an empty ring
-  wr(R.TDT, 3);
+  wr(MacReg.TDLEN, 100); // below the 128-byte granule: an empty ring
+  wr(MacReg.TDT, 3);
   assert.equal(backend.sent.length, 0);
   assert.equal(nic.drops.get('tx-bad-ring'), 2);
 
-  wr(R.RDBAL, 0x2000);
-  wr(R.RDLEN, 128);
+  wr(MacReg.RDBAL, 0x2000);
+  wr(MacReg.RDLEN, 128);
   for (let i = 0; i < 8; i++) mem.writeU64(0x2000 + 16 * i, BigInt(0x20000 + i * 2048));
-  wr(R.RDH, 0);
-  wr(R.RDT, 20);
-  wr(R.RCTL, 0x2 | 0x8000);
+  wr(MacReg.RDH, 0);
+  wr(MacReg.RDT, 20);
+  wr(MacReg.RCTL, 0x2 | 0x8000);
   const broadcast = new Uint8Array(VNET_HDR_LEN + 60).fill(0xff);
   assert.equal(backend.port!.receive(0, broadcast), false, 'a tail outside the ring offers no buffers');
   assert.equal(mem.readU8(0x200c), 0, 'nothing written');
   assert.equal(nic.stats().rxNoBuffers, 1);
-  wr(R.RDT, 7);
+  wr(MacReg.RDT, 7);
   assert.deepEqual(backend.resumed, [0]);
   assert.equal(backend.port!.receive(0, broadcast), true);
 });
@@ -251,7 +251,7 @@ test('e1000: a TSO context whose IP or TCP header lies past HDRLEN is refused; c
   const packet = tsoPacket(0, 3000);
   mem.write(0x10000, packet);
   dataTx(1, 0x10000, packet.length);
-  wr(R.TDT, 2);
+  wr(MacReg.TDT, 2);
   assert.equal(backend.sent.length, 0);
   assert.equal(nic.drops.get('tx-bad-tso'), 1);
   assert.ok(txDone(1), 'the refused packet still completes');
@@ -262,7 +262,7 @@ test('e1000: a TSO context whose IP or TCP header lies past HDRLEN is refused; c
   dataTx(3, 0x8000, frame.length, TxCmd.EOP | TxCmd.RS);
   legacyTx(4, 0x8000, frame.length, TxCmd.EOP | TxCmd.RS | TxCmd.IC);
   mem.writeU8(0x1000 + 16 * 4 + 10, 200); // CSO past the frame
-  wr(R.TDT, 5);
+  wr(MacReg.TDT, 5);
   assert.equal(backend.sent.length, 2);
   for (const s of backend.sent) assert.deepEqual([...s.packet.subarray(VNET_HDR_LEN)], [...frame]);
   assert.equal(nic.stats().deviceErrors, 0);

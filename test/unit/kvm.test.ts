@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import { test } from 'node:test';
 import { ExitReason } from '../../src/kvm/ioctls.js';
 import { Kvm } from '../../src/kvm/kvm.js';
-import { SysError } from '../../src/kvm/sys.js';
+import { SysError } from '../../src/host/libc.js';
 import { outLoop, runRealMode } from '../support/tiny-guest.js';
 
 const noKvm = !fs.existsSync('/dev/kvm') && 'no /dev/kvm on this machine';

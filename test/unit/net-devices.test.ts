@@ -5,7 +5,7 @@
 // and queue pairs, malformed frames).
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { Icr, R } from '../../src/devices/net/e1000.js';
+import { Icr, MacReg } from '../../src/devices/net/e1000.js';
 import { VNET_HDR_LEN } from '../../src/net/backend.js';
 import { NetFeature, VirtioNet } from '../../src/virtio/net.js';
 import { bit } from '../../src/virtio/device.js';
@@ -21,8 +21,8 @@ import { e1000Setup, E1000_MAC as MAC } from '../support/e1000-driver.js';
 test('e1000: EEPROM through EERD and bit-banged EECD holds the MAC and the 0xBABA checksum; the PHY answers through MDIC', () => {
   const { wr, rd } = e1000Setup();
   const eerd = (addr: number) => {
-    wr(R.EERD, (addr << 8) | 1);
-    const v = rd(R.EERD);
+    wr(MacReg.EERD, (addr << 8) | 1);
+    const v = rd(MacReg.EERD);
     assert.equal(v & 0x10, 0x10);
     return v >>> 16;
   };
@@ -32,32 +32,32 @@ test('e1000: EEPROM through EERD and bit-banged EECD holds the MAC and the 0xBAB
   assert.equal(sum & 0xffff, 0xbaba);
   // Microwire, as Linux's e1000 does it: request, chip select, opcode 110 and a 6-bit address, 16 bits out.
   const SK = 1, CS = 2, DI = 4, DO = 8, REQ = 0x40, GNT = 0x80;
-  wr(R.EECD, REQ);
-  assert.equal(rd(R.EECD) & GNT, GNT);
+  wr(MacReg.EECD, REQ);
+  assert.equal(rd(MacReg.EECD) & GNT, GNT);
   const clockOut = (bit: number) => {
     const base = REQ | CS | (bit ? DI : 0);
-    wr(R.EECD, base);
-    wr(R.EECD, base | SK);
-    wr(R.EECD, base);
+    wr(MacReg.EECD, base);
+    wr(MacReg.EECD, base | SK);
+    wr(MacReg.EECD, base);
   };
   const readWord = (addr: number) => {
-    wr(R.EECD, REQ | CS);
+    wr(MacReg.EECD, REQ | CS);
     for (const b of [1, 1, 0]) clockOut(b);
     for (let i = 5; i >= 0; i--) clockOut((addr >> i) & 1);
     let word = 0;
     for (let i = 0; i < 16; i++) {
-      wr(R.EECD, REQ | CS | SK);
-      word = (word << 1) | ((rd(R.EECD) & DO) ? 1 : 0);
-      wr(R.EECD, REQ | CS);
+      wr(MacReg.EECD, REQ | CS | SK);
+      word = (word << 1) | ((rd(MacReg.EECD) & DO) ? 1 : 0);
+      wr(MacReg.EECD, REQ | CS);
     }
-    wr(R.EECD, REQ);
+    wr(MacReg.EECD, REQ);
     return word;
   };
   assert.equal(readWord(1), 0xab00);
   assert.equal(readWord(2), 0xefcd);
   const mdicRead = (phy: number, reg: number) => {
-    wr(R.MDIC, (2 << 26) | (phy << 21) | (reg << 16));
-    return rd(R.MDIC);
+    wr(MacReg.MDIC, (2 << 26) | (phy << 21) | (reg << 16));
+    return rd(MacReg.MDIC);
   };
   assert.equal(mdicRead(1, 2) & 0xffff, 0x0141);
   assert.equal(mdicRead(1, 1) & 0x24, 0x24, 'link up, auto-negotiation complete');
@@ -66,24 +66,24 @@ test('e1000: EEPROM through EERD and bit-banged EECD holds the MAC and the 0xBAB
 
 test('e1000: legacy transmit, TSO segmentation with fixed headers and checksums, and receive with interrupts', async () => {
   const { mem, backend, wr, rd, irq } = e1000Setup();
-  wr(R.IMS, Icr.TXDW | Icr.RXT0);
-  wr(R.TDBAL, 0x1000);
-  wr(R.TDLEN, 128);
-  wr(R.TDH, 0);
-  wr(R.TDT, 0);
-  wr(R.TCTL, 2);
+  wr(MacReg.IMS, Icr.TXDW | Icr.RXT0);
+  wr(MacReg.TDBAL, 0x1000);
+  wr(MacReg.TDLEN, 128);
+  wr(MacReg.TDH, 0);
+  wr(MacReg.TDT, 0);
+  wr(MacReg.TCTL, 2);
   // Legacy descriptor: one 60-byte frame.
   const frame = new Uint8Array(60).map((_, i) => i);
   mem.write(0x8000, frame);
   mem.writeU64(0x1000, 0x8000n);
   mem.writeU32(0x1008, 60 | ((0x01 | 0x02 | 0x08) << 24)); // EOP IFCS RS
-  wr(R.TDT, 1);
+  wr(MacReg.TDT, 1);
   assert.equal(backend.sent.length, 1);
   assert.deepEqual([...backend.sent[0]!.packet.subarray(VNET_HDR_LEN)], [...frame]);
   assert.equal(mem.readU8(0x100c) & 1, 1, 'DD written back');
-  assert.equal(rd(R.TDH), 1);
+  assert.equal(rd(MacReg.TDH), 1);
   assert.equal(irq(), true);
-  assert.equal(rd(R.ICR) & Icr.TXDW, Icr.TXDW);
+  assert.equal(rd(MacReg.ICR) & Icr.TXDW, Icr.TXDW);
   assert.equal(irq(), false, 'reading ICR clears it');
 
   // TSO: a context descriptor, then one data descriptor holding headers and 3000 bytes of payload, MSS 1000.
@@ -107,7 +107,7 @@ test('e1000: legacy transmit, TSO segmentation with fixed headers and checksums,
   mem.writeU64(0x1020, 0x9000n);
   mem.writeU32(0x1028, big.length | (1 << 20) | ((0x01 | 0x04 | 0x08 | 0x20) << 24)); // EOP TSE RS DEXT
   mem.writeU8(0x102d, 0x03); // IXSM TXSM
-  wr(R.TDT, 3);
+  wr(MacReg.TDT, 3);
   assert.equal(backend.sent.length, 4);
   const segs = backend.sent.slice(1).map((s) => parse(s.packet.subarray(VNET_HDR_LEN)));
   assert.deepEqual(segs.map((s) => s.tcp!.seq), [5000, 6000, 7000]);
@@ -117,12 +117,12 @@ test('e1000: legacy transmit, TSO segmentation with fixed headers and checksums,
   assert.deepEqual([...Buffer.concat(segs.map((s) => s.tcp!.payload))], [...payload]);
 
   // Receive: 8 descriptors of 2048 bytes, broadcast accepted.
-  wr(R.RDBAL, 0x2000);
-  wr(R.RDLEN, 128);
-  wr(R.RDH, 0);
+  wr(MacReg.RDBAL, 0x2000);
+  wr(MacReg.RDLEN, 128);
+  wr(MacReg.RDH, 0);
   for (let i = 0; i < 8; i++) mem.writeU64(0x2000 + 16 * i, BigInt(0x20000 + i * 2048));
-  wr(R.RDT, 7);
-  wr(R.RCTL, 0x2 | 0x8000);
+  wr(MacReg.RDT, 7);
+  wr(MacReg.RCTL, 0x2 | 0x8000);
   const incoming = new Uint8Array(VNET_HDR_LEN + 100);
   incoming.fill(0xff, VNET_HDR_LEN, VNET_HDR_LEN + 6);
   incoming.fill(7, VNET_HDR_LEN + 6);
@@ -130,49 +130,49 @@ test('e1000: legacy transmit, TSO segmentation with fixed headers and checksums,
   assert.equal(mem.readU16(0x2008), 104, 'frame plus FCS');
   assert.equal(mem.readU8(0x200c) & 3, 3, 'DD and EOP');
   assert.deepEqual([...mem.read(0x20000, 100)], [...incoming.subarray(VNET_HDR_LEN)]);
-  assert.equal(rd(R.ICR) & Icr.RXT0, Icr.RXT0);
+  assert.equal(rd(MacReg.ICR) & Icr.RXT0, Icr.RXT0);
   // A frame for another MAC is filtered; one for ours is taken.
   const other = incoming.slice();
   other.set([2, 0, 0, 0, 0, 1], VNET_HDR_LEN);
   backend.port!.receive(0, other);
-  assert.equal(rd(R.RDH), 1);
+  assert.equal(rd(MacReg.RDH), 1);
   const mine = incoming.slice();
   mine.set(MAC, VNET_HDR_LEN);
   backend.port!.receive(0, mine);
-  assert.equal(rd(R.RDH), 2);
+  assert.equal(rd(MacReg.RDH), 2);
   // With the ring full the frame is held, and resumed when RDT moves.
-  wr(R.RDT, 2);
+  wr(MacReg.RDT, 2);
   assert.equal(backend.port!.receive(0, mine), false);
-  wr(R.RDT, 5);
+  wr(MacReg.RDT, 5);
   assert.deepEqual(backend.resumed, [0]);
 });
 
 test('e1000: rings and buffers outside guest RAM are refused and counted; register fuzz never throws', () => {
   const { mem, nic, backend, wr } = e1000Setup();
-  wr(R.TCTL, 2);
-  wr(R.TDBAH, 1); // 4 GiB up
-  wr(R.TDBAL, 0x1000);
-  wr(R.TDLEN, 4096);
-  wr(R.TDT, 5);
+  wr(MacReg.TCTL, 2);
+  wr(MacReg.TDBAH, 1); // 4 GiB up
+  wr(MacReg.TDBAL, 0x1000);
+  wr(MacReg.TDLEN, 4096);
+  wr(MacReg.TDT, 5);
   assert.equal(nic.drops.get('tx-ring-outside-ram'), 1);
-  wr(R.TDBAH, 0);
-  wr(R.TDBAL, 0xff000); // last 4 KiB of RAM: descriptors fit, the buffer does not
-  wr(R.TDLEN, 128);
-  wr(R.TDH, 0);
+  wr(MacReg.TDBAH, 0);
+  wr(MacReg.TDBAL, 0xff000); // last 4 KiB of RAM: descriptors fit, the buffer does not
+  wr(MacReg.TDLEN, 128);
+  wr(MacReg.TDH, 0);
   mem.writeU64(0xff000, 0xfff00000n);
   mem.writeU32(0xff008, 64 | (0x09 << 24));
-  wr(R.TDT, 1);
+  wr(MacReg.TDT, 1);
   assert.equal(nic.drops.get('tx-buffer-outside-ram'), 1);
   assert.equal(backend.sent.length, 0);
-  wr(R.RCTL, 0x2 | 0x8000 | 0x8);
-  wr(R.RDBAL, 0xfffff000);
-  wr(R.RDLEN, 128);
-  wr(R.RDT, 3);
+  wr(MacReg.RCTL, 0x2 | 0x8000 | 0x8);
+  wr(MacReg.RDBAL, 0xfffff000);
+  wr(MacReg.RDLEN, 128);
+  wr(MacReg.RDT, 3);
   const pkt = new Uint8Array(VNET_HDR_LEN + 64).fill(0xff);
   backend.port!.receive(0, pkt);
   assert.equal(nic.drops.get('rx-ring-outside-ram'), 1);
   const random = rng(4000);
-  const regs = Object.values(R);
+  const regs = Object.values(MacReg);
   for (let i = 0; i < 20000; i++) {
     const reg = random() < 0.8 ? regs[Math.floor(random() * regs.length)]! : Math.floor(random() * 0x20000) & ~3;
     const v = random() < 0.5 ? Math.floor(random() * 2 ** 32) : Math.floor(random() * 0x100000);

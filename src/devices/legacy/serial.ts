@@ -48,7 +48,7 @@ export const PENDING_LIMIT = 1 << 20;
 const TX_RING = 1 << 16;
 
 /** Int32 slots of the shared state. */
-const S = {
+const StateSlot = {
   lock: 0,
   ier: 1,
   lcr: 2,
@@ -115,10 +115,10 @@ export class Serial implements BusDevice {
     this.loop = new Uint8Array(this.shared, LAYOUT.loop, FIFO_SIZE);
     this.tx = new Uint8Array(this.shared, LAYOUT.tx, TX_RING);
     if (!shared) {
-      this.s[S.lcr] = 0x03;
-      this.s[S.mcr] = 0x08;
-      this.s[S.dll] = 0x0c;
-      this.s[S.threPending] = 1;
+      this.s[StateSlot.lcr] = 0x03;
+      this.s[StateSlot.mcr] = 0x08;
+      this.s[StateSlot.dll] = 0x0c;
+      this.s[StateSlot.threPending] = 1;
     }
   }
 
@@ -137,12 +137,12 @@ export class Serial implements BusDevice {
 
   /** Runs `body` holding the state's lock. Every critical section is a few dozen operations. */
   private locked<T>(body: () => T): T {
-    while (Atomics.compareExchange(this.s, S.lock, 0, 1) !== 0) Atomics.wait(this.s, S.lock, 1, 1);
+    while (Atomics.compareExchange(this.s, StateSlot.lock, 0, 1) !== 0) Atomics.wait(this.s, StateSlot.lock, 1, 1);
     try {
       return body();
     } finally {
-      Atomics.store(this.s, S.lock, 0);
-      Atomics.notify(this.s, S.lock, 1);
+      Atomics.store(this.s, StateSlot.lock, 0);
+      Atomics.notify(this.s, StateSlot.lock, 1);
     }
   }
 
@@ -151,12 +151,12 @@ export class Serial implements BusDevice {
     this.locked(() => {
       const s = this.s;
       for (const b of bytes) {
-        if (s[S.inCount]! >= PENDING_LIMIT) {
+        if (s[StateSlot.inCount]! >= PENDING_LIMIT) {
           this.bump('rxDropped');
           continue;
         }
-        this.input[(s[S.inHead]! + s[S.inCount]!) % PENDING_LIMIT] = b;
-        s[S.inCount]!++;
+        this.input[(s[StateSlot.inHead]! + s[StateSlot.inCount]!) % PENDING_LIMIT] = b;
+        s[StateSlot.inCount]!++;
       }
       this.refill();
       this.update();
@@ -166,9 +166,9 @@ export class Serial implements BusDevice {
   /** Moves waiting host input into the FIFO while the guest takes receive interrupts. */
   private refill(): void {
     const s = this.s;
-    if (!(s[S.ier]! & IER_RDA)) return;
-    const capacity = s[S.fifoEnabled] ? FIFO_SIZE : 1;
-    s[S.rxCount] = Math.max(s[S.rxCount]!, Math.min(capacity, s[S.inCount]!));
+    if (!(s[StateSlot.ier]! & IER_RDA)) return;
+    const capacity = s[StateSlot.fifoEnabled] ? FIFO_SIZE : 1;
+    s[StateSlot.rxCount] = Math.max(s[StateSlot.rxCount]!, Math.min(capacity, s[StateSlot.inCount]!));
   }
 
   /**
@@ -177,25 +177,25 @@ export class Serial implements BusDevice {
    * its probe has briefly enabled receive interrupts.
    */
   private clearRx(): void {
-    if (this.s[S.mcr]! & MCR_LOOP) this.s[S.loopCount] = 0;
-    else this.s[S.rxCount] = 0;
+    if (this.s[StateSlot.mcr]! & MCR_LOOP) this.s[StateSlot.loopCount] = 0;
+    else this.s[StateSlot.rxCount] = 0;
   }
 
   private rxReady(): boolean {
-    return (this.s[S.mcr]! & MCR_LOOP ? this.s[S.loopCount]! : this.s[S.rxCount]!) > 0;
+    return (this.s[StateSlot.mcr]! & MCR_LOOP ? this.s[StateSlot.loopCount]! : this.s[StateSlot.rxCount]!) > 0;
   }
 
   private interruptId(): number {
-    const ier = this.s[S.ier]!;
+    const ier = this.s[StateSlot.ier]!;
     if (ier & IER_RDA && this.rxReady()) return IIR_RDA;
-    if (ier & IER_THRE && this.s[S.threPending]) return IIR_THRE;
+    if (ier & IER_THRE && this.s[StateSlot.threPending]) return IIR_THRE;
     return IIR_NONE;
   }
 
   private update(): void {
     const level = this.interruptId() !== IIR_NONE;
-    if (level === (this.s[S.lineLevel] === 1)) return;
-    this.s[S.lineLevel] = level ? 1 : 0;
+    if (level === (this.s[StateSlot.lineLevel] === 1)) return;
+    this.s[StateSlot.lineLevel] = level ? 1 : 0;
     if (level) this.bump('interrupts');
     // Under the lock, so the line's last level is the state's, whichever thread sets it.
     this.irq.set(level);
@@ -204,18 +204,18 @@ export class Serial implements BusDevice {
   /** Takes the next received byte, or undefined. */
   private receive(): number | undefined {
     const s = this.s;
-    if (s[S.mcr]! & MCR_LOOP) {
-      if (s[S.loopCount] === 0) return undefined;
-      const b = this.loop[s[S.loopHead]!]!;
-      s[S.loopHead] = (s[S.loopHead]! + 1) % FIFO_SIZE;
-      s[S.loopCount]!--;
+    if (s[StateSlot.mcr]! & MCR_LOOP) {
+      if (s[StateSlot.loopCount] === 0) return undefined;
+      const b = this.loop[s[StateSlot.loopHead]!]!;
+      s[StateSlot.loopHead] = (s[StateSlot.loopHead]! + 1) % FIFO_SIZE;
+      s[StateSlot.loopCount]!--;
       return b;
     }
-    if (s[S.rxCount] === 0) return undefined;
-    const b = this.input[s[S.inHead]!]!;
-    s[S.inHead] = (s[S.inHead]! + 1) % PENDING_LIMIT;
-    s[S.inCount]!--;
-    s[S.rxCount]!--;
+    if (s[StateSlot.rxCount] === 0) return undefined;
+    const b = this.input[s[StateSlot.inHead]!]!;
+    s[StateSlot.inHead] = (s[StateSlot.inHead]! + 1) % PENDING_LIMIT;
+    s[StateSlot.inCount]!--;
+    s[StateSlot.rxCount]!--;
     this.bump('rxBytes');
     this.refill();
     return b;
@@ -224,24 +224,24 @@ export class Serial implements BusDevice {
   /** Whether the byte left; false when the transmit ring is full (the caller waits and retries). */
   private transmit(byte: number): boolean {
     const s = this.s;
-    if (s[S.mcr]! & MCR_LOOP) {
-      if (s[S.loopCount]! < FIFO_SIZE) {
-        this.loop[(s[S.loopHead]! + s[S.loopCount]!) % FIFO_SIZE] = byte;
-        s[S.loopCount]!++;
+    if (s[StateSlot.mcr]! & MCR_LOOP) {
+      if (s[StateSlot.loopCount]! < FIFO_SIZE) {
+        this.loop[(s[StateSlot.loopHead]! + s[StateSlot.loopCount]!) % FIFO_SIZE] = byte;
+        s[StateSlot.loopCount]!++;
       } else {
-        s[S.lsrErrors]! |= LSR_OE;
+        s[StateSlot.lsrErrors]! |= LSR_OE;
       }
     } else {
-      const tail = s[S.txTail]!;
-      if (((tail - Atomics.load(s, S.txHead)) | 0) >= TX_RING) return false;
+      const tail = s[StateSlot.txTail]!;
+      if (((tail - Atomics.load(s, StateSlot.txHead)) | 0) >= TX_RING) return false;
       this.tx[tail & (TX_RING - 1)] = byte;
-      Atomics.store(s, S.txTail, (tail + 1) | 0);
+      Atomics.store(s, StateSlot.txTail, (tail + 1) | 0);
       // Clearing the flag also wakes a pump that has not started waiting yet.
-      if (Atomics.compareExchange(s, S.txWaiting, 1, 0) === 1) Atomics.notify(s, S.txWaiting);
+      if (Atomics.compareExchange(s, StateSlot.txWaiting, 1, 0) === 1) Atomics.notify(s, StateSlot.txWaiting);
     }
     this.bump('txBytes');
     // The byte leaves at once: THR is empty again and may interrupt.
-    s[S.threPending] = 1;
+    s[StateSlot.threPending] = 1;
     return true;
   }
 
@@ -256,35 +256,35 @@ export class Serial implements BusDevice {
 
   private readRegister(offset: number): number {
     const s = this.s;
-    const dlab = (s[S.lcr]! & LCR_DLAB) !== 0;
+    const dlab = (s[StateSlot.lcr]! & LCR_DLAB) !== 0;
     switch (offset) {
       case Register.RBR_THR:
-        return dlab ? s[S.dll]! : (this.receive() ?? 0);
+        return dlab ? s[StateSlot.dll]! : (this.receive() ?? 0);
       case Register.IER:
-        return dlab ? s[S.dlm]! : s[S.ier]!;
+        return dlab ? s[StateSlot.dlm]! : s[StateSlot.ier]!;
       case Register.IIR_FCR: {
         const id = this.interruptId();
         // Reading IIR while it reports THRE acknowledges that interrupt.
-        if (id === IIR_THRE) s[S.threPending] = 0;
-        return id | (s[S.fifoEnabled] ? IIR_FIFO_ENABLED : 0);
+        if (id === IIR_THRE) s[StateSlot.threPending] = 0;
+        return id | (s[StateSlot.fifoEnabled] ? IIR_FIFO_ENABLED : 0);
       }
       case Register.LCR:
-        return s[S.lcr]!;
+        return s[StateSlot.lcr]!;
       case Register.MCR:
-        return s[S.mcr]!;
+        return s[StateSlot.mcr]!;
       case Register.LSR: {
-        const lsr = (this.rxReady() ? LSR_DR : 0) | LSR_THRE | LSR_TEMT | s[S.lsrErrors]!;
-        s[S.lsrErrors] = 0;
+        const lsr = (this.rxReady() ? LSR_DR : 0) | LSR_THRE | LSR_TEMT | s[StateSlot.lsrErrors]!;
+        s[StateSlot.lsrErrors] = 0;
         return lsr;
       }
       case Register.MSR: {
-        const mcr = s[S.mcr]!;
+        const mcr = s[StateSlot.mcr]!;
         // Loopback wires DTR->DSR, RTS->CTS, OUT1->RI, OUT2->DCD.
         if (mcr & MCR_LOOP) return ((mcr & 0x01) << 5) | ((mcr & 0x02) << 3) | ((mcr & 0x04) << 4) | ((mcr & 0x08) << 4);
         return MSR_DCD | MSR_DSR | MSR_CTS;
       }
       case Register.SCR:
-        return s[S.scr]!;
+        return s[StateSlot.scr]!;
       default:
         return 0xff;
     }
@@ -295,8 +295,8 @@ export class Serial implements BusDevice {
     // A full transmit ring is a slow owner: the guest waits, as it would for a real line.
     while (!this.locked(() => this.writeRegister(offset, v))) {
       if (this.output) this.drainOutput();
-      else if (Atomics.load(this.s, S.closed)) return;
-      else Atomics.wait(this.s, S.txHead, Atomics.load(this.s, S.txHead), WAIT_MS);
+      else if (Atomics.load(this.s, StateSlot.closed)) return;
+      else Atomics.wait(this.s, StateSlot.txHead, Atomics.load(this.s, StateSlot.txHead), WAIT_MS);
     }
     if (this.output && offset === Register.RBR_THR) this.drainOutput();
   }
@@ -304,34 +304,34 @@ export class Serial implements BusDevice {
   /** False when a transmitted byte found no room (nothing changed then). */
   private writeRegister(offset: number, v: number): boolean {
     const s = this.s;
-    const dlab = (s[S.lcr]! & LCR_DLAB) !== 0;
+    const dlab = (s[StateSlot.lcr]! & LCR_DLAB) !== 0;
     switch (offset) {
       case Register.RBR_THR:
-        if (dlab) s[S.dll] = v;
+        if (dlab) s[StateSlot.dll] = v;
         else if (!this.transmit(v)) return false;
         break;
       case Register.IER:
         if (dlab) {
-          s[S.dlm] = v;
+          s[StateSlot.dlm] = v;
         } else {
-          if (!(s[S.ier]! & IER_THRE) && v & IER_THRE) s[S.threPending] = 1;
-          s[S.ier] = v & (IER_RDA | IER_THRE | IER_RLS | IER_MSI);
+          if (!(s[StateSlot.ier]! & IER_THRE) && v & IER_THRE) s[StateSlot.threPending] = 1;
+          s[StateSlot.ier] = v & (IER_RDA | IER_THRE | IER_RLS | IER_MSI);
           this.refill();
         }
         break;
       case Register.IIR_FCR:
-        s[S.fifoEnabled] = v & FCR_ENABLE ? 1 : 0;
+        s[StateSlot.fifoEnabled] = v & FCR_ENABLE ? 1 : 0;
         if (v & FCR_CLEAR_RX) this.clearRx();
         this.refill();
         break;
       case Register.LCR:
-        s[S.lcr] = v;
+        s[StateSlot.lcr] = v;
         break;
       case Register.MCR:
-        s[S.mcr] = v & 0x1f;
+        s[StateSlot.mcr] = v & 0x1f;
         break;
       case Register.SCR:
-        s[S.scr] = v;
+        s[StateSlot.scr] = v;
         break;
       default:
         break; // LSR and MSR are read-only
@@ -343,8 +343,8 @@ export class Serial implements BusDevice {
   /** The owner hands every byte transmitted so far (by any thread) to its output. */
   drainOutput(): void {
     const s = this.s;
-    const head = Atomics.load(s, S.txHead);
-    const tail = Atomics.load(s, S.txTail);
+    const head = Atomics.load(s, StateSlot.txHead);
+    const tail = Atomics.load(s, StateSlot.txTail);
     const n = (tail - head) | 0;
     if (n <= 0 || !this.output) return;
     const start = head & (TX_RING - 1);
@@ -352,8 +352,8 @@ export class Serial implements BusDevice {
     const bytes = new Uint8Array(n);
     bytes.set(this.tx.subarray(start, start + first));
     bytes.set(this.tx.subarray(0, n - first), first);
-    Atomics.store(s, S.txHead, tail);
-    Atomics.notify(s, S.txHead);
+    Atomics.store(s, StateSlot.txHead, tail);
+    Atomics.notify(s, StateSlot.txHead);
     this.output(bytes);
   }
 
@@ -363,24 +363,24 @@ export class Serial implements BusDevice {
    */
   async pumpOutput(): Promise<void> {
     const s = this.s;
-    while (!Atomics.load(s, S.closed)) {
+    while (!Atomics.load(s, StateSlot.closed)) {
       this.drainOutput();
-      Atomics.store(s, S.txWaiting, 1);
-      const tail = Atomics.load(s, S.txTail);
-      if (tail === Atomics.load(s, S.txHead)) {
-        const w = Atomics.waitAsync(s, S.txWaiting, 1, WAIT_MS * 20);
+      Atomics.store(s, StateSlot.txWaiting, 1);
+      const tail = Atomics.load(s, StateSlot.txTail);
+      if (tail === Atomics.load(s, StateSlot.txHead)) {
+        const w = Atomics.waitAsync(s, StateSlot.txWaiting, 1, WAIT_MS * 20);
         if (w.async) await w.value;
       }
-      Atomics.store(s, S.txWaiting, 0);
+      Atomics.store(s, StateSlot.txWaiting, 0);
     }
     this.drainOutput();
   }
 
   /** Ends the pump (after a last drain) and releases transmitters waiting for room. */
   close(): void {
-    Atomics.store(this.s, S.closed, 1);
-    Atomics.store(this.s, S.txWaiting, 0);
-    Atomics.notify(this.s, S.txWaiting);
-    Atomics.notify(this.s, S.txHead);
+    Atomics.store(this.s, StateSlot.closed, 1);
+    Atomics.store(this.s, StateSlot.txWaiting, 0);
+    Atomics.notify(this.s, StateSlot.txWaiting);
+    Atomics.notify(this.s, StateSlot.txHead);
   }
 }

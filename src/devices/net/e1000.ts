@@ -29,7 +29,7 @@ const MMIO_SIZE = 0x20000;
 const IO_SIZE = 0x40;
 
 /** Register offsets in BAR 0. */
-export const R = {
+export const MacReg = {
   CTRL: 0x0000, STATUS: 0x0008, EECD: 0x0010, EERD: 0x0014, CTRL_EXT: 0x0018, MDIC: 0x0020,
   ICR: 0x00c0, ITR: 0x00c4, ICS: 0x00c8, IMS: 0x00d0, IMC: 0x00d8,
   RCTL: 0x0100, TCTL: 0x0400,
@@ -169,10 +169,10 @@ export class E1000 implements PciDevice, NetPort {
 
   private reset(): void {
     this.regs.fill(0);
-    this.regs[R.STATUS / 4] = STATUS_VALUE;
-    this.regs[R.CTRL / 4] = 0x1; // full duplex
-    this.regs[R.RA / 4] = this.mac[0]! | (this.mac[1]! << 8) | (this.mac[2]! << 16) | (this.mac[3]! << 24);
-    this.regs[R.RA / 4 + 1] = (this.mac[4]! | (this.mac[5]! << 8) | RAH_AV) >>> 0;
+    this.regs[MacReg.STATUS / 4] = STATUS_VALUE;
+    this.regs[MacReg.CTRL / 4] = 0x1; // full duplex
+    this.regs[MacReg.RA / 4] = this.mac[0]! | (this.mac[1]! << 8) | (this.mac[2]! << 16) | (this.mac[3]! << 24);
+    this.regs[MacReg.RA / 4 + 1] = (this.mac[4]! | (this.mac[5]! << 8) | RAH_AV) >>> 0;
     this.phy.reset();
     this.txPacket = [];
     this.txLength = 0;
@@ -202,7 +202,7 @@ export class E1000 implements PciDevice, NetPort {
     if (this.broken) return;
     this.broken = true;
     this.stopTx();
-    this.regs[R.STATUS / 4]! &= ~STATUS_LU;
+    this.regs[MacReg.STATUS / 4]! &= ~STATUS_LU;
     this.phy.linkDown();
     try {
       this.raise(Icr.LSC);
@@ -241,21 +241,21 @@ export class E1000 implements PciDevice, NetPort {
 
   private readReg(reg: number): number {
     switch (reg) {
-      case R.EECD:
+      case MacReg.EECD:
         return this.eeprom.readEecd();
-      case R.EERD:
+      case MacReg.EERD:
         return this.eeprom.readEerd();
-      case R.ICR: {
-        const v = this.regs[R.ICR / 4]!;
-        this.regs[R.ICR / 4] = 0;
+      case MacReg.ICR: {
+        const v = this.regs[MacReg.ICR / 4]!;
+        this.regs[MacReg.ICR / 4] = 0;
         this.updateIrq();
         return v;
       }
-      case R.IMC:
-      case R.ICS:
+      case MacReg.IMC:
+      case MacReg.ICS:
         return 0;
     }
-    if (reg >= R.STATS_START && reg < R.STATS_END) {
+    if (reg >= MacReg.STATS_START && reg < MacReg.STATS_END) {
       const v = this.regs[reg / 4]!;
       this.regs[reg / 4] = 0; // statistics clear on read
       return v;
@@ -266,61 +266,61 @@ export class E1000 implements PciDevice, NetPort {
   private writeReg(reg: number, value: number): void {
     value >>>= 0;
     switch (reg) {
-      case R.CTRL: {
+      case MacReg.CTRL: {
         if (value & CTRL_RST) return this.reset();
-        const linkUp = (value & CTRL_SLU) !== 0 && !(this.reg(R.CTRL) & CTRL_SLU);
+        const linkUp = (value & CTRL_SLU) !== 0 && !(this.reg(MacReg.CTRL) & CTRL_SLU);
         this.regs[reg / 4] = (value & ~(CTRL_RST | CTRL_PHY_RST)) >>> 0;
         if (linkUp) this.raise(Icr.LSC); // the link comes up once, when the driver sets SLU
         return;
       }
-      case R.STATUS:
+      case MacReg.STATUS:
         return;
-      case R.EECD:
+      case MacReg.EECD:
         return this.eeprom.writeEecd(value);
-      case R.EERD:
+      case MacReg.EERD:
         return this.eeprom.writeEerd(value);
-      case R.MDIC:
+      case MacReg.MDIC:
         this.regs[reg / 4] = this.phy.mdic(value);
         return;
-      case R.ICR:
-        this.regs[R.ICR / 4]! &= ~value;
+      case MacReg.ICR:
+        this.regs[MacReg.ICR / 4]! &= ~value;
         return this.updateIrq();
-      case R.ICS:
+      case MacReg.ICS:
         return this.raise(value);
-      case R.IMS:
-        this.regs[R.IMS / 4]! |= value;
+      case MacReg.IMS:
+        this.regs[MacReg.IMS / 4]! |= value;
         return this.updateIrq();
-      case R.IMC:
-        this.regs[R.IMS / 4]! &= ~value;
+      case MacReg.IMC:
+        this.regs[MacReg.IMS / 4]! &= ~value;
         return this.updateIrq();
-      case R.RDLEN:
-      case R.TDLEN:
+      case MacReg.RDLEN:
+      case MacReg.TDLEN:
         this.regs[reg / 4] = value & 0xfff80; // a multiple of 128 bytes
         return;
-      case R.RDH:
-      case R.RDT:
-      case R.TDH:
-      case R.TDT:
+      case MacReg.RDH:
+      case MacReg.RDT:
+      case MacReg.TDH:
+      case MacReg.TDT:
         this.regs[reg / 4] = value & 0xffff;
-        if (reg === R.TDT) {
+        if (reg === MacReg.TDT) {
           this.counters.tdtWrites++;
           this.txDoorbell();
         }
-        if (reg === R.RDT) {
+        if (reg === MacReg.RDT) {
           this.counters.rdtWrites++;
           this.rxAvailable();
         }
         return;
-      case R.RCTL:
+      case MacReg.RCTL:
         this.regs[reg / 4] = value;
         if (value & Rctl.EN) this.rxAvailable();
         return;
-      case R.TCTL:
+      case MacReg.TCTL:
         this.regs[reg / 4] = value;
         if (value & TCTL_EN) this.txDoorbell();
         return;
     }
-    if (reg >= R.STATS_START && reg < R.STATS_END) return; // read-only
+    if (reg >= MacReg.STATS_START && reg < MacReg.STATS_END) return; // read-only
     this.regs[reg / 4] = value;
   }
 
@@ -331,12 +331,12 @@ export class E1000 implements PciDevice, NetPort {
   // -- interrupts ------------------------------------------------------------
 
   private raise(causes: number): void {
-    this.regs[R.ICR / 4]! |= causes;
+    this.regs[MacReg.ICR / 4]! |= causes;
     this.updateIrq();
   }
 
   private updateIrq(): void {
-    const level = (this.reg(R.ICR) & this.reg(R.IMS)) !== 0;
+    const level = (this.reg(MacReg.ICR) & this.reg(MacReg.IMS)) !== 0;
     if (level && !this.asserted) this.counters.interrupts++;
     this.asserted = level;
     this.intx.set(level);
@@ -368,10 +368,10 @@ export class E1000 implements PciDevice, NetPort {
    * completes (DD, TDH past it) only once all its frames are out.
    */
   private transmit(): void {
-    if (this.broken || !(this.reg(R.TCTL) & TCTL_EN)) return;
-    const ring = this.ring(R.TDBAL, R.TDBAH, R.TDLEN);
-    let head = this.reg(R.TDH);
-    const tail = this.reg(R.TDT);
+    if (this.broken || !(this.reg(MacReg.TCTL) & TCTL_EN)) return;
+    const ring = this.ring(MacReg.TDBAL, MacReg.TDBAH, MacReg.TDLEN);
+    let head = this.reg(MacReg.TDH);
+    const tail = this.reg(MacReg.TDT);
     if (head === tail) return;
     // Outside the ring, head would never reach tail.
     if (head >= ring.count || tail >= ring.count) return this.drops.count('tx-bad-ring');
@@ -406,7 +406,7 @@ export class E1000 implements PciDevice, NetPort {
       head = (head + 1) % ring.count;
       done++;
     }
-    this.regs[R.TDH / 4] = head;
+    this.regs[MacReg.TDH / 4] = head;
     if (done) this.raise(cause | (head === tail ? Icr.TXQE : 0));
     if (more && !this.broken) this.scheduleTx();
   }
@@ -531,7 +531,7 @@ export class E1000 implements PciDevice, NetPort {
   // -- receive ---------------------------------------------------------------
 
   private rxBufferSize(): number {
-    const rctl = this.reg(R.RCTL);
+    const rctl = this.reg(MacReg.RCTL);
     const code = (rctl >>> RCTL_BSIZE_SHIFT) & 3;
     if (rctl & Rctl.BSEX) return [2048, 16384, 8192, 4096][code]!;
     return [2048, 1024, 512, 256][code]!;
@@ -553,7 +553,7 @@ export class E1000 implements PciDevice, NetPort {
       this.drops.count('rx-link-down');
       return true;
     }
-    const rctl = this.reg(R.RCTL);
+    const rctl = this.reg(MacReg.RCTL);
     if (!(rctl & Rctl.EN)) {
       this.drops.count('rx-disabled');
       return true;
@@ -573,11 +573,11 @@ export class E1000 implements PciDevice, NetPort {
     const wire = new Uint8Array(Math.max(frame.length, MIN_FRAME) + fcs);
     wire.set(frame);
     frame = wire;
-    const ring = this.ring(R.RDBAL, R.RDBAH, R.RDLEN);
+    const ring = this.ring(MacReg.RDBAL, MacReg.RDBAH, MacReg.RDLEN);
     const size = this.rxBufferSize();
     const needed = Math.ceil(frame.length / size);
-    let head = this.reg(R.RDH);
-    const tail = this.reg(R.RDT);
+    let head = this.reg(MacReg.RDH);
+    const tail = this.reg(MacReg.RDT);
     const free = ring.count ? (tail - head + ring.count) % ring.count : 0;
     if (free < needed || head >= ring.count || tail >= ring.count) {
       this.counters.rxNoBuffers++;
@@ -609,7 +609,7 @@ export class E1000 implements PciDevice, NetPort {
       head = (head + 1) % ring.count;
       if (errors) break;
     }
-    this.regs[R.RDH / 4] = head;
+    this.regs[MacReg.RDH / 4] = head;
     this.counters.rxPackets++;
     this.counters.rxBytes += frame.length - fcs;
     const left = (tail - head + ring.count) % ring.count;
@@ -625,13 +625,13 @@ export class E1000 implements PciDevice, NetPort {
       if (rctl & Rctl.MPE) return true;
       const shift = [4, 3, 2, 0][(rctl >>> RCTL_MO_SHIFT) & 3]!;
       const hash = ((frame[4]! | (frame[5]! << 8)) >>> shift) & 0xfff;
-      return ((this.regs[R.MTA / 4 + (hash >>> 5)]! >>> (hash & 31)) & 1) === 1;
+      return ((this.regs[MacReg.MTA / 4 + (hash >>> 5)]! >>> (hash & 31)) & 1) === 1;
     }
     if (rctl & Rctl.UPE) return true;
     for (let i = 0; i < 16; i++) {
-      const high = this.regs[R.RA / 4 + 2 * i + 1]!;
+      const high = this.regs[MacReg.RA / 4 + 2 * i + 1]!;
       if (!(high & RAH_AV)) continue;
-      const low = this.regs[R.RA / 4 + 2 * i]!;
+      const low = this.regs[MacReg.RA / 4 + 2 * i]!;
       if (readLe32(frame, 0) === low && (frame[4]! | (frame[5]! << 8)) === (high & 0xffff)) return true;
     }
     return false;

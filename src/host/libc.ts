@@ -136,7 +136,7 @@ export function getpid(): number {
   return c.getpid();
 }
 
-/** Interrupts one thread of this process (used to kick a vCPU out of KVM_RUN). */
+/** Interrupts one thread of this process (used to take a vCPU out of KVM_RUN). */
 export function tgkill(tid: number, signal: number): void {
   check('tgkill', c.tgkill(c.getpid(), tid, signal));
 }
