@@ -2,7 +2,7 @@
 import fs from 'node:fs';
 import { parseArgs } from 'node:util';
 import { FetchError } from '../guest/debian.js';
-import { runNested } from '../nested/nested-host.js';
+import { isNestedCpuCount, runNested } from '../nested/nested-host.js';
 import { benchCommand } from './bench-io-paths.js';
 import { doctor } from './doctor.js';
 import { ExitCode, UsageError, UserError } from './errors.js';
@@ -71,7 +71,7 @@ async function nestedCommand(argv: string[]): Promise<number> {
   }
   const memoryMiB = values.memory ? Math.floor(parseSize(values.memory, '--memory') / 2 ** 20) : undefined;
   const cpus = values.cpus ? Number(values.cpus) : undefined;
-  if (cpus !== undefined && !(Number.isInteger(cpus) && cpus >= 1 && cpus <= 8)) throw new UsageError('--cpus must be 1 to 8');
+  if (cpus !== undefined && !isNestedCpuCount(cpus)) throw new UsageError('--cpus must be 1 to 8');
   const writable = values.writable ?? [];
   for (const dir of writable) if (!fs.statSync(dir, { throwIfNoEntry: false })?.isDirectory()) throw new UsageError(`--writable ${dir} is not a directory`);
   const [command, ...args] = argv.slice(split + 1);

@@ -97,6 +97,25 @@ export class Bus {
     return true;
   }
 
+  /**
+   * One exit's worth of accesses: `data` holds `data.length / size` accesses of
+   * `size` bytes at `addr` (string I/O repeats the port). What a device throws goes
+   * to `onError` and drops that access (a read sees all-ones), so guest input never
+   * ends the caller.
+   */
+  dispatch(addr: number, size: number, isWrite: boolean, data: Uint8Array, onError: (e: unknown) => void): void {
+    for (let i = 0; i + size <= data.length; i += size) {
+      const chunk = data.subarray(i, i + size);
+      try {
+        if (isWrite) this.write(addr, chunk);
+        else this.read(addr, chunk);
+      } catch (e) {
+        if (!isWrite) chunk.fill(0xff);
+        onError(e);
+      }
+    }
+  }
+
   private countUnclaimed(addr: number): void {
     const n = this.unclaimedByAddress.get(addr);
     if (n !== undefined) this.unclaimedByAddress.set(addr, n + 1);

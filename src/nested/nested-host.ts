@@ -188,10 +188,15 @@ export function nestedHostKnobs(env = process.env) {
   };
 }
 
+/** The nested host's vCPU counts tsvisor accepts (from TSVISOR_NESTED_CPUS or `tsvisor nested --cpus`). */
+export function isNestedCpuCount(n: number): boolean {
+  return Number.isInteger(n) && n >= 1 && n <= 8;
+}
+
 function nestedCpus(value: string | undefined): number {
   if (value === undefined || value === '') return 1;
   const n = Number(value);
-  if (!(Number.isInteger(n) && n >= 1 && n <= 8)) throw new UserError(`TSVISOR_NESTED_CPUS="${value}" must be 1 to 8`);
+  if (!isNestedCpuCount(n)) throw new UserError(`TSVISOR_NESTED_CPUS="${value}" must be 1 to 8`);
   return n;
 }
 

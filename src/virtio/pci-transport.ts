@@ -90,7 +90,7 @@ export class VirtioPciDevice implements PciDevice {
   /** Why the device last set DEVICE_NEEDS_RESET. */
   lastFailure: string | undefined;
   /** What the driver programmed into each queue's registers; live queues are made from it at DRIVER_OK. */
-  private readonly queues: QueueRegisters[];
+  private queues: QueueRegisters[];
   private readonly queueVectors: number[];
   private readonly msix: Msix;
   private readonly offered: bigint;
@@ -112,7 +112,7 @@ export class VirtioPciDevice implements PciDevice {
   constructor(readonly device: VirtioDevice, private readonly env: VirtioPciEnv) {
     this.name = device.name;
     this.offered = device.features | bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_F_RING_INDIRECT_DESC) | bit(VIRTIO_F_RING_EVENT_IDX);
-    this.queues = device.queueSizes.map((maxSize) => resetRegisters({ maxSize } as QueueRegisters));
+    this.queues = device.queueSizes.map((maxSize) => queueRegisters(maxSize));
     this.queueVectors = this.queues.map(() => NO_VECTOR);
     this.config = new ConfigSpace({
       vendor: VIRTIO_PCI_VENDOR,
@@ -405,7 +405,7 @@ export class VirtioPciDevice implements PciDevice {
   private reset(): void {
     this.stopActivation();
     this.device.reset();
-    for (const q of this.queues) resetRegisters(q);
+    this.queues = this.queues.map((q) => queueRegisters(q.maxSize));
     this.queueVectors.fill(NO_VECTOR);
     this.configVector = NO_VECTOR;
     this.status = 0;
@@ -432,6 +432,7 @@ interface QueueRegisters {
   usedRing: number;
 }
 
-function resetRegisters(r: QueueRegisters): QueueRegisters {
-  return Object.assign(r, { size: r.maxSize, ready: false, descTable: 0, availRing: 0, usedRing: 0 });
+/** A queue's registers after a reset. */
+function queueRegisters(maxSize: number): QueueRegisters {
+  return { maxSize, size: maxSize, ready: false, descTable: 0, availRing: 0, usedRing: 0 };
 }

@@ -78,7 +78,7 @@ export class SplitQueue {
     checkArea(mem, 'descriptor table', s.descTable, DESC_SIZE * n, 16);
     checkArea(mem, 'available ring', s.availRing, 6 + 2 * n, 2);
     checkArea(mem, 'used ring', s.usedRing, 6 + USED_ELEM_SIZE * n, 4);
-    return new SplitQueue({ size: n, descTable: s.descTable, availRing: s.availRing, usedRing: s.usedRing, eventIdx: s.eventIdx, nextAvail: s.nextAvail, nextUsed: s.nextUsed });
+    return new SplitQueue(s);
   }
 
   /** Where the device is, as plain data (after it stopped taking chains). */

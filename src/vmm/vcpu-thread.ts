@@ -117,17 +117,10 @@ export class VcpuThread {
     const bus = pio ? this.buses.pio : this.buses.mmio;
     const addr = pio ? h[MailboxField.addrLo]! : (h[MailboxField.addrLo]! >>> 0) + (h[MailboxField.addrHi]! >>> 0) * 2 ** 32;
     this.beforeDispatch();
-    for (let i = 0; i < count; i++) {
-      const chunk = this.mailbox.data.subarray(i * size, (i + 1) * size);
-      try {
-        if (isWrite) bus.write(addr, chunk);
-        else bus.read(addr, chunk);
-      } catch (e) {
-        this.mainThreadErrors++;
-        if (!isWrite) chunk.fill(0xff);
-        this.onDeviceError(e);
-      }
-    }
+    bus.dispatch(addr, size, isWrite, this.mailbox.data.subarray(0, size * count), (e) => {
+      this.mainThreadErrors++;
+      this.onDeviceError(e);
+    });
   }
 
   /** Asks the vCPU to leave KVM_RUN and end its thread. */

@@ -88,7 +88,8 @@ function runVcpu({ fd, mmapSize, shared, vmFd, local }: VcpuWorkerData): void {
         const device = own.owner(port, size);
         if (device >= 0) {
           box.localAccesses[2 * device + (isWrite ? 1 : 0)]! += count;
-          answerLocally(own.bus, port, size, isWrite, runBytes.subarray(dataOffset, dataOffset + bytes), h);
+          // Guest input must not end the vCPU thread: what the device throws is counted.
+          own.bus.dispatch(port, size, isWrite, runBytes.subarray(dataOffset, dataOffset + bytes), () => Atomics.add(h, MailboxField.localErrors, 1));
           break;
         }
         h[MailboxField.kind] = AccessKind.PIO;
@@ -126,24 +127,6 @@ function runVcpu({ fd, mmapSize, shared, vmFd, local }: VcpuWorkerData): void {
         // failed entry, internal error, system event. Keep the first word of detail.
         return stop(reason, run.getInt32(RunOffset.union, true));
       }
-    }
-  }
-}
-
-/**
- * One port access (or a string of them) against the thread's own devices. What a
- * device throws is counted and the access dropped (reads see all-ones): guest
- * input must not end the vCPU thread.
- */
-function answerLocally(bus: Bus, port: number, size: number, isWrite: boolean, data: Uint8Array, h: Int32Array): void {
-  for (let i = 0; i < data.length; i += size) {
-    const chunk = data.subarray(i, i + size);
-    try {
-      if (isWrite) bus.write(port, chunk);
-      else bus.read(port, chunk);
-    } catch {
-      Atomics.add(h, MailboxField.localErrors, 1);
-      if (!isWrite) chunk.fill(0xff);
     }
   }
 }

@@ -75,18 +75,20 @@ const StateSlot = {
   closed: 19,
 } as const;
 const SLOTS = 20;
-const COUNTERS = ['txBytes', 'rxBytes', 'rxDropped', 'interrupts'] as const;
-type CounterName = (typeof COUNTERS)[number];
+/** Float64 counters after the slots, by index. */
+const Counter = { txBytes: 0, rxBytes: 1, rxDropped: 2, interrupts: 3 } as const;
+type CounterName = keyof typeof Counter;
+const COUNTER_NAMES = Object.keys(Counter) as CounterName[];
 
 const LAYOUT = (() => {
   const counters = SLOTS * 4;
-  const input = counters + COUNTERS.length * 8;
+  const input = counters + COUNTER_NAMES.length * 8;
   const loop = input + PENDING_LIMIT;
   const tx = loop + FIFO_SIZE;
   return { counters, input, loop, tx, bytes: tx + TX_RING };
 })();
 
-/** Interval of the owner's wait for transmitted bytes, and of a transmitter's wait for room. */
+/** How long a transmitter waits for room before it looks again (the owner may have closed). */
 const WAIT_MS = 50;
 
 export class Serial implements BusDevice {
@@ -110,7 +112,7 @@ export class Serial implements BusDevice {
     this.shared = shared ?? new SharedArrayBuffer(LAYOUT.bytes);
     if (this.shared.byteLength !== LAYOUT.bytes) throw new Error(`serial state must be ${LAYOUT.bytes} bytes`);
     this.s = new Int32Array(this.shared, 0, SLOTS);
-    this.count = new Float64Array(this.shared, LAYOUT.counters, COUNTERS.length);
+    this.count = new Float64Array(this.shared, LAYOUT.counters, COUNTER_NAMES.length);
     this.input = new Uint8Array(this.shared, LAYOUT.input, PENDING_LIMIT);
     this.loop = new Uint8Array(this.shared, LAYOUT.loop, FIFO_SIZE);
     this.tx = new Uint8Array(this.shared, LAYOUT.tx, TX_RING);
@@ -128,11 +130,11 @@ export class Serial implements BusDevice {
   }
 
   get counters(): Record<CounterName, number> {
-    return Object.fromEntries(COUNTERS.map((k, i) => [k, this.count[i]!])) as Record<CounterName, number>;
+    return Object.fromEntries(COUNTER_NAMES.map((k) => [k, this.count[Counter[k]]!])) as Record<CounterName, number>;
   }
 
   private bump(name: CounterName, n = 1): void {
-    this.count[COUNTERS.indexOf(name)]! += n;
+    this.count[Counter[name]]! += n;
   }
 
   /** Runs `body` holding the state's lock. Every critical section is a few dozen operations. */
@@ -368,7 +370,8 @@ export class Serial implements BusDevice {
       Atomics.store(s, StateSlot.txWaiting, 1);
       const tail = Atomics.load(s, StateSlot.txTail);
       if (tail === Atomics.load(s, StateSlot.txHead)) {
-        const w = Atomics.waitAsync(s, StateSlot.txWaiting, 1, WAIT_MS * 20);
+        // Woken by a transmitter (which clears txWaiting first, so no wakeup is lost) or by close().
+        const w = Atomics.waitAsync(s, StateSlot.txWaiting, 1);
         if (w.async) await w.value;
       }
       Atomics.store(s, StateSlot.txWaiting, 0);
