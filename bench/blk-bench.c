@@ -4,6 +4,8 @@
  *   blk-bench seqwrite DEV MIB     sequential 1 MiB writes, then fsync
  *   blk-bench seqread  DEV MIB     sequential 1 MiB reads
  *   blk-bench randread DEV COUNT   4 KiB reads at random 4 KiB-aligned offsets
+ *   blk-bench randread-qdD DEV COUNT   the same from D threads at once: queue depth D
+ *                                      (the guest spreads them over its vCPUs' queues)
  * Prints one line: RESULT <mode> <value> <unit> <requests>
  */
 #define _GNU_SOURCE
@@ -15,11 +17,32 @@
 #include <time.h>
 #include <unistd.h>
 #include <linux/fs.h>
+#include <pthread.h>
 
 static double now(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+struct reader {
+  int fd;
+  unsigned long long blocks;
+  long count;
+  unsigned seed;
+  int failed;
+};
+
+static void *random_reads(void *arg) {
+  struct reader *r = arg;
+  void *buf;
+  if (posix_memalign(&buf, 4096, 4096)) return NULL;
+  for (long i = 0; i < r->count; i++) {
+    unsigned long long b = ((unsigned long long)rand_r(&r->seed) * RAND_MAX + rand_r(&r->seed)) % r->blocks;
+    if (pread(r->fd, buf, 4096, b * 4096) != 4096) r->failed = 1;
+  }
+  free(buf);
+  return NULL;
 }
 
 int main(int argc, char **argv) {
@@ -43,7 +66,23 @@ int main(int argc, char **argv) {
   memset(buf, 0xa5, big);
   double t0 = now();
   long requests = 0;
-  if (strcmp(mode, "randread") == 0) {
+  if (strncmp(mode, "randread-qd", 11) == 0) {
+    int depth = atoi(mode + 11);
+    if (depth < 1 || depth > 256) return 2;
+    pthread_t threads[256];
+    struct reader readers[256];
+    for (int t = 0; t < depth; t++) {
+      readers[t] = (struct reader){fd, size / small, n / depth, 42 + t, 0};
+      pthread_create(&threads[t], NULL, random_reads, &readers[t]);
+    }
+    for (int t = 0; t < depth; t++) {
+      pthread_join(threads[t], NULL);
+      if (readers[t].failed) { fprintf(stderr, "pread failed\n"); return 1; }
+      requests += readers[t].count;
+    }
+    double dt = now() - t0;
+    printf("RESULT %s %.0f IOPS %ld\n", mode, requests / dt, requests);
+  } else if (strcmp(mode, "randread") == 0) {
     unsigned long long blocks = size / small;
     srand(42);
     for (long i = 0; i < n; i++, requests++) {

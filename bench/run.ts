@@ -4,9 +4,10 @@
 //  - pio-exit: ns per port-I/O exit of a tiny real-mode guest, tsvisor against a
 //    bare KVM_RUN loop in C (bench/pio-exit.c);
 //  - blk: virtio-blk sequential read/write MB/s and 4 KiB random-read IOPS from
-//    inside the guest (bench/blk-bench.c, O_DIRECT, one request at a time), on the
-//    same image, tsvisor against `qemu -accel kvm` with virtio-blk-pci; and VM exits
-//    per request with ioeventfd/irqfd on and off.
+//    inside a 2-vCPU guest (bench/blk-bench.c, O_DIRECT, one request at a time, and
+//    32 at a time from 32 threads), on the same image, tsvisor against `qemu -accel
+//    kvm` with virtio-blk-pci, both with one queue per vCPU; the 32-deep reads again
+//    with one queue; VM exits per request with ioeventfd/irqfd on and off.
 //  - net: TCP throughput between the guest and the host over a tap, both ways
 //    (iperf3 from Debian's packages on both ends), tsvisor's virtio-net and e1000
 //    against QEMU's virtio-net-pci and e1000 (vhost=off: both serve the tap from
@@ -94,11 +95,11 @@ function session(cmd: string, args: string[], input: string): Promise<{ out: str
   });
 }
 
-type BlkResults = Record<'seqwrite' | 'seqread' | 'randread', number> & { requests: number };
+type BlkResults = Record<'seqwrite' | 'seqread' | 'randread' | 'randread-qd32', number> & { requests: number };
 
 function blkResults(out: string): BlkResults {
   const r = { requests: 0 } as BlkResults;
-  for (const m of out.matchAll(/RESULT (\w+) ([\d.]+) \S+ (\d+)/g)) {
+  for (const m of out.matchAll(/RESULT ([\w-]+) ([\d.]+) \S+ (\d+)/g)) {
     r[m[1] as 'seqwrite'] = Number(m[2]);
     r.requests += Number(m[3]);
   }
@@ -109,15 +110,15 @@ function blkResults(out: string): BlkResults {
 /** Exits the block device caused (its BAR accesses) per request, from `run --stats`. */
 function exitsPerRequest(stats: string, requests: number): string {
   const m = /mmio virtio-blk0: reads=(\d+) writes=(\d+)/.exec(stats);
-  const k = /virtio-blk0: notifyExits=(\d+) notifyEventfds=(\d+) interruptsMsix=(\d+)/.exec(stats);
+  const k = /virtio-blk0: notifyExits=(\d+) .*\bkicks=(\d+) calls=(\d+)/.exec(stats);
   if (!m || !k) throw new Error(`no virtio-blk0 statistics:\n${stats}`);
   const exits = Number(m[1]) + Number(m[2]);
-  return `${(exits / requests).toFixed(3)} exits/request (${exits} BAR exits, ${k[1]} kicks by exit, ${k[2]} by ioeventfd, ${k[3]} MSI-X interrupts, ${requests} requests)`;
+  return `${(exits / requests).toFixed(3)} exits/request (${exits} BAR exits, ${k[1]} kicks by exit, ${k[2]} kick wakeups in the workers, ${k[3]} interrupts signalled, ${requests} requests)`;
 }
 
 /** The default guest's initramfs with bench/blk-bench.c built in (static, so it needs nothing else). */
 function blkBenchInitrd(): string {
-  const tool = compile('blk-bench.c', ['-static']);
+  const tool = compile('blk-bench.c', ['-static', '-pthread']);
   return defaultGuest(undefined, [{ type: 'file', path: 'bin/blk-bench', data: fs.readFileSync(tool), mode: 0o755 }]).initrd;
 }
 
@@ -126,10 +127,12 @@ async function blkBench(kernel: string, initrd: string): Promise<void> {
   const image = path.join(fs.existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir(), `tsvisor-bench-${process.pid}.img`);
   fs.writeFileSync(image, '');
   fs.truncateSync(image, (BLK_MIB + 16) * 2 ** 20);
-  const input = [`blk-bench seqwrite /dev/vda ${BLK_MIB}`, `blk-bench seqread /dev/vda ${BLK_MIB}`, `blk-bench randread /dev/vda ${BLK_RANDOM_READS}`, 'poweroff', ''].join('\n');
+  const commands = [`blk-bench seqwrite /dev/vda ${BLK_MIB}`, `blk-bench seqread /dev/vda ${BLK_MIB}`, `blk-bench randread /dev/vda ${BLK_RANDOM_READS}`];
+  const input = [...commands, `blk-bench randread-qd32 /dev/vda ${4 * BLK_RANDOM_READS}`, 'poweroff', ''].join('\n');
   const append = DEFAULT_GUEST_CMDLINE;
-  const tsvisor = (paths: string) => [BIN, 'run', '--accel', 'kvm', '--kernel', kernel, '--initrd', initrd, '--memory', '512M', '--append', append, '--drive', `file=${image},format=raw,if=virtio`, '--stats', '--ioeventfd', paths, '--irqfd', paths];
-  const qemu = ['-accel', 'kvm', '-M', 'pc', '-cpu', 'host', '-m', '512', '-nodefaults', '-no-user-config', '-display', 'none', '-serial', 'stdio', '-no-reboot', '-kernel', kernel, '-initrd', initrd, '-append', append];
+  const tsvisor = (paths: string, queues = 2) =>
+    [BIN, 'run', '--accel', 'kvm', '--cpus', '2', '--kernel', kernel, '--initrd', initrd, '--memory', '512M', '--append', append, '--drive', `file=${image},format=raw,if=virtio,num-queues=${queues}`, '--stats', '--ioeventfd', paths, '--irqfd', paths];
+  const qemu = ['-accel', 'kvm', '-M', 'pc', '-cpu', 'host', '-smp', '2', '-m', '512', '-nodefaults', '-no-user-config', '-display', 'none', '-serial', 'stdio', '-no-reboot', '-kernel', kernel, '-initrd', initrd, '-append', append];
   qemu.push('-drive', `file=${image},format=raw,if=none,id=d0,cache=writeback`, '-device', 'virtio-blk-pci,drive=d0');
   try {
     const on = await session(process.execPath, tsvisor('on'), input);
@@ -138,6 +141,9 @@ async function blkBench(kernel: string, initrd: string): Promise<void> {
     report('virtio-blk sequential write, 1 MiB O_DIRECT (MB/s)', t.seqwrite, q.seqwrite, 'qemu virtio-blk-pci');
     report('virtio-blk sequential read, 1 MiB O_DIRECT (MB/s)', t.seqread, q.seqread, 'qemu virtio-blk-pci');
     report('virtio-blk 4 KiB random read, queue depth 1 (IOPS)', t.randread, q.randread, 'qemu virtio-blk-pci');
+    report('virtio-blk 4 KiB random read, queue depth 32, 2 queues (IOPS)', t['randread-qd32'], q['randread-qd32'], 'qemu virtio-blk-pci');
+    const one = blkResults((await session(process.execPath, tsvisor('on', 1), input)).out);
+    report('virtio-blk 4 KiB random read, queue depth 32, 2 queues vs 1 (IOPS)', t['randread-qd32'], one['randread-qd32'], 'tsvisor with num-queues=1');
     const off = await session(process.execPath, tsvisor('off'), input);
     const t2 = blkResults(off.out);
     process.stdout.write(`BENCH virtio-blk exits, ioeventfd+irqfd on: ${exitsPerRequest(on.err, t.requests)}\n`);

@@ -1,8 +1,11 @@
 // Guest RAM for the fuzz targets: two small regions with a hole between them and
 // nothing above, so rings and buffers can start in RAM and run off its end, into
 // the hole, or far past anything. Addresses are drawn with a bias towards those
-// edges. Over plain buffers: an access outside RAM throws GuestMemoryError, and
-// one escaping a device entry point is a crash like any other exception.
+// edges. An access outside RAM throws GuestMemoryError, and one escaping a device
+// entry point is a crash like any other exception. Plain buffers by default; the
+// targets whose data planes need host addresses (preadv/pwritev into guest RAM)
+// or a memory table (a transport activating a device) take the same layout
+// backed by a memfd, and close it at the end of the case.
 import { GuestMemory, gpa } from '../../src/memory/guest-memory.js';
 import { INTERESTING, type ByteReader } from './bytes.js';
 
@@ -12,11 +15,18 @@ export const HIGH = { start: 0x20000, size: 0x10000 };
 export const DATA_START = HIGH.start;
 const EDGES = [LOW.start + LOW.size, HIGH.start, HIGH.start + HIGH.size];
 
+const LAYOUT = [
+  { start: gpa(LOW.start), size: LOW.size },
+  { start: gpa(HIGH.start), size: HIGH.size },
+];
+
 export function guestMemory(): GuestMemory {
-  return GuestMemory.fromBuffers([
-    { start: gpa(LOW.start), size: LOW.size },
-    { start: gpa(HIGH.start), size: HIGH.size },
-  ]);
+  return GuestMemory.fromBuffers(LAYOUT);
+}
+
+/** The same RAM over a memfd, mapped shared, as a VM's: host addresses and table() work. The caller closes it. */
+export function sharedGuestMemory(): GuestMemory {
+  return GuestMemory.create(LAYOUT);
 }
 
 /** A guest physical address as a 64-bit value: mostly in RAM, often at an edge, sometimes anywhere. */

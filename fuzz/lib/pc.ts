@@ -1,13 +1,14 @@
 // A PC's buses without KVM: the legacy devices on the port bus, PCI bus 0 behind
 // the configuration ports, BARs on the MMIO bus, and the devices the guest can
 // find there, over a back-end that can refuse packets. Shared by the
-// register-traffic targets.
+// register-traffic targets. Also the main thread's fd watching without an event
+// loop, for virtio-pci transports and the main-thread data planes behind them.
 import { Bus } from '../../src/devices/bus.js';
 import { E1000 } from '../../src/devices/net/e1000.js';
 import type { MsiSink } from '../../src/devices/pci/msix.js';
 import type { GuestMemory } from '../../src/memory/guest-memory.js';
 import { VirtioConsole } from '../../src/virtio/console.js';
-import type { VirtioDevice } from '../../src/virtio/device.js';
+import type { MainThreadDevice } from '../../src/virtio/in-process.js';
 import { VirtioNet } from '../../src/virtio/net.js';
 import { VirtioRng } from '../../src/virtio/rng.js';
 import { installPcDevices, type PcDevices } from '../../src/vmm/pc-devices.js';
@@ -72,8 +73,8 @@ export class RefusingBackend extends FakeBackend {
   }
 }
 
-/** The virtio devices that need no image, and their host-side entry points. */
-export function virtioDevice(kind: number, backend = new RefusingBackend(1 + ((kind >> 2) & 1))): { device: VirtioDevice; host: (r: ByteReader) => void } {
+/** The virtio devices that need no image, and their host-side entry points; onMainThread() puts one behind a transport. */
+export function virtioDevice(kind: number, backend = new RefusingBackend(1 + ((kind >> 2) & 1))): { device: MainThreadDevice; host: (r: ByteReader) => void } {
   switch (kind % 3) {
     case 0:
       return { device: new VirtioRng(), host: () => {} };

@@ -1,10 +1,12 @@
-// A virtio device driven without its transport, the way VirtioPciDevice drives
-// it: activated with ready queues the driver placed in RAM and a feature set it
-// accepted, kicked, reset and activated again. The device's own entry points
-// (queueNotify, and whatever the target adds) are called bare, so anything they
-// throw reaches the harness: the transport's try/catch is not there to hide it.
+// A main-thread virtio device (in-process.ts) driven without its transport, the
+// way onMainThread() drives it behind VirtioPciDevice: activated with ready
+// queues the driver placed in RAM and a feature set it accepted, kicked, reset
+// and activated again. The device's own entry points (queueNotify, and whatever
+// the target adds) are called bare, so anything they throw reaches the harness:
+// the try/catch of onMainThread() is not there to hide it.
 import type { GuestMemory } from '../../src/memory/guest-memory.js';
-import { bit, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1, type ActiveQueues, type VirtioDevice } from '../../src/virtio/device.js';
+import { bit, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1 } from '../../src/virtio/device.js';
+import type { ActiveQueues, MainThreadDevice } from '../../src/virtio/in-process.js';
 import { SplitQueue } from '../../src/virtio/queue.js';
 import type { ByteReader, Op } from './bytes.js';
 import { guestMemory, scribble } from './guest.js';
@@ -15,13 +17,13 @@ export const RigOp = { RING: 0, KICK: 1, SCRIBBLE: 2, RESET: 3 } as const;
 export const RIG_OPS = 4;
 
 export class VirtioRig {
-  readonly mem: GuestMemory = guestMemory();
   driver: HostileDriver;
   active: ActiveQueues & { stopped: boolean };
   readonly failures: string[] = [];
   interrupts = 0;
 
-  constructor(readonly device: VirtioDevice, r: ByteReader) {
+  /** `mem`: guest RAM over plain buffers unless the target brings its own (and closes it). */
+  constructor(readonly device: MainThreadDevice, r: ByteReader, readonly mem: GuestMemory = guestMemory()) {
     this.active = this.activate(r);
     this.driver = new HostileDriver(this.mem, this.active.queues.map((q) => q?.size ?? 1));
   }

@@ -1,17 +1,16 @@
-// A raw disk image file: the block back-end. A request is first tried with
-// preadv2/pwritev2(RWF_NOWAIT) on the calling thread: when the data is in the host
-// page cache that finishes at once, without the two thread hand-offs of the pool.
-// Files on tmpfs or ramfs (which refuse RWF_NOWAIT but never wait for a device)
-// are read and written on the calling thread too. Whatever could block runs on
-// libuv's pool threads (preadv/pwritev straight from and into guest memory), so
-// requests proceed off the vCPU threads and the event loop, several at a time.
+// A raw disk image file: the block back-end. The main thread opens it (and reports
+// a bad path or mode in one line); the I/O itself runs wherever the device's data
+// plane runs, synchronously on that thread: preadv/pwritev straight between the
+// file and guest memory, fdatasync for a flush, fallocate for discard and zeroing.
+// A device worker owns a thread, so blocking there holds up nothing else.
 //
 // cache=writeback goes through the host page cache; flush is fdatasync.
 // cache=none opens with O_DIRECT; a request whose guest buffers are not aligned
 // enough for it goes through a page-aligned bounce buffer.
 import fs from 'node:fs';
-import { promisify } from 'node:util';
-import { closeFd, EOPNOTSUPP, fallocate, ioNowait, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, memfdCreate, mmapShared, munmap } from '../host/libc.js';
+import { closeFd, EINTR, EOPNOTSUPP, errnoName, fallocate, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, ioVector, memfdCreate, mmapShared, munmap } from '../host/libc.js';
+import type { GuestMemory } from '../memory/guest-memory.js';
+import { guestIovecs, subSegments, totalLength, type Segment } from '../virtio/chain.js';
 
 export type CacheMode = 'writeback' | 'none';
 
@@ -21,137 +20,101 @@ export interface RawImageOptions {
   cache: CacheMode;
 }
 
-const readv = (fd: number, bufs: Uint8Array[], pos: number): Promise<number> =>
-  new Promise((resolve, reject) => fs.readv(fd, bufs, pos, (e, n) => (e ? reject(e) : resolve(n))));
-const writev = (fd: number, bufs: Uint8Array[], pos: number): Promise<number> =>
-  new Promise((resolve, reject) => fs.writev(fd, bufs, pos, (e, n) => (e ? reject(e) : resolve(n))));
-const write = promisify(fs.write);
-const fdatasync = promisify(fs.fdatasync);
-const close = promisify(fs.close);
+/** An open image as plain data: what a data plane in any thread needs to use it. */
+export interface ImageFile {
+  path: string;
+  fd: number;
+  size: number;
+  readOnly: boolean;
+  cache: CacheMode;
+}
+
+const EINVAL = 22;
 const ZERO_CHUNK = new Uint8Array(1 << 20);
-/** statfs f_type of the filesystems whose files live in memory. */
-const MEMORY_FS = new Set([0x01021994 /* tmpfs */, 0x858458f6 /* ramfs */]);
 
 export class ImageError extends Error {
   override name = 'ImageError';
 }
 
-export class RawImage {
-  private closed = false;
+/** Opens the image; throws ImageError with a one-line reason. */
+export function openImage(opts: RawImageOptions): ImageFile {
+  let flags = opts.readOnly ? fs.constants.O_RDONLY : fs.constants.O_RDWR;
+  if (opts.cache === 'none') flags |= fs.constants.O_DIRECT;
+  let fd: number;
+  try {
+    fd = fs.openSync(opts.path, flags);
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    if (err.code === 'EINVAL' && opts.cache === 'none') throw new ImageError(`${opts.path}: this filesystem does not support cache=none (O_DIRECT); use cache=writeback`);
+    throw new ImageError(`cannot open drive ${opts.path}: ${err.code ?? err.message}`);
+  }
+  const st = fs.fstatSync(fd);
+  if (!st.isFile() && !st.isBlockDevice()) {
+    fs.closeSync(fd);
+    throw new ImageError(`drive ${opts.path} is not a file`);
+  }
+  return { path: opts.path, fd, size: st.size, readOnly: opts.readOnly, cache: opts.cache };
+}
+
+/** Closes what openImage() opened, once every data plane using it has stopped. */
+export function closeImage(image: ImageFile): void {
+  fs.closeSync(image.fd);
+}
+
+/** Synchronous I/O on an open image, between the file and guest memory. Failures throw ImageError. */
+export class ImageIo {
   /** Hole punching is unsupported here (e.g. 9p): discards become no-ops, zeroing writes zeros. */
   private noFallocate = false;
-  /** RWF_NOWAIT is refused for this file (per direction): go straight to the pool. */
-  private readonly noNowait = { read: false, write: false };
-  /** Requests done on the calling thread, and on the pool. */
-  readonly counters = { inline: 0, pool: 0 };
 
-  private constructor(
-    readonly path: string,
-    private readonly fd: number,
-    readonly size: number,
-    readonly readOnly: boolean,
-    readonly cache: CacheMode,
-    /** The file lives in memory: I/O on it never waits for a device. */
-    private readonly inMemory: boolean,
-  ) {}
+  constructor(readonly image: ImageFile, private readonly mem: GuestMemory) {}
 
-  /** Opens the image; throws ImageError with a one-line reason. */
-  static open(opts: RawImageOptions): RawImage {
-    let flags = opts.readOnly ? fs.constants.O_RDONLY : fs.constants.O_RDWR;
-    if (opts.cache === 'none') flags |= fs.constants.O_DIRECT;
-    let fd: number;
-    try {
-      fd = fs.openSync(opts.path, flags);
-    } catch (e) {
-      const err = e as NodeJS.ErrnoException;
-      if (err.code === 'EINVAL' && opts.cache === 'none') throw new ImageError(`${opts.path}: this filesystem does not support cache=none (O_DIRECT); use cache=writeback`);
-      throw new ImageError(`cannot open drive ${opts.path}: ${err.code ?? err.message}`);
-    }
-    const st = fs.fstatSync(fd);
-    if (!st.isFile() && !st.isBlockDevice()) {
-      fs.closeSync(fd);
-      throw new ImageError(`drive ${opts.path} is not a file`);
-    }
-    return new RawImage(opts.path, fd, st.size, opts.readOnly, opts.cache, MEMORY_FS.has(fs.statfsSync(opts.path).type));
+  /** Reads into the guest buffers `segs` from `offset`; returns the bytes read (short only at the end of the file). */
+  read(offset: number, segs: readonly Segment[]): number {
+    return this.move('read', offset, segs);
   }
 
-  /**
-   * Reads into `bufs` from `offset`; returns the bytes read (short only at the end of
-   * the file). `iovecs` gives the same buffers as host iovecs, which the RWF_NOWAIT
-   * path needs; it is only asked for when that path is tried.
-   */
-  read(offset: number, bufs: Uint8Array[], iovecs?: () => Buffer | undefined): Promise<number> {
-    return this.move('read', offset, bufs, iovecs);
+  /** Writes the guest buffers `segs` at `offset`; returns the bytes written. */
+  write(offset: number, segs: readonly Segment[]): number {
+    return this.move('write', offset, segs);
   }
 
-  write(offset: number, bufs: Uint8Array[], iovecs?: () => Buffer | undefined): Promise<number> {
-    return this.move('write', offset, bufs, iovecs);
-  }
-
-  private async move(op: 'read' | 'write', offset: number, bufs: Uint8Array[], iovecs: (() => Buffer | undefined) | undefined): Promise<number> {
+  private move(op: 'read' | 'write', offset: number, segs: readonly Segment[]): number {
+    const total = totalLength(segs);
     let done = 0;
-    const iov = iovecs && !this.noNowait[op] ? iovecs() : undefined;
-    if (iov) {
-      const n = ioNowait(op, this.fd, iov, offset);
-      if (n === byteLength(bufs)) {
-        this.counters.inline++;
-        return n;
-      }
-      if (n > 0) done = n;
-      else if (n === -EOPNOTSUPP) this.noNowait[op] = true; // the filesystem has no non-blocking path
-      // -EAGAIN (would block), -EINVAL (O_DIRECT alignment): the pool does this one.
-    }
-    const rest = skip(bufs, done);
-    if (this.inMemory && this.cache === 'writeback') {
-      this.counters.inline++;
-      return done + this.transferSync(offset + done, rest, op);
-    }
-    this.counters.pool++;
-    return done + (await this.onPool(offset + done, rest, op));
-  }
-
-  /** Loops until every byte moved or the file ended. */
-  private async transfer(offset: number, bufs: Uint8Array[], op: 'read' | 'write'): Promise<number> {
-    let done = 0;
-    for (let rest = bufs; rest.length; ) {
-      const n = op === 'read' ? await readv(this.fd, rest, offset + done) : await writev(this.fd, rest, offset + done);
+    while (done < total) {
+      const rest = done ? subSegments(segs, done, total - done) : segs;
+      const iov = guestIovecs(this.mem, rest);
+      if (!iov) throw new ImageError('guest memory is not a host mapping');
+      const n = ioVector(op, this.image.fd, iov, offset + done);
+      if (n === -EINTR) continue;
+      if (n === -EINVAL && this.image.cache === 'none') return done + this.bounced(op, offset + done, rest);
+      if (n < 0) throw new ImageError(`${op} at ${offset + done} failed: ${errnoName(-n)}`);
       if (n === 0) break;
       done += n;
-      rest = skip(rest, n);
     }
     return done;
   }
 
-  /** The calling thread's version of transfer(), for files in memory. */
-  private transferSync(offset: number, bufs: Uint8Array[], op: 'read' | 'write'): number {
-    let done = 0;
-    for (let rest = bufs; rest.length; ) {
-      const n = op === 'read' ? fs.readvSync(this.fd, rest, offset + done) : fs.writevSync(this.fd, rest, offset + done);
-      if (n === 0) break;
-      done += n;
-      rest = skip(rest, n);
-    }
-    return done;
-  }
-
-  /** On the pool; with O_DIRECT, buffers the kernel refuses (EINVAL: misaligned) go through an aligned bounce buffer. */
-  private async onPool(offset: number, bufs: Uint8Array[], op: 'read' | 'write'): Promise<number> {
-    if (this.cache !== 'none') return this.transfer(offset, bufs, op);
-    try {
-      return await this.transfer(offset, bufs, op);
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EINVAL') throw e;
-    }
-    const len = byteLength(bufs);
+  /** O_DIRECT refused the guest's buffers (misaligned): through a page-aligned bounce buffer. */
+  private bounced(op: 'read' | 'write', offset: number, segs: readonly Segment[]): number {
+    const len = totalLength(segs);
     const size = Math.max(4096, Math.ceil(len / 4096) * 4096);
     const memfd = memfdCreate('tsvisor-bounce', size);
     const mapping = mmapShared(memfd, size);
     try {
-      const bounce = new Uint8Array(mapping.buffer, 0, len);
-      if (op === 'write') gather(bufs, bounce);
-      const n = await this.transfer(offset, [bounce], op);
-      if (op === 'read') scatter(bounce.subarray(0, n), bufs);
-      return n;
+      const bounce = new Uint8Array(mapping.buffer, 0, size);
+      if (op === 'write') gather(this.mem, segs, bounce);
+      let done = 0;
+      while (done < len) {
+        const chunk = bounce.subarray(done, len);
+        const n = op === 'read' ? fs.readSync(this.image.fd, chunk, 0, chunk.length, offset + done) : fs.writeSync(this.image.fd, chunk, 0, chunk.length, offset + done);
+        if (n === 0) break;
+        done += n;
+      }
+      if (op === 'read') scatter(this.mem, bounce.subarray(0, done), segs);
+      return done;
+    } catch (e) {
+      throw new ImageError(`${op} at ${offset} failed: ${(e as NodeJS.ErrnoException).code ?? String(e)}`);
     } finally {
       munmap(mapping);
       closeFd(memfd);
@@ -159,71 +122,52 @@ export class RawImage {
   }
 
   /** Data written so far reaches stable storage. */
-  flush(): Promise<void> {
-    return fdatasync(this.fd);
+  flush(): void {
+    try {
+      fs.fdatasyncSync(this.image.fd);
+    } catch (e) {
+      throw new ImageError(`flush failed: ${(e as NodeJS.ErrnoException).code ?? String(e)}`);
+    }
   }
 
   /** The guest no longer needs [offset, offset+len): punch a hole where the filesystem can. */
-  async discard(offset: number, len: number): Promise<void> {
+  discard(offset: number, len: number): void {
     if (this.noFallocate) return;
-    const err = fallocate(this.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, len);
+    const err = fallocate(this.image.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, len);
     if (err === EOPNOTSUPP) this.noFallocate = true;
-    else if (err) throw new ImageError(`discard failed (errno ${err})`);
+    else if (err) throw new ImageError(`discard failed: ${errnoName(err)}`);
   }
 
   /** [offset, offset+len) reads as zeros afterwards; `unmap` lets the range become a hole. */
-  async writeZeroes(offset: number, len: number, unmap: boolean): Promise<void> {
+  writeZeroes(offset: number, len: number, unmap: boolean): void {
     if (!this.noFallocate) {
-      const err = fallocate(this.fd, (unmap ? FALLOC_FL_PUNCH_HOLE : FALLOC_FL_ZERO_RANGE) | FALLOC_FL_KEEP_SIZE, offset, len);
+      const err = fallocate(this.image.fd, (unmap ? FALLOC_FL_PUNCH_HOLE : FALLOC_FL_ZERO_RANGE) | FALLOC_FL_KEEP_SIZE, offset, len);
       if (err === 0) return;
-      if (err !== EOPNOTSUPP) throw new ImageError(`write-zeroes failed (errno ${err})`);
+      if (err !== EOPNOTSUPP) throw new ImageError(`write-zeroes failed: ${errnoName(err)}`);
       this.noFallocate = true;
     }
-    for (let done = 0; done < len; ) {
-      const n = Math.min(ZERO_CHUNK.length, len - done);
-      await write(this.fd, ZERO_CHUNK, 0, n, offset + done);
-      done += n;
+    try {
+      for (let done = 0; done < len; ) done += fs.writeSync(this.image.fd, ZERO_CHUNK, 0, Math.min(ZERO_CHUNK.length, len - done), offset + done);
+    } catch (e) {
+      throw new ImageError(`write-zeroes failed: ${(e as NodeJS.ErrnoException).code ?? String(e)}`);
     }
   }
-
-  /** Closes the file; pending writes were awaited by the device first. */
-  async close(): Promise<void> {
-    if (this.closed) return;
-    this.closed = true;
-    await close(this.fd);
-  }
 }
 
-function byteLength(bufs: Uint8Array[]): number {
-  return bufs.reduce((n, b) => n + b.length, 0);
-}
-
-function skip(bufs: Uint8Array[], n: number): Uint8Array[] {
-  const out: Uint8Array[] = [];
-  for (const b of bufs) {
-    if (n >= b.length) {
-      n -= b.length;
-      continue;
-    }
-    out.push(n ? b.subarray(n) : b);
-    n = 0;
-  }
-  return out;
-}
-
-function gather(bufs: Uint8Array[], into: Uint8Array): void {
+function gather(mem: GuestMemory, segs: readonly Segment[], into: Uint8Array): void {
   let at = 0;
-  for (const b of bufs) {
-    into.set(b, at);
-    at += b.length;
+  for (const s of segs) {
+    into.set(mem.slice(s.addr, s.len), at);
+    at += s.len;
   }
 }
 
-function scatter(from: Uint8Array, bufs: Uint8Array[]): void {
+function scatter(mem: GuestMemory, from: Uint8Array, segs: readonly Segment[]): void {
   let at = 0;
-  for (const b of bufs) {
+  for (const s of segs) {
     if (at >= from.length) break;
-    b.set(from.subarray(at, at + b.length));
-    at += b.length;
+    const part = from.subarray(at, at + s.len);
+    mem.write(s.addr, part);
+    at += part.length;
   }
 }

@@ -29,7 +29,7 @@ export interface IoPathResult {
   bytes: number;
   exits: number;
   interrupts: number;
-  eventfdKicks: number;
+  kicks: number;
 }
 
 export async function benchCommand(argv: string[]): Promise<number> {
@@ -59,10 +59,10 @@ export async function benchCommand(argv: string[]): Promise<number> {
 }
 
 export function formatTable(results: IoPathResult[], size: number): string {
-  const rows = [`io-paths: ${formatSize(size)} HTTP download into the default guest, user-mode networking`, 'card              MB/s   exits/MB  interrupts/MB  eventfd-kicks/MB'];
+  const rows = [`io-paths: ${formatSize(size)} HTTP download into the default guest, user-mode networking`, 'card              MB/s   exits/MB  interrupts/MB  kicks/MB'];
   for (const r of results) {
     const mb = r.bytes / 2 ** 20;
-    const cols = [(r.bytes / 2 ** 20 / r.seconds).toFixed(1), (r.exits / mb).toFixed(1), (r.interrupts / mb).toFixed(1), (r.eventfdKicks / mb).toFixed(1)];
+    const cols = [(r.bytes / 2 ** 20 / r.seconds).toFixed(1), (r.exits / mb).toFixed(1), (r.interrupts / mb).toFixed(1), (r.kicks / mb).toFixed(1)];
     rows.push(`${r.model.padEnd(14)} ${cols[0]!.padStart(7)} ${cols[1]!.padStart(10)} ${cols[2]!.padStart(14)} ${cols[3]!.padStart(17)}`);
   }
   return rows.join('\n') + '\n';
@@ -144,7 +144,7 @@ async function measure(model: (typeof MODELS)[number], size: number, guest: { ke
       bytes: size,
       exits: exits(after) - exits(before),
       interrupts: after.interrupts - before.interrupts,
-      eventfdKicks: after.eventfdKicks - before.eventfdKicks,
+      kicks: after.kicks - before.kicks,
     };
   } finally {
     server.close();

@@ -7,6 +7,7 @@ import { checkUserNet, DEFAULT_USER_NET, type HostForward, type UserNetConfig, t
 import { formatIpv4, formatMac, parseIpv4, parseMac } from '../net/packet.js';
 import type { AccelRequest } from '../vmm/accel.js';
 import { UsageError } from './errors.js';
+import { MAX_BLOCK_QUEUES } from '../virtio/block.js';
 import { formatSize, parseSize } from './size.js';
 
 export type SerialTarget = { kind: 'stdio' } | { kind: 'file'; path: string };
@@ -17,6 +18,8 @@ export interface DriveSpec {
   readOnly: boolean;
   serial?: string;
   cache: CacheMode;
+  /** Request queues; absent: one per vCPU. */
+  queues?: number;
 }
 
 export type ConsoleKind = 'serial' | 'virtio';
@@ -158,7 +161,7 @@ function checkKeys(kv: Map<string, string>, flag: string, known: readonly string
   for (const key of kv.keys()) if (!known.includes(key)) throw new UsageError(`${flag}: unknown key "${key}" (known: ${known.join(', ')})`);
 }
 
-const DRIVE_KEYS = ['file', 'format', 'if', 'readonly', 'serial', 'cache'];
+const DRIVE_KEYS = ['file', 'format', 'if', 'readonly', 'serial', 'cache', 'num-queues'];
 
 export function parseDrive(text: string): DriveSpec {
   const kv = parseKeyValues(text, '--drive');
@@ -169,11 +172,14 @@ export function parseDrive(text: string): DriveSpec {
   oneOf(kv.get('if') ?? 'virtio', '--drive if', ['virtio'] as const);
   const serial = kv.get('serial');
   if (serial !== undefined && !/^[\x20-\x7e]{0,20}$/.test(serial)) throw new UsageError(`--drive serial "${serial}" must be at most 20 printable ASCII characters`);
+  const queues = kv.get('num-queues');
+  if (queues !== undefined && !(/^\d+$/.test(queues) && Number(queues) >= 1 && Number(queues) <= MAX_BLOCK_QUEUES)) throw new UsageError(`--drive num-queues "${queues}" must be 1 to ${MAX_BLOCK_QUEUES}`);
   return {
     file,
     readOnly: onOff(kv.get('readonly') ?? 'off', '--drive readonly'),
     serial,
     cache: oneOf(kv.get('cache') ?? 'writeback', '--drive cache', ['writeback', 'none'] as const),
+    ...(queues === undefined ? {} : { queues: Number(queues) }),
   };
 }
 

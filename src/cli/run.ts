@@ -6,15 +6,16 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { KernelImageError } from '../arch/x86/linux-loader.js';
 import { KvmUnavailableError } from '../kvm/kvm.js';
-import { ImageError, RawImage } from '../backends/raw-image.js';
+import { ImageError, openImage } from '../backends/raw-image.js';
 import { consoleCmdline, defaultGuest, defaultGuestCmdline } from '../guest/default-guest.js';
 import { NESTED_UPLINK, onNestedUsr1, runNested, STOP_SIGNALS } from '../nested/nested-host.js';
 import { chooseAccel } from '../vmm/accel.js';
 import { TapBackend, TapError } from '../net/tap.js';
 import { HostForwardError, UserNetwork } from '../net/user/user-network.js';
 import type { NetBackend } from '../net/backend.js';
-import { VirtioBlock } from '../virtio/block.js';
+import { MAX_BLOCK_QUEUES, VirtioBlock } from '../virtio/block.js';
 import type { VirtioDevice } from '../virtio/device.js';
+import type { MainThreadDevice } from '../virtio/in-process.js';
 import { VirtioRng } from '../virtio/rng.js';
 import { Machine, type MachineExit, type MachineStats, type NicConfig } from '../vmm/machine.js';
 import { ExitCode, UserError } from './errors.js';
@@ -161,12 +162,12 @@ export async function runCommand(given: RunOptions): Promise<number> {
 }
 
 /** Opens each drive's image and puts it on a virtio-blk device; adds virtio-rng when asked. */
-function virtioDevices(opts: GuestOptions): VirtioDevice[] {
-  const devices: VirtioDevice[] = [];
+function virtioDevices(opts: GuestOptions): (VirtioDevice | MainThreadDevice)[] {
+  const devices: (VirtioDevice | MainThreadDevice)[] = [];
   try {
     opts.drives.forEach((d, i) => {
-      const image = RawImage.open({ path: d.file, readOnly: d.readOnly, cache: d.cache });
-      devices.push(new VirtioBlock({ name: `virtio-blk${i}`, image, serial: d.serial }));
+      const image = openImage({ path: d.file, readOnly: d.readOnly, cache: d.cache });
+      devices.push(new VirtioBlock({ name: `virtio-blk${i}`, image, serial: d.serial, queues: d.queues ?? Math.min(opts.cpus, MAX_BLOCK_QUEUES) }));
     });
   } catch (e) {
     void Promise.allSettled(devices.map((d) => d.close()));
@@ -377,7 +378,7 @@ export function formatStats(s: MachineStats): string {
     const drops = Object.entries(n.drops).map(([k, v]) => `${k.replace(/^(backend\.)?drop\./, '$1')}=${v}`).join(' ');
     lines.push(
       `  nic ${n.name} (${n.model} on ${n.backend}): exits mmio-reads=${e.mmioReads} mmio-writes=${e.mmioWrites} pio-reads=${e.pioReads} pio-writes=${e.pioWrites}` +
-        ` eventfd-kicks=${n.eventfdKicks} interrupts=${n.interrupts} tx=${n.txPackets}/${n.txBytes}B rx=${n.rxPackets}/${n.rxBytes}B drops: ${drops || 'none'}`,
+        ` kicks=${n.kicks} interrupts=${n.interrupts} tx=${n.txPackets}/${n.txBytes}B rx=${n.rxPackets}/${n.rxBytes}B drops: ${drops || 'none'}`,
     );
     lines.push(`    ${Object.entries(n.detail).map(([k, v]) => `${k}=${v}`).join(' ')}`);
   }

@@ -48,7 +48,6 @@ export const ENODEV = 19;
 export const FALLOC_FL_KEEP_SIZE = 0x01;
 export const FALLOC_FL_PUNCH_HOLE = 0x02;
 export const FALLOC_FL_ZERO_RANGE = 0x10;
-const RWF_NOWAIT = 0x8;
 /** struct iovec: u64 base, u64 length. */
 export const IOVEC_SIZE = 16;
 const EPOLL_CTL_ADD = 1;
@@ -194,11 +193,20 @@ export function fallocate(fd: number, mode: number, offset: number, length: numb
 }
 
 /**
- * preadv2/pwritev2 with RWF_NOWAIT: moves data only if it can without blocking
- * (a page-cache hit); returns the bytes moved or -errno (-EAGAIN: it would block).
+ * epoll_wait on the calling thread (a device worker's loop): the number of events,
+ * 0 on a timeout or EINTR; throws on any other failure.
  */
-export function ioNowait(op: 'read' | 'write', fd: number, iov: Buffer, offset: number): number {
-  const n = Number((op === 'read' ? c.preadv2 : c.pwritev2)(fd, iov, iov.length / IOVEC_SIZE, offset, RWF_NOWAIT));
+export function epollWait(epfd: number, events: Buffer, timeoutMs: number): number {
+  const n = c.epollWait(epfd, events, Math.floor(events.length / EPOLL_EVENT_SIZE), timeoutMs);
+  if (n >= 0) return n;
+  const errno = koffi.errno();
+  if (errno === EINTR) return 0;
+  throw new SysError('epoll_wait', errno);
+}
+
+/** preadv/pwritev of host iovecs on the calling thread: the bytes moved or -errno. */
+export function ioVector(op: 'read' | 'write', fd: number, iov: Buffer, offset: number): number {
+  const n = Number((op === 'read' ? c.preadv2 : c.pwritev2)(fd, iov, iov.length / IOVEC_SIZE, offset, 0));
   return n < 0 ? -koffi.errno() : n;
 }
 

@@ -26,6 +26,12 @@ export class GuestMemoryError extends Error {
   }
 }
 
+/** Guest RAM as plain data: the memfd backing it and where each region lies in that file. */
+export interface MemoryTable {
+  fd: number;
+  regions: { start: number; size: number; fileOffset: number }[];
+}
+
 export interface RegionSpec {
   readonly start: GuestAddress;
   readonly size: number;
@@ -56,7 +62,8 @@ export class GuestRegion {
 }
 
 export class GuestMemory {
-  private constructor(readonly regions: readonly GuestRegion[], readonly fd: number | undefined) {}
+  /** `owned`: this instance created the memfd and closes it; a mapped table leaves it to its owner. */
+  private constructor(readonly regions: readonly GuestRegion[], readonly fd: number | undefined, private readonly owned: boolean) {}
 
   /** Backs each region with one memfd, mapped shared. */
   static create(specs: readonly RegionSpec[]): GuestMemory {
@@ -69,7 +76,27 @@ export class GuestMemory {
       offset += s.size;
       return region;
     });
-    return new GuestMemory(regions, fd);
+    return new GuestMemory(regions, fd, true);
+  }
+
+  /**
+   * Maps guest RAM described by `table` (another thread's or process's memfd) into
+   * this thread; the layout is checked as create() checks it.
+   */
+  static map(table: MemoryTable): GuestMemory {
+    const specs = table.regions.map((r) => ({ start: gpa(r.start), size: r.size }));
+    validateLayout(specs);
+    const regions = table.regions.map((r) => {
+      if (!Number.isSafeInteger(r.fileOffset) || r.fileOffset < 0 || r.fileOffset % 4096) throw new Error(`guest memory file offset ${r.fileOffset} is not page aligned`);
+      return new GuestRegion(gpa(r.start), mmapShared(table.fd, r.size, r.fileOffset), r.fileOffset);
+    });
+    return new GuestMemory(regions, table.fd, false);
+  }
+
+  /** This memory as plain data another thread can map(); only memfd-backed memory has one. */
+  table(): MemoryTable {
+    if (this.fd === undefined) throw new Error('guest memory over plain buffers cannot be shared');
+    return { fd: this.fd, regions: this.regions.map((r) => ({ start: r.start, size: r.size, fileOffset: r.fileOffset })) };
   }
 
   /** Guest memory over plain ArrayBuffers: for tests and tools that need no KVM. */
@@ -82,7 +109,7 @@ export class GuestMemory {
       offset += s.size;
       return region;
     });
-    return new GuestMemory(regions, undefined);
+    return new GuestMemory(regions, undefined, false);
   }
 
   get totalSize(): number {
@@ -200,7 +227,7 @@ export class GuestMemory {
 
   close(): void {
     for (const r of this.regions) if (r.mapping.pointer !== null) munmap(r.mapping);
-    if (this.fd !== undefined) closeFd(this.fd);
+    if (this.owned && this.fd !== undefined) closeFd(this.fd);
   }
 }
 

@@ -62,11 +62,6 @@ export function writeStream(mem: GuestMemory, segs: readonly Segment[], offset: 
   return at;
 }
 
-/** Live views of guest memory for the segments, for zero-copy file I/O. */
-export function guestViews(mem: GuestMemory, segs: readonly Segment[]): Uint8Array[] {
-  return segs.filter((s) => s.len > 0).map((s) => mem.slice(s.addr, s.len));
-}
-
 /** The segments as a struct iovec array of host addresses, or undefined if guest memory is not host-mapped. */
 export function guestIovecs(mem: GuestMemory, segs: readonly Segment[]): Buffer | undefined {
   const live = segs.filter((s) => s.len > 0);

@@ -7,7 +7,8 @@
 // Without the multiport feature there is no "port open" message; the first
 // output is the sign that the console is up.
 import { readStream, totalLength, writeStream } from './chain.js';
-import { completeChain, drainQueue, guarded, readConfigBytes, VirtioId, type ActiveQueues, type VirtioDevice } from './device.js';
+import { readConfigBytes, VirtioId } from './device.js';
+import { completeChain, drainQueue, guarded, type ActiveQueues, type MainThreadDevice } from './in-process.js';
 
 const RECEIVE_QUEUE = 0;
 const TRANSMIT_QUEUE = 1;
@@ -16,7 +17,7 @@ const CONFIG_SIZE = 12;
 /** Host input held while the guest offers no buffers; beyond this the oldest bytes go. */
 const MAX_PENDING_INPUT = 1 << 20;
 
-export class VirtioConsole implements VirtioDevice {
+export class VirtioConsole implements MainThreadDevice {
   readonly type = VirtioId.CONSOLE;
   readonly features = 0n;
   readonly queueSizes = [64, 64];

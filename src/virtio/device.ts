@@ -1,9 +1,17 @@
-// What a virtio device (block, rng, console, ...) offers its transport. A device
-// knows its queues, features and configuration layout; it does not know whether it
-// sits on PCI or MMIO, or how its interrupts reach the guest.
-import type { GuestMemory } from '../memory/guest-memory.js';
-import type { DescriptorChain } from './chain.js';
-import type { SplitQueue } from './queue.js';
+// The contract between a virtio transport and a virtio device, in the vhost shape.
+//
+// The transport (PCI today) owns the registers, feature negotiation and interrupt
+// delivery. The device owns its configuration layout and its data plane. At
+// DRIVER_OK the transport activates the device with the accepted features and the
+// guest-memory table, then starts each ready queue from plain data: its rings and
+// indices, a kick eventfd (the guest's notifications land there, through an
+// ioeventfd or the transport's own notify handler) and a call eventfd (the device
+// signals it when the driver wants an interrupt; the transport routes it to the
+// guest, straight into KVM as an irqfd where it can). Stopping a queue hands its
+// state back as plain data. Because nothing live crosses, the data plane can run
+// on the main thread, in a worker thread, or (later) in another process.
+import type { MemoryTable } from '../memory/guest-memory.js';
+import type { QueueState } from './queue.js';
 
 export const VirtioId = { NET: 1, BLOCK: 2, CONSOLE: 3, RNG: 4 } as const;
 
@@ -14,28 +22,23 @@ export const VIRTIO_F_VERSION_1 = 32n;
 
 export const bit = (n: bigint | number): bigint => 1n << BigInt(n);
 
-/** How a device tells the driver something happened. */
-export interface VirtioInterrupt {
-  /** The device put buffers in queue `index`'s used ring. */
-  queue(index: number): void;
-  /** The device changed its configuration space. */
-  configChanged(): void;
+/** Everything one queue's data plane needs, as plain data (fds are valid in every thread of the process). */
+export interface QueueResources {
+  index: number;
+  /** Untrusted: the driver wrote it. It becomes a live queue only through SplitQueue.fromState(). */
+  state: QueueState;
+  /** The driver kicks here. */
+  kickFd: number;
+  /** The device signals here when the driver asked for an interrupt. */
+  callFd: number;
 }
 
-export interface ActiveQueues {
-  memory: GuestMemory;
-  /** Live queues by index; undefined where the driver did not enable one. */
-  queues: (SplitQueue | undefined)[];
-  interrupt: VirtioInterrupt;
-  /** The features the driver accepted. */
-  features: bigint;
-  /**
-   * Set by the transport when this activation ended (the driver reset the device, or
-   * it failed): its queues may since have been reprogrammed, so nothing may touch them.
-   */
-  readonly stopped: boolean;
-  /** Called when the driver broke the rules and the device stopped: DEVICE_NEEDS_RESET. */
+/** How a running device reaches its transport. */
+export interface DeviceHost {
+  /** The driver broke the rules (or the data plane died): DEVICE_NEEDS_RESET. */
   fail(reason: string): void;
+  /** The device changed its configuration space. */
+  configChanged(): void;
 }
 
 export interface VirtioDevice {
@@ -49,15 +52,17 @@ export interface VirtioDevice {
   readonly configSize: number;
   readConfig(offset: number, data: Uint8Array): void;
   writeConfig(offset: number, data: Uint8Array): void;
-  /** The driver set DRIVER_OK: the queues are checked and ready. */
-  activate(active: ActiveQueues): void;
-  /** The driver made buffers available in queue `index`. */
-  queueNotify(index: number): void;
-  /** The driver reset the device: drop queue state, keep the backend. */
+  /** DRIVER_OK: the driver accepted `features`; the queues are started next. */
+  activate(features: bigint, memory: MemoryTable, host: DeviceHost): void;
+  /** Starts one queue's data plane. */
+  startQueue(q: QueueResources): void;
+  /** Stops one queue once the chains it took are done; resolves with its state (undefined when it was not running). */
+  stopQueue(index: number): Promise<QueueState | undefined>;
+  /** The driver reset the device (every queue is stopped): drop driver state, keep the back-end. */
   reset(): void;
   /** Per-device counters for --stats. */
   stats(): Record<string, number>;
-  /** The VMM is shutting down: finish in-flight work, release the backend. */
+  /** The VMM is shutting down: finish in-flight work, release the back-end. */
   close(): Promise<void>;
 }
 
@@ -69,53 +74,4 @@ export function readConfigBytes(config: Uint8Array, offset: number, data: Uint8A
 /** What went wrong, in one line, for DEVICE_NEEDS_RESET's reason. */
 export function describeError(e: unknown): string {
   return e instanceof Error ? `${e.name}: ${e.message}` : String(e);
-}
-
-/**
- * Runs a device entry point that the host, not the guest's kick, calls (a back-end
- * delivering a packet, console input, an I/O completion): whatever it throws, the
- * guest caused it, so the device fails instead of the VMM.
- */
-export function guarded<T>(active: ActiveQueues, what: string, fallback: T, body: () => T): T {
-  if (active.stopped) return fallback;
-  try {
-    return body();
-  } catch (e) {
-    active.fail(`${what}: ${describeError(e)}`);
-    return fallback;
-  }
-}
-
-/**
- * Hands every chain the driver made available in queue `index` to `handle`, with
- * driver notifications suppressed meanwhile; a handler that returns false leaves
- * its chain in the ring and stops. A driver that broke the ring's rules (or any
- * other error on the way) fails the device instead of reaching the VMM.
- */
-export function drainQueue(active: ActiveQueues, index: number, handle: (chain: DescriptorChain) => boolean | void): void {
-  const q = active.queues[index];
-  if (!q) return;
-  const mem = active.memory;
-  guarded(active, `queue ${index}`, undefined, () => {
-    for (;;) {
-      q.disableNotifications(mem);
-      for (let chain = q.pop(mem); chain; chain = q.pop(mem)) {
-        if (handle(chain) === false) {
-          q.unpop();
-          q.enableNotifications(mem);
-          return;
-        }
-        if (active.stopped) return;
-      }
-      if (!q.enableNotifications(mem)) return;
-    }
-  });
-}
-
-/** Returns a chain to the driver and interrupts it if it asked to be told. */
-export function completeChain(active: ActiveQueues, index: number, head: number, written: number): void {
-  const q = active.queues[index];
-  if (active.stopped || !q) return;
-  q.pushUsed(active.memory, head, written);
-  if (q.needsInterrupt(active.memory)) active.interrupt.queue(index);
 }

@@ -12,7 +12,8 @@ import { VNET_HDR_LEN } from '../net/backend.js';
 import { DropCounter, prefixed } from '../net/counters.js';
 import { BROADCAST_MAC, ETH_ALEN, ETH_HLEN, MAX_FRAME, sameMac } from '../net/packet.js';
 import { readStream, totalLength, writeStream, type DescriptorChain } from './chain.js';
-import { bit, completeChain, drainQueue, guarded, readConfigBytes, VirtioId, type ActiveQueues, type VirtioDevice } from './device.js';
+import { bit, readConfigBytes, VirtioId } from './device.js';
+import { completeChain, drainQueue, guarded, type ActiveQueues, type MainThreadDevice } from './in-process.js';
 
 /** Feature bits (virtio 1.x, 5.1.3). */
 export const NetFeature = {
@@ -72,7 +73,7 @@ export interface VirtioNetOptions {
   maxCtrlCommand?: number;
 }
 
-export class VirtioNet implements VirtioDevice, NetPort {
+export class VirtioNet implements MainThreadDevice, NetPort {
   readonly type = VirtioId.NET;
   readonly features: bigint;
   readonly queueSizes: number[];

@@ -3,16 +3,23 @@
 // (feature negotiation, device status, queue setup), the ISR, the notification
 // area and MSI-X. Any VirtioDevice plugs in; the device never sees PCI.
 //
-// Queue kicks arrive two ways, both counted: a write to the notification area that
-// exits to the VMM, or, when an ioeventfd is registered for it, an eventfd KVM
-// signals without an exit. Interrupts go out as MSI-X vectors (through irqfd or
-// KVM_SIGNAL_MSI, the sink decides) or, before the driver enables MSI-X, as INTx.
+// Each queue has a kick eventfd and a call eventfd for its whole life, handed to
+// the device's data plane when the queue starts (device.ts). A kick reaches the
+// kick fd either straight from KVM (an ioeventfd on the queue's notify address,
+// no exit) or from this transport's notify handler (an exit, counted). A call fd
+// is bound into KVM as an irqfd while its MSI-X vector is enabled and unmasked, so
+// the data plane interrupts the guest without any VMM thread in between; when the
+// vector is masked, MSI-X is off (INTx) or irqfd is off, the transport watches the
+// call fd itself and raises the interrupt (pending bit, ISR, INTx), as QEMU does
+// for vhost.
 import type { BusDevice, IrqLine } from '../devices/bus.js';
 import { ConfigSpace, PCI_CAP_ID_VNDR } from '../devices/pci/config-space.js';
 import type { PciBar, PciDevice } from '../devices/pci/device.js';
 import { Msix, type MsiSink } from '../devices/pci/msix.js';
+import { closeFd, eventfd, eventfdDrain, eventfdSignal } from '../host/libc.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
-import { bit, describeError, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1, type ActiveQueues, type VirtioDevice } from './device.js';
+import { bit, describeError, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1, type QueueResources, type VirtioDevice } from './device.js';
+import type { WatchFd } from './in-process.js';
 import { SplitQueue } from './queue.js';
 
 export const VIRTIO_PCI_VENDOR = 0x1af4;
@@ -62,31 +69,35 @@ const CommonCfg = {
   QUEUE_DEVICE: 0x30,
 } as const;
 
-/** Registers an ioeventfd for a guest address and calls back on each kick; returns an undo. */
-export type IoEventRegistrar = (addr: number, len: number, onKick: () => void) => () => void;
+/** Makes KVM signal `fd` on a guest write to [addr, addr+len) instead of exiting; returns the undo. */
+export type IoEventRegistrar = (addr: number, len: number, fd: number) => () => void;
 
 export interface VirtioPciEnv {
   memory: GuestMemory;
   msi: MsiSink;
+  /** Watches call fds the transport delivers itself. */
+  watch: WatchFd;
   /** Absent: every kick is an exit. */
   ioevents?: IoEventRegistrar;
 }
 
 export interface TransportCounters {
-  /** Queue kicks that exited to the VMM. */
+  /** Queue kicks that exited to the VMM (the others reach the kick fd through an ioeventfd). */
   notifyExits: number;
-  /** Queue kicks that arrived through an ioeventfd, with no exit. */
-  notifyEventfds: number;
+  /** Interrupts this transport raised (config changes, and calls while a vector could not take an irqfd). */
   interruptsMsix: number;
   interruptsIntx: number;
   needsReset: number;
 }
 
+/** How a running queue's call fd reaches the guest: bound into KVM for `vector`, or watched here. */
+type CallRoute = { kind: 'irqfd'; vector: number } | { kind: 'watched'; undo: () => void };
+
 export class VirtioPciDevice implements PciDevice {
   readonly name: string;
   readonly config: ConfigSpace;
   readonly bars: readonly PciBar[];
-  readonly counters: TransportCounters = { notifyExits: 0, notifyEventfds: 0, interruptsMsix: 0, interruptsIntx: 0, needsReset: 0 };
+  readonly counters: TransportCounters = { notifyExits: 0, interruptsMsix: 0, interruptsIntx: 0, needsReset: 0 };
   /** Why the device last set DEVICE_NEEDS_RESET. */
   lastFailure: string | undefined;
   /** What the driver programmed into each queue's registers; live queues are made from it at DRIVER_OK. */
@@ -104,8 +115,18 @@ export class VirtioPciDevice implements PciDevice {
   private queueSelect = 0;
   private isr = 0;
   private undoIoevents: (() => void)[] = [];
-  /** What the device was handed at DRIVER_OK; stopped by a reset or a failure. */
-  private activation: (ActiveQueues & { stopped: boolean }) | undefined;
+  private readonly kickFds: number[];
+  private readonly callFds: number[];
+  /** Per queue: running in the device's data plane, and how its call fd is routed. */
+  private readonly running: boolean[];
+  private readonly callRoutes: (CallRoute | undefined)[];
+  /** Bumped per activation: a late report from an earlier one is ignored. */
+  private epoch = 0;
+  /** Settles when every queue stop asked for so far has finished. */
+  private stopping: Promise<void> = Promise.resolve();
+  private stopsInFlight = 0;
+  /** The driver wrote 0 to the status; it reads back 0 once the queues have stopped. */
+  private resetPending = false;
   /** Config-space offset of the PCI_CFG capability. */
   private readonly pciCfgCap: number;
 
@@ -114,6 +135,10 @@ export class VirtioPciDevice implements PciDevice {
     this.offered = device.features | bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_F_RING_INDIRECT_DESC) | bit(VIRTIO_F_RING_EVENT_IDX);
     this.queues = device.queueSizes.map((maxSize) => queueRegisters(maxSize));
     this.queueVectors = this.queues.map(() => NO_VECTOR);
+    this.kickFds = this.queues.map(() => eventfd());
+    this.callFds = this.queues.map(() => eventfd());
+    this.running = this.queues.map(() => false);
+    this.callRoutes = this.queues.map(() => undefined);
     this.config = new ConfigSpace({
       vendor: VIRTIO_PCI_VENDOR,
       device: MODERN_DEVICE_ID_BASE + device.type,
@@ -125,6 +150,7 @@ export class VirtioPciDevice implements PciDevice {
     });
     // One vector for configuration changes, one per queue.
     this.msix = new Msix(this.queues.length + 1, env.msi);
+    this.msix.onChange = () => this.routeCalls();
     if (this.msix.tableSize > MSIX_PBA_OFFSET - MSIX_TABLE_OFFSET) throw new Error(`${device.name}: too many queues`);
     this.addVirtioCap(CapType.COMMON, COMMON_OFFSET, COMMON_SIZE);
     this.addVirtioCap(CapType.ISR, ISR_OFFSET, 1);
@@ -188,20 +214,14 @@ export class VirtioPciDevice implements PciDevice {
     for (const undo of this.undoIoevents) undo();
     this.undoIoevents = [];
     if (address === undefined) return;
-    this.queues.forEach((_, q) => {
-      this.undoIoevents.push(this.env.ioevents!(address + NOTIFY_OFFSET + q * NOTIFY_MULTIPLIER, 2, () => this.kick(q, true)));
-    });
+    this.kickFds.forEach((fd, q) => this.undoIoevents.push(this.env.ioevents!(address + NOTIFY_OFFSET + q * NOTIFY_MULTIPLIER, 2, fd)));
   }
 
-  private kick(q: number, viaEventfd: boolean): void {
-    if (viaEventfd) this.counters.notifyEventfds++;
-    else this.counters.notifyExits++;
-    if (!this.activation || this.activation.stopped || q >= this.queues.length) return;
-    try {
-      this.device.queueNotify(q);
-    } catch (e) {
-      this.fail(`queue ${q} kick: ${describeError(e)}`);
-    }
+  /** A notify write that exited: passed on to the kick fd, as KVM would have. */
+  private kick(q: number): void {
+    this.counters.notifyExits++;
+    const fd = this.kickFds[q];
+    if (fd !== undefined) eventfdSignal(fd);
   }
 
   // -- BAR 0 -----------------------------------------------------------------
@@ -235,7 +255,7 @@ export class VirtioPciDevice implements PciDevice {
     if (offset < COMMON_OFFSET + 0x1000) return this.writeCommon(offset - COMMON_OFFSET, data);
     if (offset < ISR_OFFSET + 0x1000) return;
     if (offset < DEVICE_OFFSET + 0x1000) return this.device.writeConfig(offset - DEVICE_OFFSET, data);
-    if (offset < NOTIFY_OFFSET + 0x1000) return this.kick(Math.floor((offset - NOTIFY_OFFSET) / NOTIFY_MULTIPLIER), false);
+    if (offset < NOTIFY_OFFSET + 0x1000) return this.kick(Math.floor((offset - NOTIFY_OFFSET) / NOTIFY_MULTIPLIER));
     if (offset < MSIX_PBA_OFFSET) return this.msix.tableRegion.write(offset - MSIX_TABLE_OFFSET, data);
   }
 
@@ -263,7 +283,7 @@ export class VirtioPciDevice implements PciDevice {
     v.setUint32(CommonCfg.DRIVER_FEATURE, featureWord(this.driverFeatures, this.driverFeatureSelect), true);
     v.setUint16(CommonCfg.MSIX_CONFIG, this.configVector, true);
     v.setUint16(CommonCfg.NUM_QUEUES, this.queues.length, true);
-    v.setUint8(CommonCfg.DEVICE_STATUS, this.status);
+    v.setUint8(CommonCfg.DEVICE_STATUS, this.resetPending ? this.status || Status.ACKNOWLEDGE : this.status);
     v.setUint8(CommonCfg.CONFIG_GENERATION, this.configGeneration & 0xff);
     v.setUint16(CommonCfg.QUEUE_SELECT, this.queueSelect, true);
     if (q) {
@@ -288,7 +308,8 @@ export class VirtioPciDevice implements PciDevice {
    * each register the write touched takes its new value.
    */
   private writeCommon(offset: number, data: Uint8Array): void {
-    if (offset >= COMMON_SIZE) return;
+    // Until the reset has finished (the status reads 0) the driver has nothing to program.
+    if (offset >= COMMON_SIZE || this.resetPending) return;
     const v = this.commonSnapshot();
     const end = Math.min(offset + data.length, COMMON_SIZE);
     for (let i = offset; i < end; i++) v.setUint8(i, data[i - offset]!);
@@ -305,7 +326,10 @@ export class VirtioPciDevice implements PciDevice {
     if (touches(CommonCfg.MSIX_CONFIG, 2)) this.configVector = this.checkVector(v.getUint16(CommonCfg.MSIX_CONFIG, true));
     if (touches(CommonCfg.QUEUE_SELECT, 2)) this.queueSelect = v.getUint16(CommonCfg.QUEUE_SELECT, true);
     else if (q) {
-      if (touches(CommonCfg.QUEUE_MSIX_VECTOR, 2)) this.queueVectors[this.queueSelect] = this.checkVector(v.getUint16(CommonCfg.QUEUE_MSIX_VECTOR, true));
+      if (touches(CommonCfg.QUEUE_MSIX_VECTOR, 2)) {
+        this.queueVectors[this.queueSelect] = this.checkVector(v.getUint16(CommonCfg.QUEUE_MSIX_VECTOR, true));
+        this.routeCalls();
+      }
       if (queueWritable) {
         if (touches(CommonCfg.QUEUE_SIZE, 2)) q.size = v.getUint16(CommonCfg.QUEUE_SIZE, true);
         if (touches(CommonCfg.QUEUE_DESC, 8)) q.descTable = Number(v.getBigUint64(CommonCfg.QUEUE_DESC, true));
@@ -345,46 +369,102 @@ export class VirtioPciDevice implements PciDevice {
     return (this.driverFeatures & ~this.offered) === 0n && (this.driverFeatures & bit(VIRTIO_F_VERSION_1)) !== 0n;
   }
 
+  /** DRIVER_OK: the device is activated and each ready queue started, from plain data. */
   private activate(): void {
     const eventIdx = (this.driverFeatures & bit(VIRTIO_F_RING_EVENT_IDX)) !== 0n;
-    let queues: (SplitQueue | undefined)[];
+    const starts: QueueResources[] = [];
     try {
-      queues = this.queues.map((r) => (r.ready ? SplitQueue.fromState(r.maxSize, { ...r, eventIdx, nextAvail: 0, nextUsed: 0 }, this.env.memory) : undefined));
+      this.queues.forEach((r, index) => {
+        if (!r.ready) return;
+        const state = { size: r.size, descTable: r.descTable, availRing: r.availRing, usedRing: r.usedRing, eventIdx, nextAvail: 0, nextUsed: 0 };
+        // Checked here too, so a bad ring fails at DRIVER_OK whichever thread runs the queue.
+        SplitQueue.fromState(r.maxSize, state, this.env.memory);
+        starts.push({ index, state, kickFd: this.kickFds[index]!, callFd: this.callFds[index]! });
+      });
     } catch (e) {
       return this.fail(describeError(e));
     }
-    const activation = {
-      memory: this.env.memory,
-      queues,
-      features: this.driverFeatures,
-      interrupt: { queue: (q: number) => this.interrupt(this.queueVectors[q] ?? NO_VECTOR, 1), configChanged: () => this.configChanged() },
-      stopped: false,
-      fail: (reason: string) => {
-        if (!activation.stopped) this.fail(reason);
-      },
-    };
-    this.activation = activation;
+    const epoch = ++this.epoch;
     try {
-      this.device.activate(activation);
+      this.device.activate(this.driverFeatures, this.env.memory.table(), {
+        fail: (reason) => {
+          if (epoch === this.epoch) this.fail(reason);
+        },
+        configChanged: () => {
+          if (epoch === this.epoch) this.configChanged();
+        },
+      });
+      for (const q of starts) {
+        this.running[q.index] = true;
+        this.device.startQueue(q);
+      }
     } catch (e) {
       this.fail(`activate: ${describeError(e)}`);
     }
+    this.routeCalls();
   }
 
-  /** Ends the current activation: from here on the device's queue work is dropped. */
-  private stopActivation(): void {
-    if (this.activation) this.activation.stopped = true;
-    this.activation = undefined;
+  /** Stops every running queue; `stopping` settles when the device has let them all go. */
+  private stopQueues(): void {
+    const indices = this.running.flatMap((r, i) => (r ? [i] : []));
+    if (!indices.length) return;
+    this.running.fill(false);
+    this.epoch++;
+    this.routeCalls();
+    this.stopsInFlight++;
+    const stops = indices.map((i) => this.device.stopQueue(i).catch((e) => this.recordFailure(`stopping queue ${i}: ${describeError(e)}`)));
+    this.stopping = Promise.all([this.stopping, ...stops]).then(() => {
+      this.stopsInFlight--;
+    });
+  }
+
+  /**
+   * Routes each queue's call fd: into KVM while its vector is enabled and unmasked
+   * and the sink takes irqfds; otherwise watched here. Called whenever any of that changes.
+   */
+  private routeCalls(): void {
+    const sink = this.env.msi;
+    this.callFds.forEach((fd, q) => {
+      const vector = this.queueVectors[q]!;
+      const direct = this.running[q] && sink.bindIrqfd !== undefined && this.msix.enabled && vector < this.msix.vectors && !this.msix.masked(vector);
+      const route = this.callRoutes[q];
+      if (direct && route?.kind === 'irqfd' && route.vector === vector) {
+        this.msix.syncRoute(vector);
+        return;
+      }
+      if (this.running[q] ? !direct && route?.kind === 'watched' : route === undefined) return;
+      if (route?.kind === 'irqfd') sink.unbindIrqfd!(route.vector, fd);
+      else route?.undo();
+      this.callRoutes[q] = undefined;
+      if (!this.running[q]) return;
+      if (direct) {
+        this.msix.syncRoute(vector);
+        // KVM injects at once if the fd was signalled before the bind.
+        sink.bindIrqfd!(vector, fd);
+        this.callRoutes[q] = { kind: 'irqfd', vector };
+      } else {
+        this.callRoutes[q] = {
+          kind: 'watched',
+          undo: this.env.watch(fd, () => {
+            if (eventfdDrain(fd)) this.interrupt(this.queueVectors[q] ?? NO_VECTOR, 1);
+          }),
+        };
+      }
+    });
   }
 
   /** The driver broke the rules: stop the device and tell the driver it needs a reset. */
   private fail(reason: string): void {
     if (this.status & Status.NEEDS_RESET) return;
-    this.stopActivation();
-    this.lastFailure = reason;
-    this.counters.needsReset++;
+    this.stopQueues();
+    this.recordFailure(reason);
     this.status |= Status.NEEDS_RESET;
     this.configChanged();
+  }
+
+  private recordFailure(reason: string): void {
+    this.lastFailure = reason;
+    this.counters.needsReset++;
   }
 
   private configChanged(): void {
@@ -402,18 +482,43 @@ export class VirtioPciDevice implements PciDevice {
     this.intx.set(true);
   }
 
+  /**
+   * The driver wrote 0 to the status. The queues stop first (a data plane in another
+   * thread finishes the chains it holds); until then the status does not read 0,
+   * which is what a driver waits for (virtio 1.x, 4.1.4.3.2).
+   */
   private reset(): void {
-    this.stopActivation();
-    this.device.reset();
-    this.queues = this.queues.map((q) => queueRegisters(q.maxSize));
-    this.queueVectors.fill(NO_VECTOR);
-    this.configVector = NO_VECTOR;
-    this.status = 0;
-    this.driverFeatures = 0n;
-    this.deviceFeatureSelect = this.driverFeatureSelect = this.queueSelect = 0;
-    this.isr = 0;
-    this.intx.set(false);
-    // MSI-X enable and the vector table are PCI state: a virtio reset leaves them.
+    this.stopQueues();
+    this.resetPending = true;
+    const finish = () => {
+      this.resetPending = false;
+      try {
+        this.device.reset();
+      } catch (e) {
+        this.recordFailure(`reset: ${describeError(e)}`);
+      }
+      this.queues = this.queues.map((q) => queueRegisters(q.maxSize));
+      this.queueVectors.fill(NO_VECTOR);
+      this.configVector = NO_VECTOR;
+      this.status = 0;
+      this.driverFeatures = 0n;
+      this.deviceFeatureSelect = this.driverFeatureSelect = this.queueSelect = 0;
+      this.isr = 0;
+      this.intx.set(false);
+      // MSI-X enable and the vector table are PCI state: a virtio reset leaves them.
+    };
+    if (this.stopsInFlight === 0) finish();
+    else void this.stopping.then(finish);
+  }
+
+  /** Shutdown: stops the queues, lets the device finish and release its back-end, then frees the fds. */
+  async close(): Promise<void> {
+    this.stopQueues();
+    await this.stopping;
+    await this.device.close();
+    for (const undo of this.undoIoevents) undo();
+    this.undoIoevents = [];
+    for (const fd of [...this.kickFds, ...this.callFds]) closeFd(fd);
   }
 
   stats(): Record<string, number> {

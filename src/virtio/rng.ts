@@ -2,12 +2,13 @@
 // with bytes from the host's CSPRNG.
 import { randomFillSync } from 'node:crypto';
 import { totalLength, writeStream } from './chain.js';
-import { completeChain, drainQueue, VirtioId, type ActiveQueues, type VirtioDevice } from './device.js';
+import { VirtioId } from './device.js';
+import { completeChain, drainQueue, type ActiveQueues, type MainThreadDevice } from './in-process.js';
 
 /** The most one request gets, so a driver asking for gigabytes cannot stall the VMM. */
 const MAX_REQUEST = 64 * 1024;
 
-export class VirtioRng implements VirtioDevice {
+export class VirtioRng implements MainThreadDevice {
   readonly type = VirtioId.RNG;
   readonly features = 0n;
   readonly queueSizes = [256];

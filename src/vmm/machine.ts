@@ -14,12 +14,12 @@ import { PCI_CONFIG_IO_PORT } from '../devices/pci/config-io.js';
 import type { PciBus } from '../devices/pci/pci-bus.js';
 import { Cap, ExitReason, SystemEvent } from '../kvm/ioctls.js';
 import { Kvm, type Vm } from '../kvm/kvm.js';
-import { closeFd, eventfd, eventfdDrain } from '../host/libc.js';
 import { GuestMemory } from '../memory/guest-memory.js';
 import type { NetBackend } from '../net/backend.js';
 import { VirtioNet } from '../virtio/net.js';
 import { VirtioConsole } from '../virtio/console.js';
 import type { VirtioDevice } from '../virtio/device.js';
+import { onMainThread, type MainThreadDevice } from '../virtio/in-process.js';
 import { VirtioPciDevice, type IoEventRegistrar } from '../virtio/pci-transport.js';
 import { CoalescedRing } from './coalesced-ring.js';
 import { EventLoop } from './event-loop.js';
@@ -51,7 +51,7 @@ export interface MachineConfig {
   /** Network cards, each on its own PCI slot, before the other devices (so the first is eth0). */
   nics?: NicConfig[];
   /** virtio devices, each on its own PCI slot, in this order. */
-  virtio?: VirtioDevice[];
+  virtio?: (VirtioDevice | MainThreadDevice)[];
   /** Adds a virtio-console (the guest's hvc0) whose output goes here; host input then goes to it. */
   virtioConsoleOutput?: (bytes: Uint8Array) => void;
   /** Queue kicks through ioeventfd (no exit); off: every kick is an MMIO exit. Default on. */
@@ -142,12 +142,17 @@ export class Machine {
   private plugDevices(): void {
     const { vm, config } = this;
     const routing = config.irqfd !== false ? new GsiRouting(vm) : undefined;
-    const ioevents: IoEventRegistrar | undefined = config.ioeventfd !== false ? (addr, len, onKick) => this.ioevent(addr, len, onKick) : undefined;
-    const plugVirtio = (device: VirtioDevice): VirtioPciDevice => {
+    const ioevents: IoEventRegistrar | undefined = config.ioeventfd !== false ? (addr, len, fd) => this.ioevent(addr, len, fd) : undefined;
+    const watch = (fd: number, onReadable: () => void) => {
+      const token = this.events.add(fd, onReadable);
+      return () => this.events.remove(token);
+    };
+    const plugVirtio = (given: VirtioDevice | MainThreadDevice): VirtioPciDevice => {
+      const device = 'queueNotify' in given ? onMainThread(given, { memory: this.memory, watch }) : given;
       const vectors = device.queueSizes.length + 1;
       const msi = routing ? new IrqfdMsiSink(vm, routing, vectors) : new SignalMsiSink(vm);
       this.msiSinks.push(msi);
-      const transport = new VirtioPciDevice(device, { memory: this.memory, msi, ioevents });
+      const transport = new VirtioPciDevice(device, { memory: this.memory, msi, watch, ioevents });
       this.pci.add(transport);
       this.virtio.push(transport);
       return transport;
@@ -167,18 +172,10 @@ export class Machine {
     for (const device of [...(config.virtio ?? []), ...(this.virtioConsole ? [this.virtioConsole] : [])]) plugVirtio(device);
   }
 
-  /** An ioeventfd on a guest MMIO address, polled by the event loop; returns its undo. */
-  private ioevent(addr: number, len: number, onKick: () => void): () => void {
-    const fd = eventfd();
+  /** KVM signals `fd` on a guest write to [addr, addr+len) instead of exiting; returns the undo. */
+  private ioevent(addr: number, len: number, fd: number): () => void {
     this.vm.ioeventfd(fd, addr, len, { pio: false });
-    const token = this.events.add(fd, () => {
-      if (eventfdDrain(fd)) onKick();
-    });
-    return () => {
-      this.events.remove(token);
-      this.vm.ioeventfd(fd, addr, len, { pio: false, deassign: true });
-      closeFd(fd);
-    };
+    return () => this.vm.ioeventfd(fd, addr, len, { pio: false, deassign: true });
   }
 
   private load(): void {
@@ -311,8 +308,8 @@ export class Machine {
       model: nic.model,
       backend: nic.backend.description,
       exits: { mmioReads: mmio.reads, mmioWrites: mmio.writes, pioReads: pio.reads, pioWrites: pio.writes },
-      eventfdKicks: transport?.notifyEventfds ?? 0,
-      interrupts: transport ? transport.interruptsMsix + transport.interruptsIntx : own.interrupts ?? 0,
+      kicks: transport ? own.kicks ?? 0 : 0,
+      interrupts: transport ? own.calls ?? 0 : own.interrupts ?? 0,
       txPackets: own.txPackets ?? 0,
       txBytes: own.txBytes ?? 0,
       rxPackets: own.rxPackets ?? 0,
@@ -325,7 +322,7 @@ export class Machine {
   /** Lets devices finish in-flight I/O and close their back-ends, then frees the VM. */
   async close(): Promise<void> {
     this.events.close();
-    await Promise.allSettled([...this.virtio.map((v) => v.device.close()), ...this.nics.filter((n) => n.device instanceof E1000).map((n) => (n.device as E1000).close())]);
+    await Promise.allSettled([...this.virtio.map((v) => v.close()), ...this.nics.filter((n) => n.device instanceof E1000).map((n) => (n.device as E1000).close())]);
     for (const s of this.msiSinks) s.close();
     for (const t of this.threads) t.vcpu.close();
     this.vm.close();
@@ -359,8 +356,8 @@ export interface NicStats {
   backend: string;
   /** Exits the card's registers caused, by bus and direction. */
   exits: { mmioReads: number; mmioWrites: number; pioReads: number; pioWrites: number };
-  /** Queue kicks that reached the device through an ioeventfd, with no exit. */
-  eventfdKicks: number;
+  /** Queue kicks the data plane woke for, whether they came by exit or by ioeventfd. */
+  kicks: number;
   interrupts: number;
   txPackets: number;
   txBytes: number;

@@ -63,6 +63,14 @@ export class IrqfdMsiSink implements MsiSink {
     eventfdSignal(this.fds[vector]!);
   }
 
+  bindIrqfd(vector: number, fd: number): void {
+    this.vm.irqfd(fd, this.gsis[vector]!);
+  }
+
+  unbindIrqfd(vector: number, fd: number): void {
+    this.vm.irqfd(fd, this.gsis[vector]!, true);
+  }
+
   close(): void {
     this.fds.forEach((fd, v) => {
       this.vm.irqfd(fd, this.gsis[v]!, true);

@@ -98,6 +98,21 @@ export const BOOT_SCENARIOS: Scenario[] = [
     ].join('\n'),
   },
   {
+    // Two vCPUs, two request queues (the default: one per vCPU), a reader pinned to
+    // each vCPU: the guest's blk-mq maps each CPU to its own queue, so both workers run.
+    name: 'two-queues',
+    cpus: 2,
+    stats: true,
+    drives: [{ file: 'mq.img', sizeMiB: 32 }],
+    input: [
+      'echo "mq-dirs: $(ls /sys/block/vda/mq | tr \'\\n\' \' \')"',
+      '(taskset -c 0 dd if=/dev/vda of=/dev/null bs=4k count=4096 iflag=direct 2>/dev/null && echo CPU0-DONE) & (taskset -c 1 dd if=/dev/vda of=/dev/null bs=4k skip=4096 count=4096 iflag=direct 2>/dev/null && echo CPU1-DONE) & wait',
+      'grep virtio0-req /proc/interrupts',
+      'poweroff',
+      '',
+    ].join('\n'),
+  },
+  {
     // Data the guest synced is in the image even when tsvisor dies right after. With
     // MSI off in the guest, the disk's interrupts take the INTx path through the IOAPIC.
     name: 'crash',

@@ -2,7 +2,7 @@
 // rings in guest memory and posts chains the way a guest driver does, including
 // ones no honest driver would post.
 import { GuestMemory, gpa } from '../../src/memory/guest-memory.js';
-import type { ActiveQueues, VirtioInterrupt } from '../../src/virtio/device.js';
+import type { ActiveQueues, VirtioInterrupt } from '../../src/virtio/in-process.js';
 import { DESC_SIZE, SplitQueue, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../src/virtio/queue.js';
 
 export const RAM_SIZE = 1 << 20;

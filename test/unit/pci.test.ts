@@ -7,7 +7,8 @@ import { PciBus } from '../../src/devices/pci/pci-bus.js';
 import type { MsiMessage } from '../../src/devices/pci/msix.js';
 import { GuestMemory, gpa } from '../../src/memory/guest-memory.js';
 import { VirtioRng } from '../../src/virtio/rng.js';
-import { Status, VirtioPciDevice } from '../../src/virtio/pci-transport.js';
+import { mainThreadTransport } from '../support/fd-watch.js';
+import { Status } from '../../src/virtio/pci-transport.js';
 
 function rig() {
   const pio = new Bus('pio');
@@ -15,13 +16,13 @@ function rig() {
   const gsi = new Map<number, boolean>();
   const bus = new PciBus({ pio, mmio, memoryWindow: PCI_MMIO_WINDOW, ioWindow: PCI_IO_WINDOW, setGsi: (g, level) => gsi.set(g, level) });
   bus.add({ name: 'bridge', config: new ConfigSpace({ vendor: 0x1b36, device: 0x0008, classCode: 0x060000 }), bars: [] }, 0);
-  const memory = GuestMemory.fromBuffers([{ start: gpa(0), size: 1 << 20 }]);
+  const memory = GuestMemory.create([{ start: gpa(0), size: 1 << 20 }]);
   const fired: { vector: number; message: MsiMessage }[] = [];
   const routed: number[] = [];
   const msi = { route: (v: number) => routed.push(v), fire: (vector: number, message: MsiMessage) => fired.push({ vector, message }) };
   const add = () => {
-    const dev = new VirtioPciDevice(new VirtioRng(), { memory, msi });
-    return { dev, devfn: bus.add(dev) };
+    const { dev, pump } = mainThreadTransport(new VirtioRng(), memory, msi);
+    return { dev, pump, devfn: bus.add(dev) };
   };
   const cfg = {
     read: (devfn: number, off: number, len = 4) => {
@@ -165,7 +166,7 @@ test('virtio-pci: feature negotiation needs VERSION_1 and only offered bits; a b
 
 test('virtio-pci: INTx until MSI-X is enabled; MSI-X vectors held while masked and delivered on unmask', () => {
   const r = rig();
-  const { dev, devfn } = r.add();
+  const { dev, devfn, pump } = r.add();
   const d = driver(r, devfn);
   d.setStatus(Status.ACKNOWLEDGE | Status.DRIVER);
   d.accept(0, 1);
@@ -183,6 +184,7 @@ test('virtio-pci: INTx until MSI-X is enabled; MSI-X vectors held while masked a
     r.memory.writeU16(0x20004 + 2 * (idx % 16), 0);
     r.memory.writeU16(0x20002, idx + 1);
     r.mm.write(d.base + 0x3000, 0, 2); // notify queue 0 (an exit: no ioeventfd here)
+    pump();
   };
   post();
   assert.equal(r.gsi.get(17), true, 'INTx asserted');

@@ -7,19 +7,23 @@ import { test } from 'node:test';
 import { GuestMemory, gpa } from '../../src/memory/guest-memory.js';
 import { VNET_HDR_LEN } from '../../src/net/backend.js';
 import { VirtioConsole } from '../../src/virtio/console.js';
-import { bit, drainQueue, VIRTIO_F_VERSION_1, type ActiveQueues, type VirtioDevice } from '../../src/virtio/device.js';
+import { bit, VIRTIO_F_VERSION_1, type VirtioDevice } from '../../src/virtio/device.js';
+import { drainQueue, type ActiveQueues, type MainThreadDevice } from '../../src/virtio/in-process.js';
 import { MAX_CTRL_COMMAND, NetFeature, VirtioNet } from '../../src/virtio/net.js';
 import { Status, VirtioPciDevice } from '../../src/virtio/pci-transport.js';
 import { FakeBackend, NO_POLLER } from '../support/fake-net-backend.js';
+import { ManualWatch, mainThreadTransport } from '../support/fd-watch.js';
 import { activeQueues, SimDriver } from '../support/virtio-driver.js';
 
 const RAM = 1 << 20;
 const NOTIFY = 0x3000;
 
 /** A virtio-pci function driven through BAR 0 directly, as a guest driver would program it. */
-function transport(device: VirtioDevice) {
-  const memory = GuestMemory.fromBuffers([{ start: gpa(0), size: RAM }]);
-  const dev = new VirtioPciDevice(device, { memory, msi: { route: () => {}, fire: () => {} } });
+function transport(device: VirtioDevice | MainThreadDevice) {
+  const memory = GuestMemory.create([{ start: gpa(0), size: RAM }]);
+  const msi = { route: () => {}, fire: () => {} };
+  const manual = new ManualWatch();
+  const { dev, pump } = 'queueNotify' in device ? mainThreadTransport(device, memory, msi) : { dev: new VirtioPciDevice(device, { memory, msi, watch: manual.watch }), pump: () => manual.pump() };
   const bar = dev.bars[0]!.region;
   const write = (offset: number, value: number, len: number) => {
     const data = new Uint8Array(len);
@@ -53,13 +57,19 @@ function transport(device: VirtioDevice) {
       write(0x34, 0, 4);
       write(0x1c, 1, 2);
     },
-    kick: (index: number) => write(NOTIFY + 4 * index, index, 2),
+    kick: (index: number) => {
+      write(NOTIFY + 4 * index, index, 2);
+      pump();
+    },
   };
 }
 
+/** Lets queue stops (promises) settle, as the event loop would between two guest accesses. */
+const settle = () => new Promise((resolve) => setImmediate(resolve));
+
 const LIVE = Status.ACKNOWLEDGE | Status.DRIVER | Status.FEATURES_OK | Status.DRIVER_OK;
 
-test('virtio-pci: clearing DRIVER_OK without a reset fails the device; host input then never touches the reprogrammed queue', () => {
+test('virtio-pci: clearing DRIVER_OK without a reset fails the device; host input then never touches the reprogrammed queue', async () => {
   const out: Uint8Array[] = [];
   const console = new VirtioConsole((b) => out.push(b));
   const t = transport(console);
@@ -83,13 +93,14 @@ test('virtio-pci: clearing DRIVER_OK without a reset fails the device; host inpu
   assert.doesNotThrow(() => console.input(Uint8Array.of(1, 2, 3)));
   assert.doesNotThrow(() => t.kick(0));
   assert.equal(console.stats().bytesIn, 0);
-  // A reset brings the device back.
+  // A reset brings the device back, once the stopped queues are let go.
   t.setStatus(0);
+  await settle();
   assert.equal(t.status(), 0);
 });
 
-test('virtio-pci: DRIVER_OK without FEATURES_OK fails the device and kicks never reach it', () => {
-  const notified: number[] = [];
+test('virtio-pci: DRIVER_OK without FEATURES_OK fails the device and its queues never start', () => {
+  const started: number[] = [];
   const spy: VirtioDevice = {
     type: 4,
     name: 'spy',
@@ -99,7 +110,8 @@ test('virtio-pci: DRIVER_OK without FEATURES_OK fails the device and kicks never
     readConfig: (_o, d) => d.fill(0),
     writeConfig: () => {},
     activate: () => assert.fail('activated without FEATURES_OK'),
-    queueNotify: (q) => notified.push(q),
+    startQueue: (q) => started.push(q.index),
+    stopQueue: async () => undefined,
     reset: () => {},
     stats: () => ({}),
     close: async () => {},
@@ -110,11 +122,11 @@ test('virtio-pci: DRIVER_OK without FEATURES_OK fails the device and kicks never
   assert.equal(t.status() & Status.NEEDS_RESET, Status.NEEDS_RESET);
   assert.match(t.dev.lastFailure ?? '', /DRIVER_OK without FEATURES_OK/);
   t.kick(0);
-  assert.deepEqual(notified, []);
+  assert.deepEqual(started, []);
 });
 
-test('virtio-pci: a device that throws from a kick or a config access fails instead of the VMM', () => {
-  const thrower: VirtioDevice = {
+test('virtio-pci: a device that throws from a kick or a config access fails instead of the VMM', async () => {
+  const thrower: MainThreadDevice = {
     type: 4,
     name: 'thrower',
     features: 0n,
@@ -139,6 +151,7 @@ test('virtio-pci: a device that throws from a kick or a config access fails inst
   assert.doesNotThrow(() => t.kick(0));
   assert.match(t.dev.lastFailure ?? '', /queue 0 kick: RangeError: kick bug/);
   t.setStatus(0);
+  await settle();
   const d = new Uint8Array(4);
   assert.doesNotThrow(() => t.dev.bars[0]!.region.read(0x2000, d));
   assert.deepEqual([...d], [0xff, 0xff, 0xff, 0xff]);

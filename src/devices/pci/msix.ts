@@ -15,6 +15,12 @@ export interface MsiSink {
   /** Vector `vector` will be raised with `message` from now on (lets irqfd routes follow the table). */
   route(vector: number, message: MsiMessage): void;
   fire(vector: number, message: MsiMessage): void;
+  /**
+   * Sinks backed by irqfd can let another eventfd raise `vector` inside KVM, with no
+   * thread of the VMM in between (a device's call fd); the route must be current first.
+   */
+  bindIrqfd?(vector: number, fd: number): void;
+  unbindIrqfd?(vector: number, fd: number): void;
 }
 
 const ENTRY_SIZE = 16;
@@ -34,6 +40,8 @@ export class Msix {
   private readonly routed: (MsiMessage | undefined)[];
   /** Raises that found their vector masked and were left pending. */
   deferred = 0;
+  /** Called after the guest changed the enable or mask bits, or the table. */
+  onChange: () => void = () => {};
 
   constructor(readonly vectors: number, private readonly sink: MsiSink) {
     if (vectors < 1 || vectors > MSIX_MAX_VECTORS) throw new Error(`bad MSI-X vector count ${vectors}`);
@@ -75,7 +83,9 @@ export class Msix {
 
   /** The PCI bus saw a config write; a change of the control bits may release pending vectors. */
   configWritten(offset: number, length: number): void {
-    if (this.capOffset && offset <= this.capOffset + 3 && offset + length > this.capOffset + 2) this.releasePending();
+    if (!this.capOffset || offset > this.capOffset + 3 || offset + length <= this.capOffset + 2) return;
+    this.releasePending();
+    this.onChange();
   }
 
   reset(): void {
@@ -86,7 +96,8 @@ export class Msix {
     if (this.config) this.config.setU16(this.capOffset + 2, this.control & ~(CONTROL_ENABLE | CONTROL_FUNCTION_MASK));
   }
 
-  private masked(vector: number): boolean {
+  /** The function or the vector is masked: a raise would only set the pending bit. */
+  masked(vector: number): boolean {
     return (this.control & CONTROL_FUNCTION_MASK) !== 0 || (this.tableView.getUint32(vector * ENTRY_SIZE + ENTRY_CONTROL, true) & ENTRY_MASKED) !== 0;
   }
 
@@ -108,13 +119,18 @@ export class Msix {
   }
 
   private deliver(vector: number): void {
+    this.sink.fire(vector, this.syncRoute(vector));
+  }
+
+  /** Hands the sink `vector`'s message if it changed since the last time; returns it. */
+  syncRoute(vector: number): MsiMessage {
     const message = this.message(vector);
     const last = this.routed[vector];
     if (!last || last.addressLo !== message.addressLo || last.addressHi !== message.addressHi || last.data !== message.data) {
       this.routed[vector] = message;
       this.sink.route(vector, message);
     }
-    this.sink.fire(vector, message);
+    return message;
   }
 
   private releasePending(): void {
@@ -139,6 +155,7 @@ export class Msix {
       this.table.set(data, offset);
       // Unmasking a vector delivers what it had pending; a new message moves its route on next use.
       if (((offset % ENTRY_SIZE) + data.length) > ENTRY_CONTROL) this.releasePending();
+      this.onChange();
     },
   };
 
