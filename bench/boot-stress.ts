@@ -76,7 +76,16 @@ interface BootLine {
 const LINE_PREFIX = 'BOOT-STRESS ';
 
 /** Inside the nested host: the boots, one VMM after the other, a line each. */
-async function inner(kernel: string, initrd: string, first: number, boots: number, vmms: Vmm[], stallSeconds: number, limitSeconds: number, guestAppend: string): Promise<void> {
+async function inner(
+  kernel: string,
+  initrd: string,
+  first: number,
+  boots: number,
+  vmms: Vmm[],
+  stallSeconds: number,
+  limitSeconds: number,
+  guestAppend: string,
+): Promise<void> {
   const commands = bootCommands(kernel, initrd, guestAppend);
   for (let boot = first; boot < boots; boot++) {
     for (const vmm of vmms) {
@@ -93,7 +102,24 @@ function startLoad(n: number, nice: number): ChildProcess[] {
 
 /** Runs boots [first, o.boots) in one nested host; resolves with the lines it reported and whether it stalled. */
 function nestedRun(o: Options, kernel: string, initrd: string, first: number, onLine: (l: BootLine) => void): Promise<{ next: number; stalled: boolean }> {
-  const args = [BIN, 'nested', '--cpus', String(o.cpus), '--', process.execPath, SELF, 'inner', kernel, initrd, String(first), String(o.boots), o.vmms.join(','), String(o.stallSeconds), String(o.limitSeconds), o.guestAppend];
+  const args = [
+    BIN,
+    'nested',
+    '--cpus',
+    String(o.cpus),
+    '--',
+    process.execPath,
+    SELF,
+    'inner',
+    kernel,
+    initrd,
+    String(first),
+    String(o.boots),
+    o.vmms.join(','),
+    String(o.stallSeconds),
+    String(o.limitSeconds),
+    o.guestAppend,
+  ];
   const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   // Every boot ends within --limit; past that plus a margin with no report, the nested host stopped.
   const silenceMs = (o.limitSeconds + 120) * 1000;
@@ -146,10 +172,11 @@ async function outer(o: Options): Promise<void> {
   const lines: BootLine[] = [];
   let hostStalls = 0;
   try {
-    for (let first = 0; first < o.boots; ) {
+    for (let first = 0; first < o.boots;) {
       const r = await nestedRun(o, guest.kernel, guest.initrd, first, (l) => {
         lines.push(l);
-        const what = l.result.kind === 'up' ? `${l.result.seconds.toFixed(1)} s` : `${l.result.kind} at ${l.result.seconds.toFixed(0)} s, last line: ${l.result.lastLine}`;
+        const what =
+          l.result.kind === 'up' ? `${l.result.seconds.toFixed(1)} s` : `${l.result.kind} at ${l.result.seconds.toFixed(0)} s, last line: ${l.result.lastLine}`;
         process.stdout.write(`boot ${l.boot + 1}/${o.boots} ${l.vmm}: ${what}\n`);
       });
       if (r.stalled) {

@@ -55,7 +55,13 @@ async function bootBench(kernel: string, initrd: string): Promise<void> {
     t.push(await timeUntil(...tsvisor, USERSPACE_BANNER));
     q.push(await timeUntil(...qemu, USERSPACE_BANNER));
   }
-  report('boot to first userspace line (s, median)', median(t), median(q), 'qemu -accel kvm -M pc', `runs: tsvisor ${t.map((x) => x.toFixed(1)).join(' ')} | qemu ${q.map((x) => x.toFixed(1)).join(' ')}`);
+  report(
+    'boot to first userspace line (s, median)',
+    median(t),
+    median(q),
+    'qemu -accel kvm -M pc',
+    `runs: tsvisor ${t.map((x) => x.toFixed(1)).join(' ')} | qemu ${q.map((x) => x.toFixed(1)).join(' ')}`,
+  );
 }
 
 function compile(source: string, flags: string[] = []): string {
@@ -130,9 +136,54 @@ async function blkBench(kernel: string, initrd: string): Promise<void> {
   const commands = [`blk-bench seqwrite /dev/vda ${BLK_MIB}`, `blk-bench seqread /dev/vda ${BLK_MIB}`, `blk-bench randread /dev/vda ${BLK_RANDOM_READS}`];
   const input = [...commands, `blk-bench randread-qd32 /dev/vda ${4 * BLK_RANDOM_READS}`, 'poweroff', ''].join('\n');
   const append = DEFAULT_GUEST_CMDLINE;
-  const tsvisor = (paths: string, queues = 2) =>
-    [BIN, 'run', '--accel', 'kvm', '--cpus', '2', '--kernel', kernel, '--initrd', initrd, '--memory', '512M', '--append', append, '--drive', `file=${image},format=raw,if=virtio,num-queues=${queues}`, '--stats', '--ioeventfd', paths, '--irqfd', paths];
-  const qemu = ['-accel', 'kvm', '-M', 'pc', '-cpu', 'host', '-smp', '2', '-m', '512', '-nodefaults', '-no-user-config', '-display', 'none', '-serial', 'stdio', '-no-reboot', '-kernel', kernel, '-initrd', initrd, '-append', append];
+  const tsvisor = (paths: string, queues = 2) => [
+    BIN,
+    'run',
+    '--accel',
+    'kvm',
+    '--cpus',
+    '2',
+    '--kernel',
+    kernel,
+    '--initrd',
+    initrd,
+    '--memory',
+    '512M',
+    '--append',
+    append,
+    '--drive',
+    `file=${image},format=raw,if=virtio,num-queues=${queues}`,
+    '--stats',
+    '--ioeventfd',
+    paths,
+    '--irqfd',
+    paths,
+  ];
+  const qemu = [
+    '-accel',
+    'kvm',
+    '-M',
+    'pc',
+    '-cpu',
+    'host',
+    '-smp',
+    '2',
+    '-m',
+    '512',
+    '-nodefaults',
+    '-no-user-config',
+    '-display',
+    'none',
+    '-serial',
+    'stdio',
+    '-no-reboot',
+    '-kernel',
+    kernel,
+    '-initrd',
+    initrd,
+    '-append',
+    append,
+  ];
   qemu.push('-drive', `file=${image},format=raw,if=none,id=d0,cache=writeback`, '-device', 'virtio-blk-pci,drive=d0');
   try {
     const on = await session(process.execPath, tsvisor('on'), input);
@@ -158,7 +209,10 @@ async function blkBench(kernel: string, initrd: string): Promise<void> {
 function iperf3(): { bin: string; libraryPath: string; files: CpioEntry[] } {
   const pkgs = ['iperf3', 'libiperf0', 'libsctp1'].map((p) => fetchPackage(p));
   const bin = path.join(pkgs[0]!.dir, 'usr/bin/iperf3');
-  const libraryPath = pkgs.slice(1).map((p) => path.join(p.dir, 'usr/lib/x86_64-linux-gnu')).join(':');
+  const libraryPath = pkgs
+    .slice(1)
+    .map((p) => path.join(p.dir, 'usr/lib/x86_64-linux-gnu'))
+    .join(':');
   const ldd = execSync(`ldd ${bin}`, { encoding: 'utf8', env: { ...process.env, LD_LIBRARY_PATH: libraryPath } });
   const libs = [...ldd.matchAll(/=> (\/\S+)/g)].map((m) => m[1]!);
   const loader = /^\s*(\/\S*ld-linux\S*)/m.exec(ldd)?.[1] ?? '/lib64/ld-linux-x86-64.so.2';
@@ -196,8 +250,35 @@ async function netBench(kernel: string, initrd: string, iperfBin: string, librar
     for (const model of ['virtio-net', 'e1000'] as const) {
       const tsvisor = [BIN, 'run', '--accel', 'kvm', '--kernel', kernel, '--initrd', initrd, '--memory', '512M', '--append', DEFAULT_GUEST_CMDLINE];
       tsvisor.push('--netdev', `tap,id=n0,ifname=${TAP},script=no`, '--device', `${model === 'e1000' ? 'e1000' : 'virtio-net-pci'},netdev=n0`, '--stats');
-      const qemu = ['-accel', 'kvm', '-M', 'pc', '-cpu', 'host', '-m', '512', '-nodefaults', '-no-user-config', '-display', 'none', '-serial', 'stdio', '-no-reboot', '-kernel', kernel, '-initrd', initrd, '-append', DEFAULT_GUEST_CMDLINE];
-      qemu.push('-netdev', `tap,id=n0,ifname=${TAP},script=no,downscript=no,vhost=off`, '-device', `${model === 'e1000' ? 'e1000' : 'virtio-net-pci'},netdev=n0`);
+      const qemu = [
+        '-accel',
+        'kvm',
+        '-M',
+        'pc',
+        '-cpu',
+        'host',
+        '-m',
+        '512',
+        '-nodefaults',
+        '-no-user-config',
+        '-display',
+        'none',
+        '-serial',
+        'stdio',
+        '-no-reboot',
+        '-kernel',
+        kernel,
+        '-initrd',
+        initrd,
+        '-append',
+        DEFAULT_GUEST_CMDLINE,
+      ];
+      qemu.push(
+        '-netdev',
+        `tap,id=n0,ifname=${TAP},script=no,downscript=no,vhost=off`,
+        '-device',
+        `${model === 'e1000' ? 'e1000' : 'virtio-net-pci'},netdev=n0`,
+      );
       const t = (await session(process.execPath, tsvisor, input)).out;
       const q = (await session('qemu-system-x86_64', qemu, input)).out;
       const peer = `qemu ${model === 'e1000' ? 'e1000' : 'virtio-net-pci'} (tap, vhost=off)`;
@@ -208,8 +289,16 @@ async function netBench(kernel: string, initrd: string, iperfBin: string, librar
     server.kill();
     execSync(`ip link del ${TAP}`);
   }
-  const io = spawnSync(process.execPath, [BIN, 'bench', 'io-paths', '--accel', 'kvm', '--kernel', kernel, '--initrd', initrd], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
-  process.stdout.write(io.stdout.split('\n').map((l) => (l ? `BENCH ${l}` : l)).join('\n'));
+  const io = spawnSync(process.execPath, [BIN, 'bench', 'io-paths', '--accel', 'kvm', '--kernel', kernel, '--initrd', initrd], {
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  process.stdout.write(
+    io.stdout
+      .split('\n')
+      .map((l) => (l ? `BENCH ${l}` : l))
+      .join('\n'),
+  );
 }
 
 async function pioBench(where: string, peer: string): Promise<void> {
@@ -223,7 +312,9 @@ async function pioBench(where: string, peer: string): Promise<void> {
 }
 
 function report(what: string, ours: number, peer: number, peerName: string, extra = ''): void {
-  process.stdout.write(`BENCH ${what}: tsvisor ${ours.toFixed(ours < 100 ? 2 : 0)}, ${peerName} ${peer.toFixed(peer < 100 ? 2 : 0)}, ratio ${(ours / peer).toFixed(2)}${extra ? `\n      ${extra}` : ''}\n`);
+  process.stdout.write(
+    `BENCH ${what}: tsvisor ${ours.toFixed(ours < 100 ? 2 : 0)}, ${peerName} ${peer.toFixed(peer < 100 ? 2 : 0)}, ratio ${(ours / peer).toFixed(2)}${extra ? `\n      ${extra}` : ''}\n`,
+  );
 }
 
 async function main(): Promise<void> {

@@ -51,11 +51,25 @@ function report(s: CampaignStats): string {
 async function main(): Promise<number> {
   const opts = parseArgs(process.argv.slice(2));
   if (opts.replay) return replay(opts.name, opts.replay);
-  const targets = opts.name === 'all' ? TARGETS : [targetNamed(opts.name) ?? (() => { throw new Error(`no target ${opts.name}\n${USAGE}`); })()];
+  const targets =
+    opts.name === 'all'
+      ? TARGETS
+      : [
+          targetNamed(opts.name) ??
+            (() => {
+              throw new Error(`no target ${opts.name}\n${USAGE}`);
+            })(),
+        ];
   console.log(`seed ${opts.seed}`);
   const all: CampaignStats[] = [];
   for (const target of targets) {
-    const stats = await campaign(target, { seconds: opts.seconds, seed: opts.seed, runs: opts.runs, dirs: { corpus: path.join(ROOT, 'corpus'), crashes: path.join(ROOT, 'crashes') }, log: (l) => console.log(l) });
+    const stats = await campaign(target, {
+      seconds: opts.seconds,
+      seed: opts.seed,
+      runs: opts.runs,
+      dirs: { corpus: path.join(ROOT, 'corpus'), crashes: path.join(ROOT, 'crashes') },
+      log: (l) => console.log(l),
+    });
     console.log(report(stats));
     all.push(stats);
   }

@@ -106,7 +106,9 @@ export function le(value: number | bigint, width: number): Uint8Array {
 export const dword = (bytes: Uint8Array): number => new DataView(bytes.buffer, bytes.byteOffset).getUint32(0, true);
 
 /** Values that break arithmetic: zero, one, powers of two and their neighbours, all-ones. */
-export const INTERESTING = [0, 1, 2, 0x7f, 0x80, 0xff, 0x100, 0x1ff, 0x200, 0x201, 0x7fff, 0x8000, 0xffff, 0x10000, 0x10001, 0x7fffffff, 0x80000000, 0xfffffffe, 0xffffffff] as const;
+export const INTERESTING = [
+  0, 1, 2, 0x7f, 0x80, 0xff, 0x100, 0x1ff, 0x200, 0x201, 0x7fff, 0x8000, 0xffff, 0x10000, 0x10001, 0x7fffffff, 0x80000000, 0xfffffffe, 0xffffffff,
+] as const;
 
 /** Argument bytes: random, or a run of interesting little-endian numbers, which plain random bytes rarely hit. */
 const argBytes = (maxLength: number): fc.Arbitrary<Uint8Array> =>
@@ -129,9 +131,7 @@ const argBytes = (maxLength: number): fc.Arbitrary<Uint8Array> =>
  * makes some kinds likelier (a target's frequent operations, like kicks).
  */
 export function opsArbitrary(kinds: number, opts: { maxOps?: number; maxArgs?: number; weights?: readonly number[] } = {}): fc.Arbitrary<Uint8Array> {
-  const kind = opts.weights
-    ? fc.oneof(...opts.weights.map((w, k) => ({ arbitrary: fc.constant(k), weight: w })))
-    : fc.nat(kinds - 1);
+  const kind = opts.weights ? fc.oneof(...opts.weights.map((w, k) => ({ arbitrary: fc.constant(k), weight: w }))) : fc.nat(kinds - 1);
   // 'medium': lists of any length up to maxOps; fast-check's default size stops at 10, too short for a driver's sequences.
   return fc.array(fc.record({ kind, args: argBytes(opts.maxArgs ?? 48) }), { maxLength: opts.maxOps ?? 40, size: 'medium' }).map(encodeOps);
 }

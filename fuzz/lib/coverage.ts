@@ -116,7 +116,8 @@ export class Coverage {
 function innermostCount(listed: readonly Range[], block: Range): number {
   let best: Range | undefined;
   for (const r of listed) {
-    if (r.startOffset <= block.startOffset && r.endOffset >= block.endOffset && (!best || r.endOffset - r.startOffset < best.endOffset - best.startOffset)) best = r;
+    if (r.startOffset <= block.startOffset && r.endOffset >= block.endOffset && (!best || r.endOffset - r.startOffset < best.endOffset - best.startOffset))
+      best = r;
   }
   return best?.count ?? 0;
 }

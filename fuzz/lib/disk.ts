@@ -65,7 +65,11 @@ export class WatchedDisk {
   private readonly violations: string[] = [];
   private closed = false;
 
-  constructor(private readonly file: string, initial: Uint8Array, readonly image: ImageFile) {
+  constructor(
+    private readonly file: string,
+    initial: Uint8Array,
+    readonly image: ImageFile,
+  ) {
     this.shadow = initial.slice();
   }
 
@@ -117,7 +121,10 @@ export class WatchedDisk {
 
 /** The real ImageIo, with every call that touches the file checked and mirrored into the shadow. */
 class WatchedIo extends ImageIo {
-  constructor(private readonly disk: WatchedDisk, private readonly memory: GuestMemory) {
+  constructor(
+    private readonly disk: WatchedDisk,
+    private readonly memory: GuestMemory,
+  ) {
     super(disk.image, memory);
   }
 
@@ -167,7 +174,10 @@ export class InProcessBlock implements MainThreadDevice {
   private planes: ({ queue: SplitQueue; plane: BlockQueue } | undefined)[] = [];
   private readonly counters = new Float64Array(BLOCK_COUNTERS.length);
 
-  constructor(private readonly disk: WatchedDisk, opts: { name?: string; serial?: string; queues?: number } = {}) {
+  constructor(
+    private readonly disk: WatchedDisk,
+    opts: { name?: string; serial?: string; queues?: number } = {},
+  ) {
     this.model = new VirtioBlock({ name: opts.name ?? 'blk', image: disk.image, serial: opts.serial, queues: opts.queues });
     this.type = this.model.type;
     this.name = this.model.name;

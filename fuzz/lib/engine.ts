@@ -126,7 +126,18 @@ export async function campaign<C>(target: FuzzTarget<C>, opts: CampaignOptions):
   const random = seeded(opts.seed);
   const coverage = new Coverage();
   const seen = new Set<string>();
-  const stats: CampaignStats = { target: target.name, cases: 0, seconds: 0, corpus: corpus.length, added: 0, blocks: 0, crashes: 0, hangs: 0, coverageMs: 0, batch: 1 };
+  const stats: CampaignStats = {
+    target: target.name,
+    cases: 0,
+    seconds: 0,
+    corpus: corpus.length,
+    added: 0,
+    blocks: 0,
+    crashes: 0,
+    hangs: 0,
+    coverageMs: 0,
+    batch: 1,
+  };
   let takes = 0;
   let takeMs = 0;
   const ctx = (await target.setup?.()) as C;
@@ -148,7 +159,9 @@ export async function campaign<C>(target: FuzzTarget<C>, opts: CampaignOptions):
     fs.writeFileSync(file, data);
     const what = outcome.kind === 'hang' ? `hang: ${outcome.ms.toFixed(0)} ms` : describe(outcome.error);
     fs.writeFileSync(`${file}.txt`, `${what}\n`);
-    opts.log(`  ${target.name}: ${outcome.kind} at case ${stats.cases}, ${elapsed().toFixed(1)} s -> ${path.relative(process.cwd(), file)}\n    ${what.split('\n').slice(0, 4).join('\n    ')}`);
+    opts.log(
+      `  ${target.name}: ${outcome.kind} at case ${stats.cases}, ${elapsed().toFixed(1)} s -> ${path.relative(process.cwd(), file)}\n    ${what.split('\n').slice(0, 4).join('\n    ')}`,
+    );
   };
   const run = async (data: Uint8Array): Promise<void> => {
     stats.cases++;

@@ -46,7 +46,16 @@ export function frame(r: ByteReader): Uint8Array {
     case 3:
     case 4: {
       const flags = r.u8() < 128 ? r.pick([0x02, 0x10, 0x18, 0x11, 0x04, 0x12]) : r.u8();
-      f = tcpFrame(address(r), address(r), { srcPort: port(r), dstPort: port(r), seq: r.u32(), ack: r.u32(), flags, window: r.u16(), mss: r.bool() ? r.u16() : undefined, payload: r.bytes(r.u8()) });
+      f = tcpFrame(address(r), address(r), {
+        srcPort: port(r),
+        dstPort: port(r),
+        seq: r.u32(),
+        ack: r.u32(),
+        flags,
+        window: r.u16(),
+        mss: r.bool() ? r.u16() : undefined,
+        payload: r.bytes(r.u8()),
+      });
       break;
     }
     case 5:

@@ -32,7 +32,12 @@ export function mutate(input: Uint8Array, corpus: readonly Uint8Array[], random:
         if (data.length) data[at % data.length] = below(256);
         break;
       case 4:
-        data = splice(data, at, 0, Uint8Array.from({ length: 1 + below(16) }, () => below(256)));
+        data = splice(
+          data,
+          at,
+          0,
+          Uint8Array.from({ length: 1 + below(16) }, () => below(256)),
+        );
         break;
       case 5:
         data = splice(data, at, below(Math.min(32, data.length - at) + 1), new Uint8Array(0));

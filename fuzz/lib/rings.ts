@@ -37,7 +37,10 @@ export class HostileDriver {
   private readonly nextFree: number[];
   private nextData = DATA_START;
 
-  constructor(private readonly mem: GuestMemory, readonly sizes: number[]) {
+  constructor(
+    private readonly mem: GuestMemory,
+    readonly sizes: number[],
+  ) {
     this.availIdx = sizes.map(() => 0);
     this.nextFree = sizes.map(() => 0);
   }

@@ -23,9 +23,16 @@ export class VirtioRig {
   interrupts = 0;
 
   /** `mem`: guest RAM over plain buffers unless the target brings its own (and closes it). */
-  constructor(readonly device: MainThreadDevice, r: ByteReader, readonly mem: GuestMemory = guestMemory()) {
+  constructor(
+    readonly device: MainThreadDevice,
+    r: ByteReader,
+    readonly mem: GuestMemory = guestMemory(),
+  ) {
     this.active = this.activate(r);
-    this.driver = new HostileDriver(this.mem, this.active.queues.map((q) => q?.size ?? 1));
+    this.driver = new HostileDriver(
+      this.mem,
+      this.active.queues.map((q) => q?.size ?? 1),
+    );
   }
 
   private get queueCount(): number {
@@ -77,7 +84,10 @@ export class VirtioRig {
         this.active.stopped = true;
         this.device.reset();
         this.active = this.activate(r);
-        this.driver = new HostileDriver(this.mem, this.active.queues.map((q) => q?.size ?? 1));
+        this.driver = new HostileDriver(
+          this.mem,
+          this.active.queues.map((q) => q?.size ?? 1),
+        );
         return true;
     }
     return false;

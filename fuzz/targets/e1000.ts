@@ -65,7 +65,7 @@ export const e1000Target: FuzzTarget = {
           mem.write(at, Uint8Array.from([14, 24, ...le(r.bool() ? 33 : r.u16(), 2), 34, 50, 0, 0]));
           if (r.u8() > 200) mem.write(at, r.bytes(8));
           mem.writeU32(at + 8, (r.u16() & 0xfffff) | (0 << 20) | ((cmd | 0x20) << 24));
-          mem.writeU32(at + 12, (r.bool() ? 54 : r.u8()) << 8 | ((r.bool() ? r.pick([0, 1, 8, 536, 1460]) : r.u16()) << 16));
+          mem.writeU32(at + 12, ((r.bool() ? 54 : r.u8()) << 8) | ((r.bool() ? r.pick([0, 1, 8, 536, 1460]) : r.u16()) << 16));
           break;
         default: // data: buffer, 20-bit length, TSE, POPTS
           mem.writeU64(at, r.u8() < 220 ? BigInt(buffer(frame(r))) : guestAddress(r));
@@ -104,7 +104,8 @@ export const e1000Target: FuzzTarget = {
         if (mem.contains(at, 16)) mem.write(at, bytes);
       };
       /** A data descriptor (DTYP 1) asking for IP and TCP checksums (POPTS). */
-      const dataDesc = (addr: number, len: number, cmd: number): Uint8Array => Uint8Array.from([...le(addr, 8), ...le(len | (1 << 20) | (cmd << 24), 4), 0, 3, 0, 0]);
+      const dataDesc = (addr: number, len: number, cmd: number): Uint8Array =>
+        Uint8Array.from([...le(addr, 8), ...le(len | (1 << 20) | (cmd << 24), 4), 0, 3, 0, 0]);
       const mss = r.u8() < 200 ? r.pick([1, 2, 3, 8, 63, 64, 536]) : r.u16();
       put(next(), Uint8Array.from([14, 24, ...le(33, 2), 34, 50, 0, 0, ...le(r.u16() | (TSO_CONTEXT << 24), 4), 0, 54, ...le(mss, 2)]));
       const headers = tcpFrame(GUEST, GATEWAY, { srcPort: 40000, dstPort: 80, seq: r.u32(), ack: r.u32(), flags: 0x18 });
@@ -122,7 +123,13 @@ export const e1000Target: FuzzTarget = {
           case Op.REG_WRITE: {
             const reg = r.u8() < 220 ? r.pick(REGS) + (r.u8() < 240 ? 0 : r.u8() & 3) : r.below(0x20000);
             const width = r.u8() < 220 ? 4 : r.pick(WIDTHS);
-            mmio.write(reg, le(reg === MacReg.TDBAL || reg === MacReg.RDBAL ? (r.bool() ? r.pick([TX_RING, RX_RING]) : Number(guestAddress(r)) >>> 0) : registerValue(r), width));
+            mmio.write(
+              reg,
+              le(
+                reg === MacReg.TDBAL || reg === MacReg.RDBAL ? (r.bool() ? r.pick([TX_RING, RX_RING]) : Number(guestAddress(r)) >>> 0) : registerValue(r),
+                width,
+              ),
+            );
             break;
           }
           case Op.REG_READ:
@@ -137,7 +144,7 @@ export const e1000Target: FuzzTarget = {
             if (r.bool()) wr(MacReg.TDT, r.u16() % 512);
             break;
           case Op.RX_DESC:
-            mem.writeU64(desc(RX_RING, r), r.u8() < 220 ? BigInt(DATA_START + r.u16() % 0xf000) : guestAddress(r));
+            mem.writeU64(desc(RX_RING, r), r.u8() < 220 ? BigInt(DATA_START + (r.u16() % 0xf000)) : guestAddress(r));
             break;
           case Op.RECEIVE:
             nic.receive(0, withVnetHdr(frame(r)));

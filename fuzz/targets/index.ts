@@ -12,7 +12,18 @@ import { userNet } from './user-net.js';
 import { virtqueue } from './virtqueue.js';
 
 /** Each target has its own context type, hence any. */
-export const TARGETS: readonly FuzzTarget<any>[] = [virtqueue, virtioPci, virtioBlk, virtioNet, virtioConsole, virtioRng, pciConfig, pcDevices, e1000Target, userNet];
+export const TARGETS: readonly FuzzTarget<any>[] = [
+  virtqueue,
+  virtioPci,
+  virtioBlk,
+  virtioNet,
+  virtioConsole,
+  virtioRng,
+  pciConfig,
+  pcDevices,
+  e1000Target,
+  userNet,
+];
 
 export function targetNamed(name: string): FuzzTarget<any> | undefined {
   return TARGETS.find((t) => t.name === name);

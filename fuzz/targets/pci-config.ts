@@ -28,7 +28,9 @@ export const pciConfig: FuzzTarget = {
     const rig = pcRig();
     const memory = sharedGuestMemory();
     const fds = new ManualWatch();
-    const transports = [0, 2].map((kind) => new VirtioPciDevice(onMainThread(virtioDevice(kind).device, { memory, watch: fds.watch }), { memory, msi: rig.msi, watch: fds.watch }));
+    const transports = [0, 2].map(
+      (kind) => new VirtioPciDevice(onMainThread(virtioDevice(kind).device, { memory, watch: fds.watch }), { memory, msi: rig.msi, watch: fds.watch }),
+    );
     try {
       for (const t of transports) rig.pci.add(t);
       rig.pci.add(e1000(memory).nic);
@@ -68,7 +70,7 @@ function accesses(rig: PcRig, fds: ManualWatch, data: Uint8Array): void {
         const saved = dword(cfgRead(devfn, reg, 4));
         rig.pci.configWrite(devfn, reg, le(0xffffffff, 4));
         const bar = device.bars.find((b) => b.index === index);
-        const expected = bar ? ((~(bar.size - 1) | (bar.kind === 'io' ? 1 : 0)) >>> 0) : 0;
+        const expected = bar ? (~(bar.size - 1) | (bar.kind === 'io' ? 1 : 0)) >>> 0 : 0;
         const got = dword(cfgRead(devfn, reg, 4));
         check(got === expected, `BAR ${index} of ${device.name} sized as 0x${got.toString(16)}, not 0x${expected.toString(16)}`);
         const other = dword(cfgRead(fn(r)[0], BAR0 + 4 * r.below(6), 4));
@@ -87,7 +89,7 @@ function accesses(rig: PcRig, fds: ManualWatch, data: Uint8Array): void {
         // Wherever the BAR decodes now, or anywhere in the MMIO window.
         const [devfn, device] = fn(r);
         const bar = device.bars[r.u8() % Math.max(1, device.bars.length)];
-        const base = bar ? dword(cfgRead(devfn, BAR0 + 4 * bar.index, 4)) & ~0xf : 0xc0000000 + r.u32() % 0x100000;
+        const base = bar ? dword(cfgRead(devfn, BAR0 + 4 * bar.index, 4)) & ~0xf : 0xc0000000 + (r.u32() % 0x100000);
         const addr = base + (bar ? r.below(bar.size) : 0);
         busAccess(bar?.kind === 'io' ? rig.pio : rig.mmio, addr, r.pick(WIDTHS), r);
         break;

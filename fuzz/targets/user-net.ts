@@ -75,7 +75,7 @@ function confine(f: Uint8Array, srv: Servers, r: ByteReader): void {
   const proto = f[23];
   if ((proto !== 6 && proto !== 17) || f.length < 14 + ihl + 4) return;
   const dst = readU32(f, 30);
-  const guestNet = (dst & 0xffffff00) >>> 0 === (DEFAULT_USER_NET.network >>> 0);
+  const guestNet = (dst & 0xffffff00) >>> 0 === DEFAULT_USER_NET.network >>> 0;
   if (dst === DNS || (guestNet && dst !== GATEWAY) || dst === 0xffffffff || dst >>> 28 === 0xe) return;
   if (dst !== GATEWAY) writeU32(f, 30, LOOPBACK);
   if (readU16(f, 14 + ihl + 2) !== 0) writeU16(f, 14 + ihl + 2, proto === 6 ? r.pick(srv.tcpPorts) : srv.udpPort);
@@ -100,7 +100,11 @@ export const userNet: FuzzTarget<Servers> = {
   },
   async run(srv, data) {
     const before = handles();
-    const config: UserNetConfig = Object.assign({}, DEFAULT_USER_NET, { resolver: { address: '127.0.0.1', port: srv.udpPort }, hostForwards: [], limits: LIMITS });
+    const config: UserNetConfig = Object.assign({}, DEFAULT_USER_NET, {
+      resolver: { address: '127.0.0.1', port: srv.udpPort },
+      hostForwards: [],
+      limits: LIMITS,
+    });
     const user = new UserNetwork(config);
     const received: Uint8Array[] = [];
     let accepting = true;
@@ -139,7 +143,10 @@ export const userNet: FuzzTarget<Servers> = {
         // Data goes to the echo server: wait (bounded) for it to come back, so host data meets this connection's state.
         const before = received.length;
         await settle(() => received.slice(before).some((f) => (parse(f).tcp?.payload.length ?? 0) > 0), payload.length ? 64 : r.u8() % 8);
-        const last = received.map(parse).filter((p) => p.tcp?.dstPort === guestPort).at(-1)?.tcp;
+        const last = received
+          .map(parse)
+          .filter((p) => p.tcp?.dstPort === guestPort)
+          .at(-1)?.tcp;
         if (last) ack = (last.seq + last.payload.length + (last.flags & 1)) >>> 0;
       }
     };
@@ -175,6 +182,9 @@ export const userNet: FuzzTarget<Servers> = {
     // Host sockets (ours, and the servers' ends) go within a few turns of close.
     await settle(() => handles().tcp <= before.tcp && handles().udp <= before.udp, 100);
     const after = handles();
-    check(after.tcp <= before.tcp + 2 * LIMITS.maxTcp && after.udp <= before.udp, `sockets left after close: ${after.tcp - before.tcp} TCP, ${after.udp - before.udp} UDP`);
+    check(
+      after.tcp <= before.tcp + 2 * LIMITS.maxTcp && after.udp <= before.udp,
+      `sockets left after close: ${after.tcp - before.tcp} TCP, ${after.udp - before.udp} UDP`,
+    );
   },
 };

@@ -44,7 +44,11 @@ function request(driver: HostileDriver, r: ByteReader): void {
   header.set(le(type, 4));
   header.set(le(sector(r), 8), 8);
   const bufs: GuestBuffer[] = [];
-  if (r.u8() < 40) bufs.push({ addr: driver.alloc(8, header), len: 8, write: false }, { addr: driver.alloc(8, header.subarray(8)), len: r.u8() < 200 ? 8 : guestLength(r), write: false });
+  if (r.u8() < 40)
+    bufs.push(
+      { addr: driver.alloc(8, header), len: 8, write: false },
+      { addr: driver.alloc(8, header.subarray(8)), len: r.u8() < 200 ? 8 : guestLength(r), write: false },
+    );
   else bufs.push({ addr: driver.alloc(16, header), len: 16, write: false });
   const write = type === BlkType.IN || type === BlkType.GET_ID;
   if (type === BlkType.DISCARD || type === BlkType.WRITE_ZEROES) {

@@ -38,7 +38,24 @@ import { check, guardedRead, WIDTHS, type FuzzTarget } from '../lib/target.js';
 const Op = { COMMON: 0, BAR_READ: 1, BAR_WRITE: 2, SET_UP: 3, CONFIG: 4, RING: 5, SCRIBBLE: 6, KICK: 7, HOST: 8, MOVE_QUEUE: 9 } as const;
 const KINDS = 10;
 /** Common configuration registers (virtio 1.x, 4.1.4.3), by offset and width. */
-const COMMON_REGS = [[0x00, 4], [0x04, 4], [0x08, 4], [0x0c, 4], [0x10, 2], [0x12, 2], [0x14, 1], [0x15, 1], [0x16, 2], [0x18, 2], [0x1a, 2], [0x1c, 2], [0x1e, 2], [0x20, 8], [0x28, 8], [0x30, 8]] as const;
+const COMMON_REGS = [
+  [0x00, 4],
+  [0x04, 4],
+  [0x08, 4],
+  [0x0c, 4],
+  [0x10, 2],
+  [0x12, 2],
+  [0x14, 1],
+  [0x15, 1],
+  [0x16, 2],
+  [0x18, 2],
+  [0x1a, 2],
+  [0x1c, 2],
+  [0x1e, 2],
+  [0x20, 8],
+  [0x28, 8],
+  [0x30, 8],
+] as const;
 /** BAR 0: common, ISR, device config, notify, MSI-X table, PBA. */
 const AREAS = [0x0000, 0x1000, 0x2000, 0x3000, 0x4000, 0x6000];
 /** Far above the two small RAM regions (lib/guest.ts): where a driver's stale or hostile ring points. */
@@ -140,14 +157,20 @@ async function drive(
   const moveQueue = (r: ByteReader): void => {
     write(0x14, status() & ~Status.DRIVER_OK, 1);
     // Only a queue that is off takes new rings: mostly one of those.
-    const off = queueSizes.map((_, q) => q).filter((q) => {
-      write(0x16, q, 2);
-      return guardedRead(bar0, 0x1c, 2)[0] === 0;
-    });
+    const off = queueSizes
+      .map((_, q) => q)
+      .filter((q) => {
+        write(0x16, q, 2);
+        return guardedRead(bar0, 0x1c, 2)[0] === 0;
+      });
     const q = off.length && r.u8() < 200 ? r.pick(off) : r.u8() % queues;
     const home = ringLayout(q);
     write(0x16, q, 2);
-    for (const [reg, at] of [[0x20, home.desc], [0x28, home.avail], [0x30, home.used]] as const) {
+    for (const [reg, at] of [
+      [0x20, home.desc],
+      [0x28, home.avail],
+      [0x30, home.used],
+    ] as const) {
       const where = r.u8();
       write(reg, where < 100 ? OUTSIDE_RAM : where < 200 ? guestAddress(r) : at, 8);
     }
@@ -159,7 +182,8 @@ async function drive(
     switch (k % KINDS) {
       case Op.COMMON: {
         const [offset, width] = r.u8() < 220 ? r.pick(COMMON_REGS) : [r.u8() % 0x40, r.pick(WIDTHS)];
-        if (offset === 0x14 && r.bool()) write(offset, status() & ~(1 << r.below(8)), 1); // clear one bit, no reset
+        if (offset === 0x14 && r.bool())
+          write(offset, status() & ~(1 << r.below(8)), 1); // clear one bit, no reset
         else write(offset, r.bool() ? r.u64() : registerValue(r), width);
         break;
       }
@@ -195,7 +219,10 @@ async function drive(
         moveQueue(r);
     }
     const s = status();
-    check(!(s & Status.DRIVER_OK) || s & Status.FEATURES_OK || s & Status.NEEDS_RESET, `status 0x${s.toString(16)}: DRIVER_OK without FEATURES_OK, and no reset asked`);
+    check(
+      !(s & Status.DRIVER_OK) || s & Status.FEATURES_OK || s & Status.NEEDS_RESET,
+      `status 0x${s.toString(16)}: DRIVER_OK without FEATURES_OK, and no reset asked`,
+    );
     // Mostly the loop turns before the next access; sometimes the next one comes first.
     if (r.u8() < 240) await loopTurn(fds);
   }

@@ -47,7 +47,15 @@ function configure(mem: GuestMemory, r?: ByteReader): { size: number; queue: Spl
   const home = ringLayout(0);
   const place = (at: number): number => (!r || r.u8() < 200 ? at : Number(guestAddress(r)));
   const size = !r ? 16 : r.bool() ? 1 << r.below(10) : r.u16();
-  const state = { size, descTable: place(home.desc), availRing: place(home.avail), usedRing: place(home.used), eventIdx: r?.bool() ?? false, nextAvail: 0, nextUsed: 0 };
+  const state = {
+    size,
+    descTable: place(home.desc),
+    availRing: place(home.avail),
+    usedRing: place(home.used),
+    eventIdx: r?.bool() ?? false,
+    nextAvail: 0,
+    nextUsed: 0,
+  };
   let queue: SplitQueue | undefined;
   refused(() => (queue = SplitQueue.fromState(MAX_SIZE, state, mem)));
   return { size, queue };
@@ -69,7 +77,8 @@ export const virtqueue: FuzzTarget = {
       writes.ranges = [];
       if (refused(body)) usable = false; // the transport would fail the device; a driver reset starts over
       const end = q.usedRing + 6 + USED_ELEM_SIZE * q.size;
-      for (const [from, to] of writes.ranges) check(from >= q.usedRing && to <= end, `the device wrote [0x${from.toString(16)}, 0x${to.toString(16)}) outside its used ring`);
+      for (const [from, to] of writes.ranges)
+        check(from >= q.usedRing && to <= end, `the device wrote [0x${from.toString(16)}, 0x${to.toString(16)}) outside its used ring`);
     };
     for (const { kind, args: r } of operations(data)) {
       const op = kind % KINDS;
@@ -89,8 +98,12 @@ export const virtqueue: FuzzTarget = {
           lastPopped = true;
           popped.push(chain.head);
           check(chain.head < q.size, `chain head ${chain.head} is outside the queue (size ${q.size})`);
-          check(chain.readable.length + chain.writable.length <= q.size, `a chain of ${chain.readable.length + chain.writable.length} descriptors in a queue of ${q.size}`);
-          for (const s of [...chain.readable, ...chain.writable]) check(mem.contains(s.addr, s.len), `segment [0x${s.addr.toString(16)}, +${s.len}) is outside guest RAM`);
+          check(
+            chain.readable.length + chain.writable.length <= q.size,
+            `a chain of ${chain.readable.length + chain.writable.length} descriptors in a queue of ${q.size}`,
+          );
+          for (const s of [...chain.readable, ...chain.writable])
+            check(mem.contains(s.addr, s.len), `segment [0x${s.addr.toString(16)}, +${s.len}) is outside guest RAM`);
         });
       } else if (op === Op.PUSH_USED) {
         const head = popped.length && r.bool() ? popped.shift()! : r.u16();

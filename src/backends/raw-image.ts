@@ -8,7 +8,20 @@
 // cache=none opens with O_DIRECT; a request whose guest buffers are not aligned
 // enough for it goes through a page-aligned bounce buffer.
 import fs from 'node:fs';
-import { closeFd, EINTR, EOPNOTSUPP, errnoName, fallocate, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, ioVector, memfdCreate, mmapShared, munmap } from '../host/libc.js';
+import {
+  closeFd,
+  EINTR,
+  EOPNOTSUPP,
+  errnoName,
+  fallocate,
+  FALLOC_FL_KEEP_SIZE,
+  FALLOC_FL_PUNCH_HOLE,
+  FALLOC_FL_ZERO_RANGE,
+  ioVector,
+  memfdCreate,
+  mmapShared,
+  munmap,
+} from '../host/libc.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
 import { guestIovecs, subSegments, totalLength, type Segment } from '../virtio/chain.js';
 
@@ -45,7 +58,8 @@ export function openImage(opts: RawImageOptions): ImageFile {
     fd = fs.openSync(opts.path, flags);
   } catch (e) {
     const err = e as NodeJS.ErrnoException;
-    if (err.code === 'EINVAL' && opts.cache === 'none') throw new ImageError(`${opts.path}: this filesystem does not support cache=none (O_DIRECT); use cache=writeback`);
+    if (err.code === 'EINVAL' && opts.cache === 'none')
+      throw new ImageError(`${opts.path}: this filesystem does not support cache=none (O_DIRECT); use cache=writeback`);
     throw new ImageError(`cannot open drive ${opts.path}: ${err.code ?? err.message}`);
   }
   const st = fs.fstatSync(fd);
@@ -66,7 +80,10 @@ export class ImageIo {
   /** Hole punching is unsupported here (e.g. 9p): discards become no-ops, zeroing writes zeros. */
   private noFallocate = false;
 
-  constructor(readonly image: ImageFile, private readonly mem: GuestMemory) {}
+  constructor(
+    readonly image: ImageFile,
+    private readonly mem: GuestMemory,
+  ) {}
 
   /** Reads into the guest buffers `segs` from `offset`; returns the bytes read (short only at the end of the file). */
   read(offset: number, segs: readonly Segment[]): number {
@@ -107,7 +124,10 @@ export class ImageIo {
       let done = 0;
       while (done < len) {
         const chunk = bounce.subarray(done, len);
-        const n = op === 'read' ? fs.readSync(this.image.fd, chunk, 0, chunk.length, offset + done) : fs.writeSync(this.image.fd, chunk, 0, chunk.length, offset + done);
+        const n =
+          op === 'read'
+            ? fs.readSync(this.image.fd, chunk, 0, chunk.length, offset + done)
+            : fs.writeSync(this.image.fd, chunk, 0, chunk.length, offset + done);
         if (n === 0) break;
         done += n;
       }
@@ -147,7 +167,7 @@ export class ImageIo {
       this.noFallocate = true;
     }
     try {
-      for (let done = 0; done < len; ) done += fs.writeSync(this.image.fd, ZERO_CHUNK, 0, Math.min(ZERO_CHUNK.length, len - done), offset + done);
+      for (let done = 0; done < len;) done += fs.writeSync(this.image.fd, ZERO_CHUNK, 0, Math.min(ZERO_CHUNK.length, len - done), offset + done);
     } catch (e) {
       throw new ImageError(`write-zeroes failed: ${(e as NodeJS.ErrnoException).code ?? String(e)}`);
     }

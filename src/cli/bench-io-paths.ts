@@ -37,19 +37,36 @@ export async function benchCommand(argv: string[]): Promise<number> {
   if (what !== 'io-paths') throw new UsageError(`bench: unknown benchmark "${what ?? ''}" (known: io-paths)`);
   let values;
   try {
-    ({ values } = parseArgs({ args: rest, options: { size: { type: 'string' }, accel: { type: 'string' }, kernel: { type: 'string' }, initrd: { type: 'string' } }, strict: true }));
+    ({ values } = parseArgs({
+      args: rest,
+      options: { size: { type: 'string' }, accel: { type: 'string' }, kernel: { type: 'string' }, initrd: { type: 'string' } },
+      strict: true,
+    }));
   } catch (e) {
     throw new UsageError((e as Error).message.split('\n')[0]!);
   }
   const size = parseSize(values.size ?? '64M', '--size');
   const request = (values.accel ?? 'auto') as AccelRequest;
   if (!['auto', 'kvm', 'nested'].includes(request)) throw new UsageError(`--accel "${request}" must be auto, kvm or nested`);
-  if ((values.kernel === undefined) !== (values.initrd === undefined)) throw new UsageError('--kernel and --initrd go together (a guest with busybox udhcpc and wget)');
+  if ((values.kernel === undefined) !== (values.initrd === undefined))
+    throw new UsageError('--kernel and --initrd go together (a guest with busybox udhcpc and wget)');
   const { accel } = chooseAccel(request);
   // The default guest is fetched here: the nested host has no package cache or network of its own.
   const guest = values.kernel && values.initrd ? { kernel: values.kernel, initrd: values.initrd } : defaultGuest();
   if (accel === 'nested') {
-    const args = [BIN, 'bench', 'io-paths', '--size', formatSize(size), '--accel', 'kvm', '--kernel', path.resolve(guest.kernel), '--initrd', path.resolve(guest.initrd)];
+    const args = [
+      BIN,
+      'bench',
+      'io-paths',
+      '--size',
+      formatSize(size),
+      '--accel',
+      'kvm',
+      '--kernel',
+      path.resolve(guest.kernel),
+      '--initrd',
+      path.resolve(guest.initrd),
+    ];
     return runNested({ command: process.execPath, args, memoryMiB: 2048 });
   }
   const results: IoPathResult[] = [];
@@ -59,7 +76,10 @@ export async function benchCommand(argv: string[]): Promise<number> {
 }
 
 export function formatTable(results: IoPathResult[], size: number): string {
-  const rows = [`io-paths: ${formatSize(size)} HTTP download into the default guest, user-mode networking`, 'card              MB/s   exits/MB  interrupts/MB  kicks/MB'];
+  const rows = [
+    `io-paths: ${formatSize(size)} HTTP download into the default guest, user-mode networking`,
+    'card              MB/s   exits/MB  interrupts/MB  kicks/MB',
+  ];
   for (const r of results) {
     const mb = r.bytes / 2 ** 20;
     const cols = [(r.bytes / 2 ** 20 / r.seconds).toFixed(1), (r.exits / mb).toFixed(1), (r.interrupts / mb).toFixed(1), (r.kicks / mb).toFixed(1)];
@@ -86,7 +106,9 @@ function dataServer(size: number): Promise<{ port: number; timings: { start: num
     };
     pump();
   });
-  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve({ port: (server.address() as { port: number }).port, timings, close: () => server.close() })));
+  return new Promise((resolve) =>
+    server.listen(0, '127.0.0.1', () => resolve({ port: (server.address() as { port: number }).port, timings, close: () => server.close() })),
+  );
 }
 
 function nic(stats: MachineStats): NicStats {
@@ -114,7 +136,10 @@ async function measure(model: (typeof MODELS)[number], size: number, guest: { ke
   };
   try {
     await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new UserError(`${model}: the guest did not finish within ${SESSION_TIMEOUT_MS / 60000} minutes`)), SESSION_TIMEOUT_MS);
+      const timer = setTimeout(
+        () => reject(new UserError(`${model}: the guest did not finish within ${SESSION_TIMEOUT_MS / 60000} minutes`)),
+        SESSION_TIMEOUT_MS,
+      );
       let stage = 0;
       child.stdout.on('data', (d) => {
         out += d;
@@ -134,7 +159,8 @@ async function measure(model: (typeof MODELS)[number], size: number, guest: { ke
         resolve();
       });
     });
-    if (!out.includes('IO-PATHS-2-DONE') || !before || server.timings.length !== 1) throw new UserError(`${model}: the download did not complete:\n${out.slice(-2000)}\n${err.slice(-2000)}`);
+    if (!out.includes('IO-PATHS-2-DONE') || !before || server.timings.length !== 1)
+      throw new UserError(`${model}: the download did not complete:\n${out.slice(-2000)}\n${err.slice(-2000)}`);
     const after = nic(JSON.parse(fs.readFileSync(statsFile, 'utf8')) as MachineStats);
     const exits = (s: NicStats) => s.exits.mmioReads + s.exits.mmioWrites + s.exits.pioReads + s.exits.pioWrites;
     const t = server.timings[0]!;

@@ -41,7 +41,13 @@ export async function doctor(opts: { json: boolean; quick: boolean }): Promise<n
       `KVM API version:       ${kvm.apiVersion ?? '-'}`,
       `KVM backing:           ${kvm.backing}`,
       `KVM max vCPUs:         ${kvm.maxVcpus ?? '-'}`,
-      `KVM capabilities:      ${kvm.caps ? Object.entries(kvm.caps).map(([k, v]) => `${k}=${yes(v)}`).join(' ') : '-'}`,
+      `KVM capabilities:      ${
+        kvm.caps
+          ? Object.entries(kvm.caps)
+              .map(([k, v]) => `${k}=${yes(v)}`)
+              .join(' ')
+          : '-'
+      }`,
       `qemu for nested host:  ${report.nested.qemu ?? `missing (apt-get install qemu-system-x86)`}`,
       `nested host starts:    ${report.nested.starts === undefined ? 'not tried' : `${yes(report.nested.starts)}${report.nested.seconds !== undefined ? ` (${report.nested.seconds.toFixed(1)} s)` : ''}${report.nested.error ? ` (${report.nested.error})` : ''}`}`,
       `tsvisor run would use: ${accel.accel} (${accel.why})`,

@@ -171,9 +171,11 @@ export function parseDrive(text: string): DriveSpec {
   oneOf(kv.get('format') ?? 'raw', '--drive format', ['raw'] as const);
   oneOf(kv.get('if') ?? 'virtio', '--drive if', ['virtio'] as const);
   const serial = kv.get('serial');
-  if (serial !== undefined && !/^[\x20-\x7e]{0,20}$/.test(serial)) throw new UsageError(`--drive serial "${serial}" must be at most 20 printable ASCII characters`);
+  if (serial !== undefined && !/^[\x20-\x7e]{0,20}$/.test(serial))
+    throw new UsageError(`--drive serial "${serial}" must be at most 20 printable ASCII characters`);
   const queues = kv.get('num-queues');
-  if (queues !== undefined && !(/^\d+$/.test(queues) && Number(queues) >= 1 && Number(queues) <= MAX_BLOCK_QUEUES)) throw new UsageError(`--drive num-queues "${queues}" must be 1 to ${MAX_BLOCK_QUEUES}`);
+  if (queues !== undefined && !(/^\d+$/.test(queues) && Number(queues) >= 1 && Number(queues) <= MAX_BLOCK_QUEUES))
+    throw new UsageError(`--drive num-queues "${queues}" must be 1 to ${MAX_BLOCK_QUEUES}`);
   return {
     file,
     readOnly: onOff(kv.get('readonly') ?? 'off', '--drive readonly'),
@@ -234,13 +236,15 @@ export function parseNetdev(text: string): NetdevSpec {
   const pairs = rest.length ? parseKeyValueList(rest.join(','), '--netdev') : [];
   const kv = new Map(pairs);
   checkKeys(kv, `--netdev ${kind}`, NETDEV_KEYS[kind]);
-  for (const [key] of pairs) if (key !== 'hostfwd' && pairs.filter(([k]) => k === key).length > 1) throw new UsageError(`--netdev "${text}": ${key} given twice`);
+  for (const [key] of pairs)
+    if (key !== 'hostfwd' && pairs.filter(([k]) => k === key).length > 1) throw new UsageError(`--netdev "${text}": ${key} given twice`);
   const id = kv.get('id');
   if (!id || !/^[A-Za-z][\w.-]*$/.test(id)) throw new UsageError(`--netdev "${text}" needs id=NAME (a letter, then letters, digits, _ . -)`);
   if (kind === 'tap') {
     for (const key of ['script', 'downscript']) {
       const v = kv.get(key);
-      if (v !== undefined && v !== 'no') throw new UsageError(`--netdev tap: ${key}=${v}: tsvisor runs no scripts; set the tap up beforehand and give ${key}=no`);
+      if (v !== undefined && v !== 'no')
+        throw new UsageError(`--netdev tap: ${key}=${v}: tsvisor runs no scripts; set the tap up beforehand and give ${key}=no`);
     }
     if (kv.has('vhost') && kv.get('vhost') !== 'off') throw new UsageError('--netdev tap: vhost=on is not supported yet (the in-VMM back-end serves the tap)');
     const ifname = kv.get('ifname');
@@ -252,7 +256,14 @@ export function parseNetdev(text: string): NetdevSpec {
     if (!bridge || !/^[\w.-]{1,15}$/.test(bridge)) throw new UsageError('--netdev bridge needs br=NAME (an existing Linux bridge)');
     return { kind, id, bridge, queues: parseQueues(kv.get('queues'), '--netdev bridge') };
   }
-  return { kind, id, user: parseUserNet(kv, pairs.filter(([k]) => k === 'hostfwd').map(([, v]) => v)) };
+  return {
+    kind,
+    id,
+    user: parseUserNet(
+      kv,
+      pairs.filter(([k]) => k === 'hostfwd').map(([, v]) => v),
+    ),
+  };
 }
 
 function ipv4Option(kv: Map<string, string>, key: string, fallback: number): number {
@@ -271,7 +282,8 @@ function parseUserNet(kv: Map<string, string>, hostfwds: string[]): UserNetConfi
     const m = /^([\d.]+)(?:\/(\d+))?$/.exec(net);
     const ip = m ? parseIpv4(m[1]!) : undefined;
     prefixLength = m?.[2] !== undefined ? Number(m[2]) : 24;
-    if (ip === undefined || prefixLength < 8 || prefixLength > 29) throw new UsageError(`--netdev user: net=${net} must be ADDRESS/PREFIX with a prefix of 8 to 29`);
+    if (ip === undefined || prefixLength < 8 || prefixLength > 29)
+      throw new UsageError(`--netdev user: net=${net} must be ADDRESS/PREFIX with a prefix of 8 to 29`);
     network = ip;
   }
   // Addresses not given move with the network: the same host part as QEMU's defaults.
@@ -346,7 +358,8 @@ function parseNic(text: string, model: NicSpec['model']): NicSpec {
   if (!netdev) throw new UsageError(`--device ${model} needs netdev=ID`);
   const macText = kv.get('mac');
   const mac = macText === undefined ? undefined : parseMac(macText);
-  if (macText !== undefined && (!mac || mac[0]! & 1)) throw new UsageError(`--device ${model}: mac=${macText} must be a unicast address like 52:54:00:12:34:56`);
+  if (macText !== undefined && (!mac || mac[0]! & 1))
+    throw new UsageError(`--device ${model}: mac=${macText} must be a unicast address like 52:54:00:12:34:56`);
   const ctrlMax = kv.get('ctrl-max');
   return {
     model,
@@ -377,7 +390,8 @@ function parseNetwork(netdevTexts: string[], deviceTexts: string[], models: Retu
     if (!netdev) throw new UsageError(`--device ${nic.model}: no --netdev with id=${nic.netdev}`);
     if (used.has(nic.netdev)) throw new UsageError(`--netdev ${nic.netdev} is used by two devices`);
     used.add(nic.netdev);
-    if (nic.model === 'e1000' && netdev.kind !== 'user' && (netdev.queues ?? 1) > 1) throw new UsageError(`--device e1000 has one queue; --netdev ${netdev.id} has queues=${netdev.queues}`);
+    if (nic.model === 'e1000' && netdev.kind !== 'user' && (netdev.queues ?? 1) > 1)
+      throw new UsageError(`--device e1000 has one queue; --netdev ${netdev.id} has queues=${netdev.queues}`);
   }
   const unused = netdevs.find((n) => !used.has(n.id));
   if (unused) throw new UsageError(`--netdev ${unused.id} is not used by any --device`);
@@ -393,10 +407,16 @@ export function networkArgs(network: NetworkOptions): string[] {
     const kv = [n.kind, `id=${n.id}`];
     if (n.kind === 'user') {
       const u = n.user;
-      kv.push(`net=${formatIpv4(u.network)}/${u.prefixLength}`, `host=${formatIpv4(u.host)}`, `dns=${formatIpv4(u.dns)}`, `dhcpstart=${formatIpv4(u.dhcpStart)}`);
+      kv.push(
+        `net=${formatIpv4(u.network)}/${u.prefixLength}`,
+        `host=${formatIpv4(u.host)}`,
+        `dns=${formatIpv4(u.dns)}`,
+        `dhcpstart=${formatIpv4(u.dhcpStart)}`,
+      );
       if (u.resolver) kv.push(`resolver=${u.resolver.address}:${u.resolver.port}`);
       for (const [key, { field }] of Object.entries(USER_LIMIT_KEYS)) if (u.limits?.[field] !== undefined) kv.push(`${key}=${u.limits[field]}`);
-      for (const f of u.hostForwards) kv.push(`hostfwd=tcp:${f.hostAddress}:${f.hostPort}-${f.guestAddress === undefined ? '' : formatIpv4(f.guestAddress)}:${f.guestPort}`);
+      for (const f of u.hostForwards)
+        kv.push(`hostfwd=tcp:${f.hostAddress}:${f.hostPort}-${f.guestAddress === undefined ? '' : formatIpv4(f.guestAddress)}:${f.guestPort}`);
     } else if (n.kind === 'tap') {
       if (n.ifname) kv.push(`ifname=${n.ifname}`);
     } else kv.push(`br=${n.bridge}`);

@@ -54,7 +54,9 @@ function checkDrive(d: DriveSpec): void {
   } catch (e) {
     if (e instanceof UserError) throw e;
     const code = (e as NodeJS.ErrnoException).code;
-    throw new UserError(`drive ${d.file} ${code === 'ENOENT' ? 'does not exist' : d.readOnly ? 'is not readable' : 'is not readable and writable (add readonly=on?)'}`);
+    throw new UserError(
+      `drive ${d.file} ${code === 'ENOENT' ? 'does not exist' : d.readOnly ? 'is not readable' : 'is not readable and writable (add readonly=on?)'}`,
+    );
   }
 }
 
@@ -103,7 +105,14 @@ function nestedNetwork(network: NetworkOptions): NetworkOptions {
   const netdevs = network.netdevs.map((n) =>
     n.kind !== 'user'
       ? n
-      : { ...n, user: { ...n.user, resolver: n.user.resolver ?? { address: NESTED_UPLINK.dns, port: 53 }, hostForwards: n.user.hostForwards.map((f) => ({ ...f, hostAddress: '' })) } },
+      : {
+          ...n,
+          user: {
+            ...n.user,
+            resolver: n.user.resolver ?? { address: NESTED_UPLINK.dns, port: 53 },
+            hostForwards: n.user.hostForwards.map((f) => ({ ...f, hostAddress: '' })),
+          },
+        },
   );
   return { ...network, netdevs };
 }
@@ -191,7 +200,11 @@ async function networkCards(network: NetworkOptions): Promise<NicConfig[]> {
         await user.listen();
         backend = user;
       } else {
-        backend = new TapBackend({ ifname: netdev.kind === 'tap' ? netdev.ifname : undefined, bridge: netdev.kind === 'bridge' ? netdev.bridge : undefined, queues: netdev.queues ?? spec.queues ?? 1 });
+        backend = new TapBackend({
+          ifname: netdev.kind === 'tap' ? netdev.ifname : undefined,
+          bridge: netdev.kind === 'bridge' ? netdev.bridge : undefined,
+          queues: netdev.queues ?? spec.queues ?? 1,
+        });
       }
       const n = counts[spec.model]++;
       nics.push({
@@ -361,26 +374,47 @@ function attachStdin(machine: Machine): { detach(): void } {
 export function formatStats(s: MachineStats): string {
   const lines = ['tsvisor stats:'];
   for (const v of s.vcpus) {
-    const exits = Object.entries(v.exits).map(([k, n]) => `${k}=${n}`).join(' ') || 'none';
+    const exits =
+      Object.entries(v.exits)
+        .map(([k, n]) => `${k}=${n}`)
+        .join(' ') || 'none';
     lines.push(`  vcpu${v.id} exits: ${exits}${v.deviceErrors ? ` device-errors=${v.deviceErrors}` : ''}`);
   }
-  for (const [bus, devices] of [['pio', s.pio], ['mmio', s.mmio]] as const) {
+  for (const [bus, devices] of [
+    ['pio', s.pio],
+    ['mmio', s.mmio],
+  ] as const) {
     for (const [name, c] of Object.entries(devices)) lines.push(`  ${bus} ${name}: reads=${c.reads} writes=${c.writes}`);
     const u = s.unclaimed[bus];
     const top = s.unclaimedTop[bus].map(([a, n]) => `0x${a.toString(16)}:${n}`).join(' ');
     lines.push(`  ${bus} unclaimed: reads=${u.reads} writes=${u.writes}${top ? ` (by address: ${top})` : ''}`);
   }
-  lines.push(`  serial0: ${Object.entries(s.serial).map(([k, n]) => `${k}=${n}`).join(' ')}`);
+  lines.push(
+    `  serial0: ${Object.entries(s.serial)
+      .map(([k, n]) => `${k}=${n}`)
+      .join(' ')}`,
+  );
   lines.push(`  coalesced writes (no exit): ${s.coalescedWrites}`);
-  for (const [name, c] of Object.entries(s.virtio)) lines.push(`  ${name}: ${Object.entries(c).map(([k, n]) => `${k}=${n}`).join(' ')}`);
+  for (const [name, c] of Object.entries(s.virtio))
+    lines.push(
+      `  ${name}: ${Object.entries(c)
+        .map(([k, n]) => `${k}=${n}`)
+        .join(' ')}`,
+    );
   for (const n of s.nics) {
     const e = n.exits;
-    const drops = Object.entries(n.drops).map(([k, v]) => `${k.replace(/^(backend\.)?drop\./, '$1')}=${v}`).join(' ');
+    const drops = Object.entries(n.drops)
+      .map(([k, v]) => `${k.replace(/^(backend\.)?drop\./, '$1')}=${v}`)
+      .join(' ');
     lines.push(
       `  nic ${n.name} (${n.model} on ${n.backend}): exits mmio-reads=${e.mmioReads} mmio-writes=${e.mmioWrites} pio-reads=${e.pioReads} pio-writes=${e.pioWrites}` +
         ` kicks=${n.kicks} interrupts=${n.interrupts} tx=${n.txPackets}/${n.txBytes}B rx=${n.rxPackets}/${n.rxBytes}B drops: ${drops || 'none'}`,
     );
-    lines.push(`    ${Object.entries(n.detail).map(([k, v]) => `${k}=${v}`).join(' ')}`);
+    lines.push(
+      `    ${Object.entries(n.detail)
+        .map(([k, v]) => `${k}=${v}`)
+        .join(' ')}`,
+    );
   }
   for (const [name, why] of Object.entries(s.deviceFailures)) lines.push(`  ${name} needed a reset: ${why}`);
   lines.push(`  event loop wakeups: ${s.eventLoopWakeups}`);

@@ -12,7 +12,11 @@ export function parseSize(text: string, what = 'size'): number {
 }
 
 export function formatSize(bytes: number): string {
-  for (const [unit, n] of [['G', 2 ** 30], ['M', 2 ** 20], ['K', 2 ** 10]] as const) {
+  for (const [unit, n] of [
+    ['G', 2 ** 30],
+    ['M', 2 ** 20],
+    ['K', 2 ** 10],
+  ] as const) {
     if (bytes % n === 0) return `${bytes / n}${unit}`;
   }
   return `${bytes}`;

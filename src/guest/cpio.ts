@@ -21,16 +21,8 @@ function pad4(n: number): number {
 
 function record(ino: number, mode: number, name: string, data: Uint8Array, nlink = 1): Buffer {
   const nameBytes = Buffer.from(name + '\0', 'utf8');
-  const header =
-    '070701' +
-    [ino, mode, 0, 0, nlink, 0, data.length, 0, 0, 0, 0, nameBytes.length, 0].map(hex8).join('');
-  return Buffer.concat([
-    Buffer.from(header, 'ascii'),
-    nameBytes,
-    Buffer.alloc(pad4(110 + nameBytes.length)),
-    data,
-    Buffer.alloc(pad4(data.length)),
-  ]);
+  const header = '070701' + [ino, mode, 0, 0, nlink, 0, data.length, 0, 0, 0, 0, nameBytes.length, 0].map(hex8).join('');
+  return Buffer.concat([Buffer.from(header, 'ascii'), nameBytes, Buffer.alloc(pad4(110 + nameBytes.length)), data, Buffer.alloc(pad4(data.length))]);
 }
 
 /** Serializes entries in order (parents before children), then the trailer. */

@@ -33,7 +33,10 @@ export function aptUpdate(log: (line: string) => void): boolean {
 function metapackageDependency(name: string, prefix: string): string | undefined {
   try {
     const out = execFileSync('apt-cache', ['depends', '--no-recommends', '--no-suggests', name], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
-    return out.split('\n').map((l) => l.match(/Depends:\s+(\S+)/)?.[1]).find((d) => d?.startsWith(prefix));
+    return out
+      .split('\n')
+      .map((l) => l.match(/Depends:\s+(\S+)/)?.[1])
+      .find((d) => d?.startsWith(prefix));
   } catch {
     return undefined;
   }
@@ -59,7 +62,8 @@ export function fetchPackage(name: string, log: (line: string) => void = stderrL
   const dir = path.join(root, name);
   if (fs.existsSync(path.join(dir, '.complete'))) return { name, dir };
   for (const cmd of ['apt-get', 'dpkg-deb']) {
-    if (!hasCommand(cmd)) throw new FetchError(`${cmd} is not available: tsvisor fetches its default guest from Debian's archive and needs a Debian-based host`);
+    if (!hasCommand(cmd))
+      throw new FetchError(`${cmd} is not available: tsvisor fetches its default guest from Debian's archive and needs a Debian-based host`);
   }
   fs.mkdirSync(root, { recursive: true });
   const work = fs.mkdtempSync(path.join(root, '.download-'));
@@ -69,7 +73,11 @@ export function fetchPackage(name: string, log: (line: string) => void = stderrL
     let dl = download();
     if (dl.status !== 0 && aptUpdate(log)) dl = download();
     if (dl.status !== 0) {
-      const why = (dl.stderr ?? '').split('\n').filter((l) => l.startsWith('E:')).join(' ') || `exit ${dl.status}`;
+      const why =
+        (dl.stderr ?? '')
+          .split('\n')
+          .filter((l) => l.startsWith('E:'))
+          .join(' ') || `exit ${dl.status}`;
       throw new FetchError(`apt-get download ${name} failed: ${why} (run: apt-get update)`);
     }
     const deb = fs.readdirSync(work).find((f) => f.endsWith('.deb'));

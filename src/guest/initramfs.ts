@@ -42,7 +42,8 @@ export function buildInitramfs(name: string, spec: InitramfsSpec): string {
     const st = fs.statSync(f);
     hash.update(`${f}:${st.size}:${st.mtimeMs}\n`);
   }
-  for (const f of spec.files ?? []) hash.update(JSON.stringify(f.type === 'file' ? { ...f, data: crypto.createHash('sha256').update(f.data).digest('hex') } : f));
+  for (const f of spec.files ?? [])
+    hash.update(JSON.stringify(f.type === 'file' ? { ...f, data: crypto.createHash('sha256').update(f.data).digest('hex') } : f));
   const out = path.join(cacheDir(), `${name}-${hash.digest('hex').slice(0, 16)}.cpio.gz`);
   if (fs.existsSync(out)) return out;
   const tmp = `${out}.${process.pid}.tmp`;

@@ -57,7 +57,10 @@ const EPOLLIN = 1;
 export const EPOLL_EVENT_SIZE = 12;
 
 export class SysError extends Error {
-  constructor(readonly call: string, readonly errno: number) {
+  constructor(
+    readonly call: string,
+    readonly errno: number,
+  ) {
     super(`${call} failed: ${errnoName(errno)} (errno ${errno})`);
     this.name = 'SysError';
   }

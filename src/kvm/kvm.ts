@@ -1,9 +1,32 @@
 // Typed KVM objects, created as Kvm -> Vm -> Vcpu (the kvm-ioctls shape).
 // Failed ioctls throw SysError naming the ioctl and the errno.
-import { API_VERSION, Cap, Ioctl, IOEVENTFD_FLAG_DATAMATCH, IOEVENTFD_FLAG_DEASSIGN, IOEVENTFD_FLAG_PIO, IRQFD_FLAG_DEASSIGN, PIT_SPEAKER_DUMMY } from './ioctls.js';
 import {
-  cpuidBuffer, decodeCpuid, decodeMsrs, decodeRegs, decodeSregs, encodeCpuid, encodeDefaultFpu, encodeMemoryRegion,
-  encodeMsrs, encodeRegs, encodeSregs, type CpuidEntry, type MsrEntry, type Regs, type Sregs, SREGS_SIZE,
+  API_VERSION,
+  Cap,
+  Ioctl,
+  IOEVENTFD_FLAG_DATAMATCH,
+  IOEVENTFD_FLAG_DEASSIGN,
+  IOEVENTFD_FLAG_PIO,
+  IRQFD_FLAG_DEASSIGN,
+  PIT_SPEAKER_DUMMY,
+} from './ioctls.js';
+import {
+  cpuidBuffer,
+  decodeCpuid,
+  decodeMsrs,
+  decodeRegs,
+  decodeSregs,
+  encodeCpuid,
+  encodeDefaultFpu,
+  encodeMemoryRegion,
+  encodeMsrs,
+  encodeRegs,
+  encodeSregs,
+  type CpuidEntry,
+  type MsrEntry,
+  type Regs,
+  type Sregs,
+  SREGS_SIZE,
 } from './structs.js';
 import { closeFd, errnoName, ioctlBuf, ioctlInt, mmapShared, munmap, O_RDWR, openFile, SysError, type Mapping } from '../host/libc.js';
 
@@ -72,11 +95,13 @@ export const IrqChip = { PIC_MASTER: 0, PIC_SLAVE: 1, IOAPIC: 2 } as const;
 
 /** One entry of KVM's GSI routing table: a pin of an in-kernel interrupt controller, or an MSI message. */
 export type GsiRoute =
-  | { gsi: number; kind: 'irqchip'; chip: number; pin: number }
-  | { gsi: number; kind: 'msi'; addressLo: number; addressHi: number; data: number };
+  { gsi: number; kind: 'irqchip'; chip: number; pin: number } | { gsi: number; kind: 'msi'; addressLo: number; addressHi: number; data: number };
 
 export class Vm {
-  constructor(readonly kvm: Kvm, readonly fd: number) {}
+  constructor(
+    readonly kvm: Kvm,
+    readonly fd: number,
+  ) {}
 
   setUserMemoryRegion(slot: number, guestAddr: number, size: number, hostAddr: bigint, flags = 0): void {
     ioctlBuf(this.fd, Ioctl.SET_USER_MEMORY_REGION, 'KVM_SET_USER_MEMORY_REGION', encodeMemoryRegion(slot, flags, guestAddr, size, hostAddr));
@@ -188,7 +213,11 @@ export class Vm {
  * issued by the vCPU's worker thread (see vmm/vcpu-worker.ts).
  */
 export class Vcpu {
-  constructor(readonly id: number, readonly fd: number, readonly run: Mapping) {}
+  constructor(
+    readonly id: number,
+    readonly fd: number,
+    readonly run: Mapping,
+  ) {}
 
   getRegs(): Regs {
     const buf = Buffer.alloc(144);

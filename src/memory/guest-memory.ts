@@ -20,7 +20,11 @@ export function u64ToNumber(lo: number, hi: number): number {
 }
 
 export class GuestMemoryError extends Error {
-  constructor(readonly addr: number, readonly length: number, why = 'outside guest RAM') {
+  constructor(
+    readonly addr: number,
+    readonly length: number,
+    why = 'outside guest RAM',
+  ) {
     super(`guest access [0x${addr.toString(16)}, +0x${length.toString(16)}) ${why}`);
     this.name = 'GuestMemoryError';
   }
@@ -45,7 +49,11 @@ export class GuestRegion {
   readonly u16: Uint16Array;
 
   /** `fileOffset` is where this region starts inside the backing memfd. */
-  constructor(readonly start: GuestAddress, readonly mapping: Mapping, readonly fileOffset: number) {
+  constructor(
+    readonly start: GuestAddress,
+    readonly mapping: Mapping,
+    readonly fileOffset: number,
+  ) {
     this.end = start + mapping.length;
     this.bytes = new Uint8Array(mapping.buffer);
     this.view = new DataView(mapping.buffer);
@@ -63,7 +71,11 @@ export class GuestRegion {
 
 export class GuestMemory {
   /** `owned`: this instance created the memfd and closes it; a mapped table leaves it to its owner. */
-  private constructor(readonly regions: readonly GuestRegion[], readonly fd: number | undefined, private readonly owned: boolean) {}
+  private constructor(
+    readonly regions: readonly GuestRegion[],
+    readonly fd: number | undefined,
+    private readonly owned: boolean,
+  ) {}
 
   /** Backs each region with one memfd, mapped shared. */
   static create(specs: readonly RegionSpec[]): GuestMemory {
@@ -87,7 +99,8 @@ export class GuestMemory {
     const specs = table.regions.map((r) => ({ start: gpa(r.start), size: r.size }));
     validateLayout(specs);
     const regions = table.regions.map((r) => {
-      if (!Number.isSafeInteger(r.fileOffset) || r.fileOffset < 0 || r.fileOffset % 4096) throw new Error(`guest memory file offset ${r.fileOffset} is not page aligned`);
+      if (!Number.isSafeInteger(r.fileOffset) || r.fileOffset < 0 || r.fileOffset % 4096)
+        throw new Error(`guest memory file offset ${r.fileOffset} is not page aligned`);
       return new GuestRegion(gpa(r.start), mmapShared(table.fd, r.size, r.fileOffset), r.fileOffset);
     });
     return new GuestMemory(regions, table.fd, false);

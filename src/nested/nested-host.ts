@@ -124,7 +124,6 @@ export interface NestedRunOptions {
   log?: (line: string) => void;
 }
 
-
 export function qemuAvailable(): boolean {
   return hasCommand(QEMU);
 }
@@ -252,20 +251,49 @@ export async function runNested(opts: NestedRunOptions): Promise<number> {
     if (debug) log(`nested host console: ${consoleLog}`);
     const append = ['console=ttyS0', ...(debug ? [] : ['quiet']), 'panic=-1', `tsvisor.scratch=${scratch}`, knobs.append].join(' ').trim();
     const qemuArgs = [
-      '-accel', knobs.accel,
-      '-cpu', knobs.cpu,
-      '-smp', String(opts.cpus ?? knobs.cpus),
-      '-m', `${opts.memoryMiB ?? 4096}M`,
-      '-nodefaults', '-no-user-config', '-display', 'none', '-vga', 'none', '-no-reboot',
-      '-kernel', kernel, '-initrd', initrd, '-append', append,
-      '-serial', `file:${consoleLog}`,
-      '-netdev', ['user', 'id=uplink', ...(opts.forwardPorts ?? []).map((f) => `hostfwd=tcp:${f.hostAddress}:${f.port}-:${f.port}`)].join(','),
-      '-device', 'virtio-net-pci,netdev=uplink',
-      '-device', 'virtio-serial-pci',
-      '-chardev', `socket,id=stdio,path=${stdioSocket.path}`, '-device', 'virtserialport,chardev=stdio,name=tsvisor.stdio',
-      '-chardev', `socket,id=stderr,path=${stderrSocket.path}`, '-device', 'virtserialport,chardev=stderr,name=tsvisor.stderr',
-      '-chardev', `socket,id=heartbeat,path=${heartbeatSocket.path}`, '-device', 'virtserialport,chardev=heartbeat,name=tsvisor.heartbeat',
-      '-virtfs', 'local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap',
+      '-accel',
+      knobs.accel,
+      '-cpu',
+      knobs.cpu,
+      '-smp',
+      String(opts.cpus ?? knobs.cpus),
+      '-m',
+      `${opts.memoryMiB ?? 4096}M`,
+      '-nodefaults',
+      '-no-user-config',
+      '-display',
+      'none',
+      '-vga',
+      'none',
+      '-no-reboot',
+      '-kernel',
+      kernel,
+      '-initrd',
+      initrd,
+      '-append',
+      append,
+      '-serial',
+      `file:${consoleLog}`,
+      '-netdev',
+      ['user', 'id=uplink', ...(opts.forwardPorts ?? []).map((f) => `hostfwd=tcp:${f.hostAddress}:${f.port}-:${f.port}`)].join(','),
+      '-device',
+      'virtio-net-pci,netdev=uplink',
+      '-device',
+      'virtio-serial-pci',
+      '-chardev',
+      `socket,id=stdio,path=${stdioSocket.path}`,
+      '-device',
+      'virtserialport,chardev=stdio,name=tsvisor.stdio',
+      '-chardev',
+      `socket,id=stderr,path=${stderrSocket.path}`,
+      '-device',
+      'virtserialport,chardev=stderr,name=tsvisor.stderr',
+      '-chardev',
+      `socket,id=heartbeat,path=${heartbeatSocket.path}`,
+      '-device',
+      'virtserialport,chardev=heartbeat,name=tsvisor.heartbeat',
+      '-virtfs',
+      'local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap',
       ...writable.flatMap((d, i) => ['-virtfs', `local,path=${d},mount_tag=rw${i},security_model=none,multidevs=remap`]),
       ...knobs.qemuArgs,
     ];
@@ -307,7 +335,9 @@ export async function runNested(opts: NestedRunOptions): Promise<number> {
     const statusFile = path.join(scratch, '.exit-status');
     if (!fs.existsSync(statusFile)) {
       const last = lastLogLine(consoleLog);
-      log(`tsvisor: the nested KVM host stopped before the command finished (qemu exit ${qemuStatus}${last ? `; its console last printed ${JSON.stringify(last)}` : ''}); TSVISOR_NESTED_DEBUG=1 shows its whole console`);
+      log(
+        `tsvisor: the nested KVM host stopped before the command finished (qemu exit ${qemuStatus}${last ? `; its console last printed ${JSON.stringify(last)}` : ''}); TSVISOR_NESTED_DEBUG=1 shows its whole console`,
+      );
       return NESTED_HOST_FAILED;
     }
     return Number(fs.readFileSync(statusFile, 'utf8').trim());

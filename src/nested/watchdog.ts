@@ -110,7 +110,9 @@ export class NestedWatchdog {
     const since = this.beaten ? '' : ' since QEMU started';
     this.report(
       [
-        first ? `${WATCHDOG_LINES.stalled} no heartbeat for ${seconds(silent)} s${since}` : `${WATCHDOG_LINES.stillStalled} no heartbeat for ${seconds(silent)} s in all${since}`,
+        first
+          ? `${WATCHDOG_LINES.stalled} no heartbeat for ${seconds(silent)} s${since}`
+          : `${WATCHDOG_LINES.stillStalled} no heartbeat for ${seconds(silent)} s in all${since}`,
         consoleLine ? `its console last printed ${JSON.stringify(consoleLine)}` : 'its console printed nothing',
         this.describeQemu(threads, now),
       ].join('; '),

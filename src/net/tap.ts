@@ -6,7 +6,21 @@
 //
 // Each queue's fd is polled by the VMM's event loop; a queue whose guest has no
 // receive buffers stops being polled until the front-end calls resume().
-import { closeFd, controlSocket, EAGAIN, errnoName, ifNameToIndex, ioctlBuf, ioctlInt, O_NONBLOCK, O_RDWR, openFile, readFd, SysError, writeFd } from '../host/libc.js';
+import {
+  closeFd,
+  controlSocket,
+  EAGAIN,
+  errnoName,
+  ifNameToIndex,
+  ioctlBuf,
+  ioctlInt,
+  O_NONBLOCK,
+  O_RDWR,
+  openFile,
+  readFd,
+  SysError,
+  writeFd,
+} from '../host/libc.js';
 import type { FdPoller, NetBackend, NetPort, RxOffloads } from './backend.js';
 import { VNET_HDR_LEN } from './backend.js';
 import { DropCounter } from './counters.js';
@@ -127,7 +141,8 @@ export class TapBackend implements NetBackend {
         if (bridge) throw e; // without privileges a pre-made tap stays as its owner left it
       }
       if (bridge) {
-        if (ifNameToIndex(bridge) === 0) throw new TapError(`bridge ${bridge} does not exist (create it: ip link add ${bridge} type bridge; ip link set ${bridge} up)`);
+        if (ifNameToIndex(bridge) === 0)
+          throw new TapError(`bridge ${bridge} does not exist (create it: ip link add ${bridge} type bridge; ip link set ${bridge} up)`);
         const add = ifreq(bridge);
         add.writeInt32LE(ifNameToIndex(this.ifname), IFNAMSIZ);
         try {

@@ -21,7 +21,18 @@ const HEADER_SIZE = 16;
 const RANGE_SIZE = 16;
 
 /** The counters each block queue keeps, in the order of the shared array. */
-export const BLOCK_COUNTERS = ['reads', 'writes', 'flushes', 'discards', 'writeZeroes', 'getIds', 'bytesRead', 'bytesWritten', 'ioErrors', 'unsupported'] as const;
+export const BLOCK_COUNTERS = [
+  'reads',
+  'writes',
+  'flushes',
+  'discards',
+  'writeZeroes',
+  'getIds',
+  'bytesRead',
+  'bytesWritten',
+  'ioErrors',
+  'unsupported',
+] as const;
 type BlockCounter = (typeof BLOCK_COUNTERS)[number];
 const COUNTER_INDEX = Object.fromEntries(BLOCK_COUNTERS.map((name, i) => [name, i])) as Record<BlockCounter, number>;
 

@@ -30,7 +30,10 @@ export class VirtioConsole implements MainThreadDevice {
   private pendingBytes = 0;
   private readonly counters = { bytesIn: 0, bytesOut: 0, inputDropped: 0 };
 
-  constructor(private readonly output: (bytes: Uint8Array) => void, readonly name = 'virtio-console') {}
+  constructor(
+    private readonly output: (bytes: Uint8Array) => void,
+    readonly name = 'virtio-console',
+  ) {}
 
   readConfig(offset: number, data: Uint8Array): void {
     readConfigBytes(this.config, offset, data);

@@ -53,7 +53,11 @@ class MainThreadDataPlane implements VirtioDevice {
   private readonly unwatch: ((() => void) | undefined)[] = [];
   private readonly counters = { kicks: 0, calls: 0 };
 
-  constructor(private readonly device: MainThreadDevice, private readonly memory: GuestMemory, private readonly watch: WatchFd) {}
+  constructor(
+    private readonly device: MainThreadDevice,
+    private readonly memory: GuestMemory,
+    private readonly watch: WatchFd,
+  ) {}
 
   get type(): number {
     return this.device.type;

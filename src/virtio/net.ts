@@ -63,7 +63,8 @@ const MAC_TABLE_ENTRIES = 64;
  */
 export const MAX_CTRL_COMMAND = 64 * 1024;
 
-export type NetDrop = 'tx-runt' | 'tx-oversized' | 'tx-no-data' | 'tx-backend-error' | 'rx-filtered' | 'rx-buffer-too-small' | 'ctrl-malformed' | 'ctrl-oversized';
+export type NetDrop =
+  'tx-runt' | 'tx-oversized' | 'tx-no-data' | 'tx-backend-error' | 'rx-filtered' | 'rx-buffer-too-small' | 'ctrl-malformed' | 'ctrl-oversized';
 
 export interface VirtioNetOptions {
   mac: Uint8Array;
@@ -100,18 +101,37 @@ export class VirtioNet implements MainThreadDevice, NetPort {
   /** Per queue pair: packets each way, so multi-queue use is visible. */
   readonly perPair: { tx: number; rx: number }[];
 
-  constructor(private readonly backend: NetBackend, options: VirtioNetOptions, readonly name = 'virtio-net') {
+  constructor(
+    private readonly backend: NetBackend,
+    options: VirtioNetOptions,
+    readonly name = 'virtio-net',
+  ) {
     if (options.pairs < 1 || options.pairs > MAX_PAIRS) throw new Error(`virtio-net: queues must be 1..${MAX_PAIRS}`);
     this.mac = options.mac.slice(0, ETH_ALEN);
     this.pairs = options.pairs;
     this.maxCtrlCommand = options.maxCtrlCommand ?? MAX_CTRL_COMMAND;
     this.perPair = Array.from({ length: this.pairs }, () => ({ tx: 0, rx: 0 }));
-    let features: number[] = [NetFeature.MAC, NetFeature.STATUS, NetFeature.MRG_RXBUF, NetFeature.CTRL_VQ, NetFeature.CTRL_RX, NetFeature.CTRL_RX_EXTRA, NetFeature.CTRL_MAC_ADDR];
+    let features: number[] = [
+      NetFeature.MAC,
+      NetFeature.STATUS,
+      NetFeature.MRG_RXBUF,
+      NetFeature.CTRL_VQ,
+      NetFeature.CTRL_RX,
+      NetFeature.CTRL_RX_EXTRA,
+      NetFeature.CTRL_MAC_ADDR,
+    ];
     if (this.pairs > 1) features.push(NetFeature.MQ);
     if (backend.offloads) {
       features = features.concat([
-        NetFeature.CSUM, NetFeature.GUEST_CSUM, NetFeature.CTRL_GUEST_OFFLOADS, NetFeature.GUEST_TSO4, NetFeature.GUEST_TSO6, NetFeature.GUEST_ECN,
-        NetFeature.HOST_TSO4, NetFeature.HOST_TSO6, NetFeature.HOST_ECN,
+        NetFeature.CSUM,
+        NetFeature.GUEST_CSUM,
+        NetFeature.CTRL_GUEST_OFFLOADS,
+        NetFeature.GUEST_TSO4,
+        NetFeature.GUEST_TSO6,
+        NetFeature.GUEST_ECN,
+        NetFeature.HOST_TSO4,
+        NetFeature.HOST_TSO6,
+        NetFeature.HOST_ECN,
       ]);
     }
     this.features = features.reduce((acc, f) => acc | bit(f), 0n);
@@ -335,12 +355,24 @@ export class VirtioNet implements MainThreadDevice, NetPort {
     if (cls === Ctrl.RX && data.length >= 1) {
       const on = data[0] !== 0;
       switch (cmd) {
-        case CtrlRx.PROMISC: this.promisc = on; return ACK_OK;
-        case CtrlRx.ALLMULTI: this.allMulti = on; return ACK_OK;
-        case CtrlRx.ALLUNI: this.allUni = on; return ACK_OK;
-        case CtrlRx.NOMULTI: this.noMulti = on; return ACK_OK;
-        case CtrlRx.NOUNI: this.noUni = on; return ACK_OK;
-        case CtrlRx.NOBCAST: this.noBroadcast = on; return ACK_OK;
+        case CtrlRx.PROMISC:
+          this.promisc = on;
+          return ACK_OK;
+        case CtrlRx.ALLMULTI:
+          this.allMulti = on;
+          return ACK_OK;
+        case CtrlRx.ALLUNI:
+          this.allUni = on;
+          return ACK_OK;
+        case CtrlRx.NOMULTI:
+          this.noMulti = on;
+          return ACK_OK;
+        case CtrlRx.NOUNI:
+          this.noUni = on;
+          return ACK_OK;
+        case CtrlRx.NOBCAST:
+          this.noBroadcast = on;
+          return ACK_OK;
       }
     }
     if (cls === Ctrl.MAC && cmd === CtrlMac.ADDR_SET && data.length === ETH_ALEN) {
@@ -378,7 +410,15 @@ export class VirtioNet implements MainThreadDevice, NetPort {
   }
 
   stats(): Record<string, number> {
-    const pairs = this.pairs > 1 ? Object.fromEntries(this.perPair.flatMap((p, i) => [[`pair${i}.tx`, p.tx], [`pair${i}.rx`, p.rx]])) : {};
+    const pairs =
+      this.pairs > 1
+        ? Object.fromEntries(
+            this.perPair.flatMap((p, i) => [
+              [`pair${i}.tx`, p.tx],
+              [`pair${i}.rx`, p.rx],
+            ]),
+          )
+        : {};
     return { ...this.counters, activePairs: this.activePairs, ...pairs, ...this.drops.stats(), ...prefixed('backend.', this.backend.stats()) };
   }
 
@@ -402,7 +442,9 @@ function parseMacTables(data: Uint8Array): [Uint8Array[] | undefined, Uint8Array
     if (entries > (data.length - at) / ETH_ALEN) return undefined;
     const start = at;
     at += entries * ETH_ALEN;
-    tables.push(entries > MAC_TABLE_ENTRIES ? undefined : Array.from({ length: entries }, (_, i) => data.slice(start + i * ETH_ALEN, start + (i + 1) * ETH_ALEN)));
+    tables.push(
+      entries > MAC_TABLE_ENTRIES ? undefined : Array.from({ length: entries }, (_, i) => data.slice(start + i * ETH_ALEN, start + (i + 1) * ETH_ALEN)),
+    );
   }
   return at === data.length ? [tables[0], tables[1]] : undefined;
 }

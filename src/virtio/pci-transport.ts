@@ -18,7 +18,15 @@ import type { PciBar, PciDevice } from '../devices/pci/device.js';
 import { Msix, type MsiSink } from '../devices/pci/msix.js';
 import { closeFd, eventfd, eventfdDrain, eventfdSignal } from '../host/libc.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
-import { bit, describeError, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1, type QueueResources, type VirtioDevice } from './device.js';
+import {
+  bit,
+  describeError,
+  VIRTIO_F_RING_EVENT_IDX,
+  VIRTIO_F_RING_INDIRECT_DESC,
+  VIRTIO_F_VERSION_1,
+  type QueueResources,
+  type VirtioDevice,
+} from './device.js';
 import type { WatchFd } from './in-process.js';
 import { SplitQueue } from './queue.js';
 
@@ -130,7 +138,10 @@ export class VirtioPciDevice implements PciDevice {
   /** Config-space offset of the PCI_CFG capability. */
   private readonly pciCfgCap: number;
 
-  constructor(readonly device: VirtioDevice, private readonly env: VirtioPciEnv) {
+  constructor(
+    readonly device: VirtioDevice,
+    private readonly env: VirtioPciEnv,
+  ) {
     this.name = device.name;
     this.offered = device.features | bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_F_RING_INDIRECT_DESC) | bit(VIRTIO_F_RING_EVENT_IDX);
     this.queues = device.queueSizes.map((maxSize) => queueRegisters(maxSize));
@@ -228,7 +239,11 @@ export class VirtioPciDevice implements PciDevice {
 
   private readonly bar0: BusDevice = {
     name: 'virtio-pci-bar0',
-    read: (offset, data) => this.guardAccess(() => this.readBar0(offset, data), () => data.fill(0xff)),
+    read: (offset, data) =>
+      this.guardAccess(
+        () => this.readBar0(offset, data),
+        () => data.fill(0xff),
+      ),
     write: (offset, data) => this.guardAccess(() => this.writeBar0(offset, data)),
   };
 

@@ -71,7 +71,10 @@ export class SplitQueue {
     if (!isPowerOfTwo(maxSize) || maxSize > MAX_QUEUE_SIZE) throw new Error(`bad virtqueue size ${maxSize}`);
     const n = s.size;
     if (!isPowerOfTwo(n) || n > maxSize) throw new QueueError(`queue size ${n} is not a power of two up to ${maxSize}`);
-    for (const [what, index] of [['next available', s.nextAvail], ['next used', s.nextUsed]] as const) {
+    for (const [what, index] of [
+      ['next available', s.nextAvail],
+      ['next used', s.nextUsed],
+    ] as const) {
       if (!Number.isInteger(index) || index < 0 || index > 0xffff) throw new QueueError(`${what} index ${index} is not a 16-bit index`);
     }
     if (typeof s.eventIdx !== 'boolean') throw new QueueError('eventIdx is not a boolean');
@@ -117,7 +120,7 @@ export class SplitQueue {
     // At most `size` descriptors in the table, and at most `size` in an indirect table
     // (the driver's limit; a longer walk is a loop).
     let limit = this.size;
-    for (let seen = 0; ; ) {
+    for (let seen = 0; ;) {
       if (++seen > limit) throw new QueueError(`chain at ${head} is longer than the queue (a loop?)`);
       const d = table + index * DESC_SIZE;
       const addr = u64ToNumber(mem.readU32(d), mem.readU32(d + 4));

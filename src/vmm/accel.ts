@@ -22,7 +22,10 @@ export interface KvmProbe {
 
 function cpuFlags(): Set<string> {
   try {
-    const line = fs.readFileSync('/proc/cpuinfo', 'utf8').split('\n').find((l) => l.startsWith('flags'));
+    const line = fs
+      .readFileSync('/proc/cpuinfo', 'utf8')
+      .split('\n')
+      .find((l) => l.startsWith('flags'));
     return new Set(line?.split(':')[1]?.trim().split(/\s+/) ?? []);
   } catch {
     return new Set();
@@ -45,7 +48,10 @@ export function probeKvm(): KvmProbe {
     probe.apiVersion = kvm.apiVersion();
     probe.maxVcpus = kvm.maxVcpus();
     probe.caps = Object.fromEntries(
-      (['IRQCHIP', 'PIT2', 'IOEVENTFD', 'IRQFD', 'IMMEDIATE_EXIT', 'SIGNAL_MSI', 'IRQ_ROUTING'] as const).map((c) => [c.toLowerCase(), kvm.checkExtension(Cap[c]) > 0]),
+      (['IRQCHIP', 'PIT2', 'IOEVENTFD', 'IRQFD', 'IMMEDIATE_EXIT', 'SIGNAL_MSI', 'IRQ_ROUTING'] as const).map((c) => [
+        c.toLowerCase(),
+        kvm.checkExtension(Cap[c]) > 0,
+      ]),
     );
     kvm.close();
   } catch (e) {

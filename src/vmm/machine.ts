@@ -69,7 +69,6 @@ export interface MachineExit {
   detail: string;
 }
 
-
 export class Machine {
   readonly pio = new Bus('pio');
   readonly mmio = new Bus('mmio');
@@ -200,8 +199,19 @@ export class Machine {
         vcpu.setRegs(bootRegs(kernel.entry));
       }
       if (id === 0) this.ring = this.coalescePciAddressWrites(vcpu.run.buffer);
-      const local = { vmFd: this.vm.fd, devices: [{ kind: 'serial' as const, name: this.serial.name, port: COM1_PORT, length: COM1_PORTS, state: this.serial.shared, gsi: COM1_IRQ }] };
-      this.threads.push(new VcpuThread(vcpu, { pio: this.pio, mmio: this.mmio }, (e) => this.deviceError(e), () => this.ring?.drain(this.pio, this.mmio), local));
+      const local = {
+        vmFd: this.vm.fd,
+        devices: [{ kind: 'serial' as const, name: this.serial.name, port: COM1_PORT, length: COM1_PORTS, state: this.serial.shared, gsi: COM1_IRQ }],
+      };
+      this.threads.push(
+        new VcpuThread(
+          vcpu,
+          { pio: this.pio, mmio: this.mmio },
+          (e) => this.deviceError(e),
+          () => this.ring?.drain(this.pio, this.mmio),
+          local,
+        ),
+      );
     }
   }
 
@@ -217,7 +227,7 @@ export class Machine {
   }
 
   private deviceError(e: unknown): void {
-    if (this.deviceErrors.length < 100) this.deviceErrors.push(e instanceof Error ? e.stack ?? e.message : String(e));
+    if (this.deviceErrors.length < 100) this.deviceErrors.push(e instanceof Error ? (e.stack ?? e.message) : String(e));
   }
 
   /** A CPU reset ends the VM; after a panic banner it is the panic's reboot. */
@@ -284,9 +294,10 @@ export class Machine {
       virtio: Object.fromEntries(this.virtio.filter((v) => !(v.device instanceof VirtioNet)).map((v) => [v.name, v.stats()])),
       nics: this.nics.map((n) => this.nicStats(n.config, n.device)),
       deviceFailures: Object.fromEntries(
-        [...this.virtio.map((v) => [v.name, v.lastFailure]), ...this.nics.map((n) => [n.config.name, n.device instanceof E1000 ? n.device.lastError : undefined])].filter(
-          (entry): entry is [string, string] => entry[1] !== undefined,
-        ),
+        [
+          ...this.virtio.map((v) => [v.name, v.lastFailure]),
+          ...this.nics.map((n) => [n.config.name, n.device instanceof E1000 ? n.device.lastError : undefined]),
+        ].filter((entry): entry is [string, string] => entry[1] !== undefined),
       ),
       eventLoopWakeups: this.events.wakeups,
       strayErrors: this.strayErrors,
@@ -308,8 +319,8 @@ export class Machine {
       model: nic.model,
       backend: nic.backend.description,
       exits: { mmioReads: mmio.reads, mmioWrites: mmio.writes, pioReads: pio.reads, pioWrites: pio.writes },
-      kicks: transport ? own.kicks ?? 0 : 0,
-      interrupts: transport ? own.calls ?? 0 : own.interrupts ?? 0,
+      kicks: transport ? (own.kicks ?? 0) : 0,
+      interrupts: transport ? (own.calls ?? 0) : (own.interrupts ?? 0),
       txPackets: own.txPackets ?? 0,
       txBytes: own.txBytes ?? 0,
       rxPackets: own.rxPackets ?? 0,
@@ -322,7 +333,10 @@ export class Machine {
   /** Lets devices finish in-flight I/O and close their back-ends, then frees the VM. */
   async close(): Promise<void> {
     this.events.close();
-    await Promise.allSettled([...this.virtio.map((v) => v.close()), ...this.nics.filter((n) => n.device instanceof E1000).map((n) => (n.device as E1000).close())]);
+    await Promise.allSettled([
+      ...this.virtio.map((v) => v.close()),
+      ...this.nics.filter((n) => n.device instanceof E1000).map((n) => (n.device as E1000).close()),
+    ]);
     for (const s of this.msiSinks) s.close();
     for (const t of this.threads) t.vcpu.close();
     this.vm.close();

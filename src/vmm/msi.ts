@@ -21,7 +21,8 @@ export class GsiRouting {
   updates = 0;
 
   constructor(private readonly vm: Vm) {
-    for (let pin = 0; pin < PIC_PINS; pin++) this.chipRoutes.push({ gsi: pin, kind: 'irqchip', chip: pin < 8 ? IrqChip.PIC_MASTER : IrqChip.PIC_SLAVE, pin: pin % 8 });
+    for (let pin = 0; pin < PIC_PINS; pin++)
+      this.chipRoutes.push({ gsi: pin, kind: 'irqchip', chip: pin < 8 ? IrqChip.PIC_MASTER : IrqChip.PIC_SLAVE, pin: pin % 8 });
     for (let pin = 0; pin < IOAPIC_PINS; pin++) this.chipRoutes.push({ gsi: pin, kind: 'irqchip', chip: IrqChip.IOAPIC, pin });
   }
 
@@ -43,7 +44,11 @@ export class IrqfdMsiSink implements MsiSink {
   private readonly gsis: number[] = [];
   private readonly fds: number[] = [];
 
-  constructor(private readonly vm: Vm, private readonly routing: GsiRouting, vectors: number) {
+  constructor(
+    private readonly vm: Vm,
+    private readonly routing: GsiRouting,
+    vectors: number,
+  ) {
     for (let v = 0; v < vectors; v++) {
       const gsi = routing.allocate();
       const fd = eventfd();

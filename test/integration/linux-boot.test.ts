@@ -60,7 +60,7 @@ function debugfsCat(image: string, file: string): string {
   return r.stdout;
 }
 
-test('virtio: the guest\'s stock drivers bind every device, with the right IDs on PCI and on the virtio bus', () => {
+test("virtio: the guest's stock drivers bind every device, with the right IDs on PCI and on the virtio bus", () => {
   const r = result('virtio-devices');
   assert.equal(r.status, 0, r.stderr + r.console.slice(-3000));
   // virtio device IDs: 2 block (twice), 4 entropy, 3 console.
@@ -104,7 +104,12 @@ test('virtio-blk: a read-only drive refuses writes in the guest and its file is 
 function virtioStats(stderr: string, name: string): Record<string, number> {
   const line = new RegExp(`^  ${name}: (.*)$`, 'm').exec(stderr);
   assert.ok(line, stderr);
-  return Object.fromEntries(line[1]!.split(' ').map((kv) => kv.split('=')).map(([k, v]) => [k, Number(v)]));
+  return Object.fromEntries(
+    line[1]!
+      .split(' ')
+      .map((kv) => kv.split('='))
+      .map(([k, v]) => [k, Number(v)]),
+  );
 }
 
 test('virtio: with ioeventfd and irqfd, kicks reach the device worker and its interrupts reach KVM with no VMM thread in between', () => {
@@ -129,8 +134,15 @@ test('virtio-blk: with two vCPUs and two queues, readers pinned to each vCPU bot
   assert.match(r.console, /mq-dirs: 0 1 /);
   assert.ok(r.console.includes('CPU0-DONE') && r.console.includes('CPU1-DONE'), r.console.slice(-3000));
   // Per queue, the interrupts each vCPU took: both queues completed requests.
-  const queues = [...r.console.matchAll(/^\s*\d+:\s+(\d+)\s+(\d+)\s.*virtio0-req\.(\d+)\s*$/gm)].map((m) => ({ queue: Number(m[3]), interrupts: Number(m[1]) + Number(m[2]) }));
-  assert.deepEqual(queues.map((q) => q.queue), [0, 1], r.console.slice(-2000));
+  const queues = [...r.console.matchAll(/^\s*\d+:\s+(\d+)\s+(\d+)\s.*virtio0-req\.(\d+)\s*$/gm)].map((m) => ({
+    queue: Number(m[3]),
+    interrupts: Number(m[1]) + Number(m[2]),
+  }));
+  assert.deepEqual(
+    queues.map((q) => q.queue),
+    [0, 1],
+    r.console.slice(-2000),
+  );
   for (const q of queues) assert.ok(q.interrupts > 100, `queue ${q.queue} took ${q.interrupts} interrupts`);
   const blk = virtioStats(r.stderr, 'virtio-blk0');
   assert.equal(blk.queues, 2);
@@ -156,5 +168,5 @@ test('virtio: with ioeventfd and irqfd off, every kick is an exit and interrupts
   const blk = virtioStats(result('out-of-range').stderr, 'virtio-blk0');
   assert.ok(blk.notifyExits! > 10);
   assert.ok(blk.kicks! <= blk.notifyExits!, 'every kick the worker saw came from an exit');
-  assert.ok(blk.interruptsMsix! > 10, 'the transport raised the worker\'s calls itself');
+  assert.ok(blk.interruptsMsix! > 10, "the transport raised the worker's calls itself");
 });

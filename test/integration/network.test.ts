@@ -23,7 +23,12 @@ function nicStats(r: ScenarioResult, model: string): { line: string; detail: Rec
   const lines = r.stderr.split('\n');
   const i = lines.findIndex((l) => l.includes(`nic `) && l.includes(`(${model} on`));
   assert.ok(i >= 0, `no stats for ${model}: ${r.stderr}`);
-  const detail = Object.fromEntries(lines[i + 1]!.trim().split(' ').map((kv) => kv.split('=')).map(([k, v]) => [k!, Number(v)]));
+  const detail = Object.fromEntries(
+    lines[i + 1]!.trim()
+      .split(' ')
+      .map((kv) => kv.split('='))
+      .map(([k, v]) => [k!, Number(v)]),
+  );
   return { line: lines[i]!, detail };
 }
 
@@ -46,7 +51,10 @@ test('user-mode networking: a host client reaches a server in the guest through 
 test('per-card accounting: exits, kicks, interrupts, packets and bytes both ways', () => {
   const r = ok('net-user');
   const { line, detail } = nicStats(r, 'virtio-net');
-  assert.match(line, /\(virtio-net on user\): exits mmio-reads=\d+ mmio-writes=\d+ pio-reads=0 pio-writes=0 kicks=[1-9]\d* interrupts=[1-9]\d* tx=[1-9]\d*\/\d+B rx=[1-9]\d*\/\d+B/);
+  assert.match(
+    line,
+    /\(virtio-net on user\): exits mmio-reads=\d+ mmio-writes=\d+ pio-reads=0 pio-writes=0 kicks=[1-9]\d* interrupts=[1-9]\d* tx=[1-9]\d*\/\d+B rx=[1-9]\d*\/\d+B/,
+  );
   assert.equal(detail.notifyExits, 0, 'with ioeventfd no kick exits');
   assert.ok(detail['backend.acks']! >= 1 && detail['backend.tcpOpened']! >= 2);
 });
@@ -77,7 +85,7 @@ test('bridge: two guests, one with e1000 and one with virtio-net, reach the host
   }
 });
 
-test('multi-queue: two queue pairs in the guest\'s sysfs, and packets on both pairs each way', () => {
+test("multi-queue: two queue pairs in the guest's sysfs, and packets on both pairs each way", () => {
   const r = ok('net-multiqueue');
   assert.match(r.console, /queues: rx-0 rx-1 tx-0 tx-1/);
   assert.ok(r.console.includes('MQ-DONE-2'), r.console.slice(-3000));

@@ -62,7 +62,9 @@ test('run --netdev user,hostfwd=...: a host client reaches a server in the defau
   let r = await attempt(await freePort());
   if (r.page === undefined) {
     const stalls = reportWatchdogLines(r.output);
-    console.log(`# run with hostfwd made no progress for 5 min (${stalls} nested host stalls reported; output tail: ${JSON.stringify(r.output.slice(-400))}); 1 retry in a fresh nested host`);
+    console.log(
+      `# run with hostfwd made no progress for 5 min (${stalls} nested host stalls reported; output tail: ${JSON.stringify(r.output.slice(-400))}); 1 retry in a fresh nested host`,
+    );
     r = await attempt(await freePort());
   }
   assert.equal(r.page?.trim(), PAGE, r.output.slice(-3000));

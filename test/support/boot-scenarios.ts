@@ -77,7 +77,7 @@ export const BOOT_SCENARIOS: Scenario[] = [
     name: 'virtio-devices',
     stats: true,
     args: ['--console', 'virtio', '--device', 'virtio-rng'],
-    inputAfter: 'Enter \'help\'',
+    inputAfter: "Enter 'help'",
     append: 'console=ttyS0 console=hvc0 quiet panic=-1',
     drives: [
       { file: 'data.img', sizeMiB: 64, options: 'serial=tsv-data' },
@@ -105,7 +105,7 @@ export const BOOT_SCENARIOS: Scenario[] = [
     stats: true,
     drives: [{ file: 'mq.img', sizeMiB: 32 }],
     input: [
-      'echo "mq-dirs: $(ls /sys/block/vda/mq | tr \'\\n\' \' \')"',
+      "echo \"mq-dirs: $(ls /sys/block/vda/mq | tr '\\n' ' ')\"",
       '(taskset -c 0 dd if=/dev/vda of=/dev/null bs=4k count=4096 iflag=direct 2>/dev/null && echo CPU0-DONE) & (taskset -c 1 dd if=/dev/vda of=/dev/null bs=4k skip=4096 count=4096 iflag=direct 2>/dev/null && echo CPU1-DONE) & wait',
       'grep virtio0-req /proc/interrupts',
       'poweroff',
@@ -118,7 +118,8 @@ export const BOOT_SCENARIOS: Scenario[] = [
     name: 'crash',
     append: 'console=ttyS0 quiet panic=-1 pci=nomsi',
     drives: [{ file: 'crash.img', sizeMiB: 16 }],
-    input: 'seq 100000 199999 > /tmp/pattern && dd if=/tmp/pattern of=/dev/vda bs=4096 conv=fsync 2>/dev/null && grep virtio /proc/interrupts && sync && echo SYNCED-$((1+1))\nsleep 600\n',
+    input:
+      'seq 100000 199999 > /tmp/pattern && dd if=/tmp/pattern of=/dev/vda bs=4096 conv=fsync 2>/dev/null && grep virtio /proc/interrupts && sync && echo SYNCED-$((1+1))\nsleep 600\n',
     killOn: 'SYNCED-2',
   },
   {

@@ -18,7 +18,17 @@ export const Popts = { IXSM: 0x01, TXSM: 0x02 } as const;
 /** A context descriptor's fields, as Linux's e1000_tso fills them for a TCP/IPv4 packet without options. */
 export type ContextFields = Omit<TxContext, 'ipv4' | 'tcp'> & { tucmd: number };
 
-export const TCP4_TSO: ContextFields = { ipcss: 14, ipcso: 24, ipcse: 33, tucss: 34, tucso: 50, tucse: 0, hdrLen: 54, mss: 1448, tucmd: TuCmd.TCP | TuCmd.IP | TxCmd.TSE };
+export const TCP4_TSO: ContextFields = {
+  ipcss: 14,
+  ipcso: 24,
+  ipcse: 33,
+  tucss: 34,
+  tucso: 50,
+  tucse: 0,
+  hdrLen: 54,
+  mss: 1448,
+  tucmd: TuCmd.TCP | TuCmd.IP | TxCmd.TSE,
+};
 
 export function e1000Setup(backend = new FakeBackend()) {
   const mem = GuestMemory.create([{ start: gpa(0), size: 1 << 20 }]);

@@ -8,7 +8,10 @@ export class FakeBackend implements NetBackend {
   port: NetPort | undefined;
   sent: { queue: number; packet: Uint8Array }[] = [];
   resumed: number[] = [];
-  constructor(readonly queues = 1, offloads = false) {
+  constructor(
+    readonly queues = 1,
+    offloads = false,
+  ) {
     this.offloads = offloads;
   }
   attach(port: NetPort, _poller: FdPoller): void {

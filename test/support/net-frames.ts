@@ -2,7 +2,19 @@
 // enough Ethernet/ARP/IPv4/UDP/TCP/ICMP for tests to play the guest against a
 // network back-end or device.
 import { VNET_HDR_LEN, type NetPort } from '../../src/net/backend.js';
-import { checksum, ETHERTYPE_ARP, ETHERTYPE_IPV4, ipv4PseudoSum, readU16, readU32, sum16, writeEthernet, writeIpv4, writeU16, writeU32 } from '../../src/net/packet.js';
+import {
+  checksum,
+  ETHERTYPE_ARP,
+  ETHERTYPE_IPV4,
+  ipv4PseudoSum,
+  readU16,
+  readU32,
+  sum16,
+  writeEthernet,
+  writeIpv4,
+  writeU16,
+  writeU32,
+} from '../../src/net/packet.js';
 
 export const GUEST_MAC = Uint8Array.of(0x52, 0x54, 0x00, 0x12, 0x34, 0x56);
 export const BROADCAST = Uint8Array.of(255, 255, 255, 255, 255, 255);
@@ -110,7 +122,15 @@ export function parse(frame: Uint8Array): Parsed {
   const b = p.body;
   if (p.proto === 6 || p.proto === 17) p.l4ChecksumOk = sum16(frame, 14 + ihl, 14 + total, ipv4PseudoSum(frame, 14, p.proto, b.length)) === 0xffff;
   if (p.proto === 6) {
-    p.tcp = { srcPort: readU16(b, 0), dstPort: readU16(b, 2), seq: readU32(b, 4), ack: readU32(b, 8), flags: b[13]!, window: readU16(b, 14), payload: b.subarray((b[12]! >> 4) * 4) };
+    p.tcp = {
+      srcPort: readU16(b, 0),
+      dstPort: readU16(b, 2),
+      seq: readU32(b, 4),
+      ack: readU32(b, 8),
+      flags: b[13]!,
+      window: readU16(b, 14),
+      payload: b.subarray((b[12]! >> 4) * 4),
+    };
   }
   if (p.proto === 17) p.udp = { srcPort: readU16(b, 0), dstPort: readU16(b, 2), payload: b.subarray(8, readU16(b, 4)) };
   return p;

@@ -55,7 +55,16 @@ export const NET_SCENARIOS: Scenario[] = [
       'ip link set tsvtap0 up && ip link set tsvtap1 up',
     ].join(' && '),
     hostTeardown: 'ip link del tsvtap0; ip link del tsvtap1',
-    args: ['--netdev', 'tap,id=t0,ifname=tsvtap0,script=no,downscript=no', '--device', 'e1000,netdev=t0', '--netdev', 'tap,id=t1,ifname=tsvtap1,script=no', '--device', 'virtio-net-pci,netdev=t1'],
+    args: [
+      '--netdev',
+      'tap,id=t0,ifname=tsvtap0,script=no,downscript=no',
+      '--device',
+      'e1000,netdev=t0',
+      '--netdev',
+      'tap,id=t1,ifname=tsvtap1,script=no',
+      '--device',
+      'virtio-net-pci,netdev=t1',
+    ],
     inputAfter: "Enter 'help'",
     input: [
       // Interfaces are named in driver-load order; find each card by its driver.
@@ -70,28 +79,31 @@ export const NET_SCENARIOS: Scenario[] = [
       '',
     ].join('\n'),
   },
-  ...(['a', 'b'] as const).map(
-    (who): Scenario => ({
-      // Two guests on one Linux bridge (host-only: the bridge has no uplink), one card model each.
-      name: `net-bridge-${who}`,
-      group: 'bridge',
-      stats: true,
-      hostSetup: 'ip link add tsvbr0 type bridge && ip addr add 192.168.72.1/24 dev tsvbr0 && ip link set tsvbr0 up',
-      hostTeardown: 'ip link del tsvbr0',
-      args: ['--netdev', 'bridge,id=b,br=tsvbr0', '--device', `${who === 'a' ? 'e1000' : 'virtio-net-pci'},netdev=b,mac=52:54:00:72:00:0${who === 'a' ? 'a' : 'b'}`],
-      inputAfter: "Enter 'help'",
-      input: [
-        `ip addr add 192.168.72.${who === 'a' ? 10 : 11}/24 dev eth0 && ip link set eth0 up`,
-        `${pingUntil('192.168.72.1')} && ${done('HOST-PING')}`,
-        // The other guest may boot minutes later on a loaded host; once it answers, it is
-        // pinging this one too, so staying up a while longer is enough for both.
-        `${pingUntil(`192.168.72.${who === 'a' ? 11 : 10}`, 300)} && ${done('PEER-PING')}`,
-        `wget -q -O - http://192.168.72.1:${HTTP_PORT}/hello && ${done('HTTP')}`,
-        'sleep 60; poweroff',
-        '',
-      ].join('\n'),
-    }),
-  ),
+  ...(['a', 'b'] as const).map((who): Scenario => ({
+    // Two guests on one Linux bridge (host-only: the bridge has no uplink), one card model each.
+    name: `net-bridge-${who}`,
+    group: 'bridge',
+    stats: true,
+    hostSetup: 'ip link add tsvbr0 type bridge && ip addr add 192.168.72.1/24 dev tsvbr0 && ip link set tsvbr0 up',
+    hostTeardown: 'ip link del tsvbr0',
+    args: [
+      '--netdev',
+      'bridge,id=b,br=tsvbr0',
+      '--device',
+      `${who === 'a' ? 'e1000' : 'virtio-net-pci'},netdev=b,mac=52:54:00:72:00:0${who === 'a' ? 'a' : 'b'}`,
+    ],
+    inputAfter: "Enter 'help'",
+    input: [
+      `ip addr add 192.168.72.${who === 'a' ? 10 : 11}/24 dev eth0 && ip link set eth0 up`,
+      `${pingUntil('192.168.72.1')} && ${done('HOST-PING')}`,
+      // The other guest may boot minutes later on a loaded host; once it answers, it is
+      // pinging this one too, so staying up a while longer is enough for both.
+      `${pingUntil(`192.168.72.${who === 'a' ? 11 : 10}`, 300)} && ${done('PEER-PING')}`,
+      `wget -q -O - http://192.168.72.1:${HTTP_PORT}/hello && ${done('HTTP')}`,
+      'sleep 60; poweroff',
+      '',
+    ].join('\n'),
+  })),
   {
     // Two queue pairs on a multi-queue tap, two vCPUs, a flow from each.
     name: 'net-multiqueue',

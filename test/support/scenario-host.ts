@@ -35,10 +35,17 @@ const ATTEMPTS = 3;
  * and ends the host if none arrives for STALL_MS. The nested host's watchdog lines
  * are shown as they come and its stalls counted: retries must not hide them.
  */
-function runScenarios(kernel: string, initrd: string, names: string[], results: Map<string, ScenarioResult>): Promise<{ stderr: string; stalled: boolean; hostStalls: number }> {
+function runScenarios(
+  kernel: string,
+  initrd: string,
+  names: string[],
+  results: Map<string, ScenarioResult>,
+): Promise<{ stderr: string; stalled: boolean; hostStalls: number }> {
   const script = [SCENARIO_SCRIPT, kernel, initrd, ...names];
   const [cmd, args] =
-    kvmBacking() === 'hardware' ? [process.execPath, script] : [process.execPath, [BIN, 'nested', '--writable', scenarioDir, '--', process.execPath, ...script]];
+    kvmBacking() === 'hardware'
+      ? [process.execPath, script]
+      : [process.execPath, [BIN, 'nested', '--writable', scenarioDir, '--', process.execPath, ...script]];
   const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, TSVISOR_TEST_DIR: scenarioDir } });
   let stderr = '';
   let hostStalls = 0;

@@ -45,13 +45,21 @@ export class SimDriver {
   private nextFree = 0;
   private nextData: number;
 
-  constructor(readonly size = 16, eventIdx = false, at?: QueuePlacement) {
+  constructor(
+    readonly size = 16,
+    eventIdx = false,
+    at?: QueuePlacement,
+  ) {
     this.mem = at?.mem ?? GuestMemory.create([{ start: gpa(0), size: RAM_SIZE }]);
     this.descTable = DESC_TABLE + (at?.ringOffset ?? 0);
     this.availRing = AVAIL_RING + (at?.ringOffset ?? 0);
     this.usedRing = USED_RING + (at?.ringOffset ?? 0);
     this.nextData = at?.dataStart ?? DATA_START;
-    this.queue = SplitQueue.fromState(size, { size, descTable: this.descTable, availRing: this.availRing, usedRing: this.usedRing, eventIdx, nextAvail: 0, nextUsed: 0 }, this.mem);
+    this.queue = SplitQueue.fromState(
+      size,
+      { size, descTable: this.descTable, availRing: this.availRing, usedRing: this.usedRing, eventIdx, nextAvail: 0, nextUsed: 0 },
+      this.mem,
+    );
   }
 
   /** A fresh data buffer of `len` bytes, filled with `fill`. */
@@ -83,7 +91,12 @@ export class SimDriver {
     bufs.forEach((b, i) => {
       const index = (first + i) % this.size;
       const last = i === bufs.length - 1;
-      this.writeDesc(this.descTable, index, { addr: b.addr, len: b.len, flags: (b.write ? VIRTQ_DESC_F_WRITE : 0) | (last ? 0 : VIRTQ_DESC_F_NEXT), next: (index + 1) % this.size });
+      this.writeDesc(this.descTable, index, {
+        addr: b.addr,
+        len: b.len,
+        flags: (b.write ? VIRTQ_DESC_F_WRITE : 0) | (last ? 0 : VIRTQ_DESC_F_NEXT),
+        next: (index + 1) % this.size,
+      });
     });
     this.nextFree = (first + bufs.length) % this.size;
     this.publish(first);
@@ -94,7 +107,12 @@ export class SimDriver {
   postIndirect(bufs: Buf[]): number {
     const table = this.alloc(bufs.length * DESC_SIZE);
     bufs.forEach((b, i) =>
-      this.writeDesc(table, i, { addr: b.addr, len: b.len, flags: (b.write ? VIRTQ_DESC_F_WRITE : 0) | (i < bufs.length - 1 ? VIRTQ_DESC_F_NEXT : 0), next: i + 1 }),
+      this.writeDesc(table, i, {
+        addr: b.addr,
+        len: b.len,
+        flags: (b.write ? VIRTQ_DESC_F_WRITE : 0) | (i < bufs.length - 1 ? VIRTQ_DESC_F_NEXT : 0),
+        next: i + 1,
+      }),
     );
     const head = this.nextFree;
     this.writeDesc(this.descTable, head, { addr: table, len: bufs.length * DESC_SIZE, flags: VIRTQ_DESC_F_INDIRECT, next: 0 });

@@ -26,7 +26,10 @@ const mem = (size = 64 * MiB) => GuestMemory.fromBuffers(ramRegions(size));
 
 test('RAM above 3 GiB moves above the 4 GiB boundary', () => {
   assert.deepEqual(ramRegions(512 * MiB), [{ start: 0, size: 512 * MiB }]);
-  assert.deepEqual(ramRegions(4 * GiB), [{ start: 0, size: 3 * GiB }, { start: 4 * GiB, size: GiB }]);
+  assert.deepEqual(ramRegions(4 * GiB), [
+    { start: 0, size: 3 * GiB },
+    { start: 4 * GiB, size: GiB },
+  ]);
 });
 
 test('e820 map: low RAM, reserved BIOS area, RAM from 1 MiB, high RAM', () => {

@@ -19,10 +19,21 @@ const limitsOf = (keys: string) => {
 test('user limit keys: parsed into the config, absent unless given, and written back by networkArgs', () => {
   assert.equal(limitsOf(''), undefined);
   assert.equal('limits' in userNet('').netdevs[0]!, false);
-  assert.deepEqual(limitsOf(',max-tcp=64,max-udp=32,tcp-idle=600,udp-idle=30,tcp-buffer=128K'), { maxTcp: 64, maxUdp: 32, tcpIdle: 600, udpIdle: 30, tcpBuffer: 128 * 1024 });
+  assert.deepEqual(limitsOf(',max-tcp=64,max-udp=32,tcp-idle=600,udp-idle=30,tcp-buffer=128K'), {
+    maxTcp: 64,
+    maxUdp: 32,
+    tcpIdle: 600,
+    udpIdle: 30,
+    tcpBuffer: 128 * 1024,
+  });
   assert.deepEqual(limitsOf(',tcp-buffer=65536'), { tcpBuffer: 65536 });
   assert.deepEqual(limitsOf(',tcp-buffer=1m'), { tcpBuffer: 2 ** 20 });
-  assert.deepEqual(limitsOf(',max-tcp=16384,max-udp=65536,tcp-idle=604800,tcp-buffer=64M'), { maxTcp: 16384, maxUdp: 65536, tcpIdle: 604800, tcpBuffer: 64 * 2 ** 20 });
+  assert.deepEqual(limitsOf(',max-tcp=16384,max-udp=65536,tcp-idle=604800,tcp-buffer=64M'), {
+    maxTcp: 16384,
+    maxUdp: 65536,
+    tcpIdle: 604800,
+    tcpBuffer: 64 * 2 ** 20,
+  });
   const network = userNet(',max-tcp=8,udp-idle=5,tcp-buffer=16K,hostfwd=tcp::2222-:22');
   assert.deepEqual(parseRunArgs(networkArgs(network)).network, network);
 });
@@ -45,7 +56,12 @@ test('bad user limit values are usage errors naming the key and its range', () =
     ['max-tcp=4,max-tcp=5', /max-tcp given twice/],
     ['max-tcpx=4', /unknown key "max-tcpx"/],
   ];
-  for (const [keys, re] of cases) assert.throws(() => userNet(`,${keys}`), (e: Error) => e instanceof UsageError && re.test(e.message), keys);
+  for (const [keys, re] of cases)
+    assert.throws(
+      () => userNet(`,${keys}`),
+      (e: Error) => e instanceof UsageError && re.test(e.message),
+      keys,
+    );
   assert.throws(() => parseNetworkArgs(['tap,id=t,max-tcp=4'], ['e1000,netdev=t']), /unknown key "max-tcp"/, 'limits are user keys only');
 });
 
@@ -61,13 +77,21 @@ test('virtio-net ctrl-max: bytes with K or M, in range, written back by networkA
     [',ctrl-max=17M', /ctrl-max=17M/],
     [',ctrl-max=lots', /ctrl-max=lots/],
   ] as const) {
-    assert.throws(() => nic(keys), (e: Error) => e instanceof UsageError && re.test(e.message), keys);
+    assert.throws(
+      () => nic(keys),
+      (e: Error) => e instanceof UsageError && re.test(e.message),
+      keys,
+    );
   }
   assert.throws(() => parseNetworkArgs(['user,id=u'], ['e1000,netdev=u,ctrl-max=4K']), /unknown key "ctrl-max"/);
 });
 
 test('a bad limit on the command line is one line on stderr and status 2', () => {
-  const r = spawnSync(process.execPath, [BIN, 'run', '--netdev', 'user,id=u,max-udp=0', '--device', 'e1000,netdev=u'], { encoding: 'utf8', timeout: 30_000, stdio: ['ignore', 'pipe', 'pipe'] });
+  const r = spawnSync(process.execPath, [BIN, 'run', '--netdev', 'user,id=u,max-udp=0', '--device', 'e1000,netdev=u'], {
+    encoding: 'utf8',
+    timeout: 30_000,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   assert.equal(r.status, 2, r.stderr);
   assert.deepEqual(r.stderr.trim().split('\n'), ['tsvisor: --netdev user: max-udp=0 must be a whole number from 1 to 65536 flows']);
 });

@@ -29,7 +29,25 @@ test('run options: defaults and every flag', () => {
   assert.equal(d.accel, 'auto');
   assert.deepEqual([d.drives, d.rng, d.console, d.ioeventfd, d.irqfd], [[], false, 'serial', true, true]);
   const o = parseRunArgs([
-    ...['--kernel', 'k', '--initrd', 'i', '--append', 'a b', '-m', '1G', '--cpus', '2', '--serial', 'file:/tmp/x', '--accel', 'kvm', '--stats', '--stats-json', '/tmp/s.json'],
+    ...[
+      '--kernel',
+      'k',
+      '--initrd',
+      'i',
+      '--append',
+      'a b',
+      '-m',
+      '1G',
+      '--cpus',
+      '2',
+      '--serial',
+      'file:/tmp/x',
+      '--accel',
+      'kvm',
+      '--stats',
+      '--stats-json',
+      '/tmp/s.json',
+    ],
     ...['--drive', 'file=/a,,b.img,format=raw,if=virtio,readonly=on,serial=disk1,cache=none', '--drive', 'file=c.img'],
     ...['--device', 'virtio-rng', '--console', 'virtio', '--ioeventfd', 'off', '--irqfd', 'off'],
     ...['--netdev', 'user,id=u,net=192.168.5.0/24,hostfwd=tcp::2222-:22,hostfwd=tcp:127.0.0.1:8080-10.0.2.20:80', '--device', 'e1000,netdev=u'],
@@ -122,7 +140,12 @@ test('run options: bad input is a UsageError naming the flag', () => {
     [['--ioeventfd', 'maybe'], /--ioeventfd/],
     [['extra'], /positional/i],
   ];
-  for (const [args, re] of cases) assert.throws(() => parseRunArgs(args), (e: Error) => e instanceof UsageError && re.test(e.message), args.join(' '));
+  for (const [args, re] of cases)
+    assert.throws(
+      () => parseRunArgs(args),
+      (e: Error) => e instanceof UsageError && re.test(e.message),
+      args.join(' '),
+    );
 });
 
 test('accel auto: hardware KVM directly, nested host for PVM, software or no KVM', () => {
@@ -156,7 +179,11 @@ test('bad input ends with one clear line and a non-zero status, never a stack tr
     [['run', '--drive', `file=${unreadable}`], 1, /drive .* is not a file/],
     [['run', '--drive', 'file=x.img,if=scsi'], 2, /--drive if "scsi" must be virtio/],
     [['run', '--device', 'e1000e'], 2, /unknown device/],
-    [['run', '--netdev', 'tap,id=t,ifname=tsv-no-priv', '--device', 'e1000,netdev=t', '--kernel', notKernel, '--accel', 'kvm'], 1, /tap tsv-no-priv|not a bzImage/],
+    [
+      ['run', '--netdev', 'tap,id=t,ifname=tsv-no-priv', '--device', 'e1000,netdev=t', '--kernel', notKernel, '--accel', 'kvm'],
+      1,
+      /tap tsv-no-priv|not a bzImage/,
+    ],
     [['nested', '--writable', path.join(dir, 'nope'), '--', 'true'], 2, /--writable .* is not a directory/],
   ];
   for (const [args, status, re] of cases) {

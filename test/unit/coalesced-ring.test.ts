@@ -26,10 +26,14 @@ test('coalesced ring: queued writes reach their bus in order, wrapping, and free
   pio.insert({ name: 'cf8', read: (_o, d) => d.fill(0), write: (o, d) => seen.push(`pio+${o}:${[...d]}`) }, 0xcf8, 4);
   mmio.insert({ name: 'm', read: (_o, d) => d.fill(0), write: (o, d) => seen.push(`mmio+${o}:${[...d]}`) }, 0x1000, 16);
   const last = RING_ENTRIES - 1;
-  const buf = page(last, [
-    { slot: last, addr: 0xcf8, pio: true, data: [0, 8, 0, 0x80] },
-    { slot: 0, addr: 0x1004, pio: false, data: [7] },
-  ], 1);
+  const buf = page(
+    last,
+    [
+      { slot: last, addr: 0xcf8, pio: true, data: [0, 8, 0, 0x80] },
+      { slot: 0, addr: 0x1004, pio: false, data: [7] },
+    ],
+    1,
+  );
   const ring = new CoalescedRing(buf, 4096);
   ring.drain(pio, mmio);
   assert.deepEqual(seen, ['pio+0:0,8,0,128', 'mmio+4:7']);

@@ -30,7 +30,10 @@ test('newc archive round-trips files, directories and symlinks with 4-byte align
     ]),
   );
   const entries = readCpio(archive);
-  assert.deepEqual(entries.map((e) => e.name), ['bin', 'bin/busybox', 'bin/sh', 'etc', 'etc/x', 'etc/x/y']);
+  assert.deepEqual(
+    entries.map((e) => e.name),
+    ['bin', 'bin/busybox', 'bin/sh', 'etc', 'etc/x', 'etc/x/y'],
+  );
   assert.equal(entries[0]!.mode, S_IFDIR | 0o755);
   assert.equal(entries[1]!.mode, S_IFREG | 0o755);
   assert.equal(entries[1]!.data.toString(), 'abcde');

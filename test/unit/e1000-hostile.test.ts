@@ -40,7 +40,11 @@ class RefusingBackend extends FakeBackend {
 /** Replaces `obj[key]` with a function that throws, until the returned function restores it. */
 function breakMethod<T extends object>(obj: T, key: keyof T & string): () => void {
   const original = obj[key];
-  Object.assign(obj, { [key]: () => { throw new Error(`${key} failed`); } });
+  Object.assign(obj, {
+    [key]: () => {
+      throw new Error(`${key} failed`);
+    },
+  });
   return () => Object.assign(obj, { [key]: original });
 }
 
@@ -79,7 +83,10 @@ test('e1000: TSO with MSS 1 is cut at MIN_TSO_MSS; a TDT write sends at most TX_
   const perPacket = frames / PACKETS;
   for (let i = 0; i < PACKETS; i++) {
     const mine = segs.slice(i * perPacket, (i + 1) * perPacket);
-    assert.deepEqual(mine.map((s) => s.tcp!.seq), mine.map((_, k) => i * PAYLOAD + k * MIN_TSO_MSS));
+    assert.deepEqual(
+      mine.map((s) => s.tcp!.seq),
+      mine.map((_, k) => i * PAYLOAD + k * MIN_TSO_MSS),
+    );
     assert.deepEqual([...Buffer.concat(mine.map((s) => s.tcp!.payload))], [...packets[i]!.subarray(TCP4_TSO.hdrLen)]);
   }
   const stats = nic.stats();
@@ -151,7 +158,11 @@ test('e1000: an error escaping a register write breaks the device (link down, LS
   assert.equal(backend.sent.length, 0);
   assert.equal(backend.port!.receive(0, broadcast), true);
   assert.equal(nic.drops.get('rx-link-down'), 1);
-  nic.plugged({ set: () => { throw new Error('interrupt line failed'); } });
+  nic.plugged({
+    set: () => {
+      throw new Error('interrupt line failed');
+    },
+  });
   assert.doesNotThrow(() => wr(MacReg.IMS, Icr.TXDW));
   nic.plugged({ set: () => {} });
   assert.equal(nic.stats().deviceErrors, 2);

@@ -57,6 +57,13 @@ test('slices are live views; reads are copies', () => {
 });
 
 test('overlapping or unaligned layouts are refused', () => {
-  assert.throws(() => GuestMemory.fromBuffers([{ start: gpa(0), size: 0x2000 }, { start: gpa(0x1000), size: 0x1000 }]), /overlap/);
+  assert.throws(
+    () =>
+      GuestMemory.fromBuffers([
+        { start: gpa(0), size: 0x2000 },
+        { start: gpa(0x1000), size: 0x1000 },
+      ]),
+    /overlap/,
+  );
   assert.throws(() => GuestMemory.fromBuffers([{ start: gpa(0x10), size: 0x1000 }]), /aligned/);
 });

@@ -10,7 +10,6 @@ import { COM1_PORT, installPcDevices } from '../../src/vmm/pc-devices.js';
 import { mainThreadTransport } from '../support/fd-watch.js';
 import { rng } from '../support/seeded-random.js';
 
-
 const DEVICE_PORTS = [0x3f8, 0x60, 0x64, 0x70, 0x71, 0x600, 0x602, 0x604, 0x505, 0x80, 0xcf8, 0xcfc, 0xcfe];
 
 test('random port traffic never throws, and every access returns exactly the bytes asked for', () => {
@@ -74,7 +73,15 @@ test('random config-space and BAR traffic against virtio-pci devices over garbag
     const next = rng(seed);
     const pio = new Bus('pio');
     const mmio = new Bus('mmio');
-    const { pci } = installPcDevices(pio, { mmio, setGsi: () => {}, com1Irq: { set: () => {} }, serialOutput: () => {}, onReset: () => {}, onPowerOff: () => {}, onPanic: () => {} });
+    const { pci } = installPcDevices(pio, {
+      mmio,
+      setGsi: () => {},
+      com1Irq: { set: () => {} },
+      serialOutput: () => {},
+      onReset: () => {},
+      onPowerOff: () => {},
+      onPanic: () => {},
+    });
     const memory = GuestMemory.create([{ start: gpa(0), size: 1 << 20 }]);
     const ram = memory.slice(0, 1 << 20);
     for (let i = 0; i < ram.length; i++) ram[i] = Math.floor(next() * 256);

@@ -9,7 +9,8 @@ test('modules load after their .modinfo dependencies', () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsvisor-mods-'));
   const kdir = path.join(dir, 'kernel', 'drivers');
   fs.mkdirSync(kdir, { recursive: true });
-  const mod = (name: string, deps: string) => fs.writeFileSync(path.join(kdir, `${name}.ko`), Buffer.from(`\x7fELF junk\0license=GPL\0depends=${deps}\0name=${name}\0`));
+  const mod = (name: string, deps: string) =>
+    fs.writeFileSync(path.join(kdir, `${name}.ko`), Buffer.from(`\x7fELF junk\0license=GPL\0depends=${deps}\0name=${name}\0`));
   mod('kvm-amd', 'kvm,ccp');
   mod('kvm', 'irqbypass');
   mod('irqbypass', '');

@@ -21,7 +21,7 @@ test('KVM: API version 12, and a failed ioctl names itself and its errno', { ski
   kvm.close();
 });
 
-test('a real-mode guest\'s port writes reach bus devices through the vCPU thread', { skip: noKvm }, async () => {
+test("a real-mode guest's port writes reach bus devices through the vCPU thread", { skip: noKvm }, async () => {
   const writes: number[] = [];
   let loopWrites = 0;
   const run = await runRealMode(outLoop(5), [

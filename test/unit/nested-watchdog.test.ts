@@ -129,7 +129,10 @@ test('a nested host that never sends a heartbeat stalls from the start; a QEMU t
   host.qemuGone = true;
   advance(10);
   assert.equal(host.lines.length, 1);
-  assert.match(host.lines[0]!, /^tsvisor: nested host stalled: no heartbeat for 10 s since QEMU started; its console printed nothing; QEMU's CPU time could not be read$/);
+  assert.match(
+    host.lines[0]!,
+    /^tsvisor: nested host stalled: no heartbeat for 10 s since QEMU started; its console printed nothing; QEMU's CPU time could not be read$/,
+  );
 });
 
 test('a late check reports a long stall once, with its whole length', () => {
@@ -164,7 +167,10 @@ test("procThreads reads each thread's state, utime+stime and run-queue wait, wha
     const thread = (tid: number, comm: string, state: string, utime: number, stime: number, schedstat?: string) => {
       const dir = path.join(proc, '4000/task', String(tid));
       fs.mkdirSync(dir, { recursive: true });
-      fs.writeFileSync(path.join(dir, 'stat'), `${tid} (${comm}) ${state} 1 ${tid} ${tid} 0 -1 4194560 100 0 0 0 ${utime} ${stime} 0 0 20 0 9 0 12345 1000000 100\n`);
+      fs.writeFileSync(
+        path.join(dir, 'stat'),
+        `${tid} (${comm}) ${state} 1 ${tid} ${tid} 0 -1 4194560 100 0 0 0 ${utime} ${stime} 0 0 20 0 9 0 12345 1000000 100\n`,
+      );
       if (schedstat) fs.writeFileSync(path.join(dir, 'schedstat'), schedstat);
     };
     thread(4000, 'qemu-system-x86', 'S', 150, 50, '2000000000 250000000 40\n');

@@ -15,7 +15,6 @@ import { activeQueues, SimDriver } from '../support/virtio-driver.js';
 import { FakeBackend, NO_POLLER } from '../support/fake-net-backend.js';
 import { e1000Setup, E1000_MAC as MAC } from '../support/e1000-driver.js';
 
-
 // -- e1000 -----------------------------------------------------------------
 
 test('e1000: EEPROM through EERD and bit-banged EECD holds the MAC and the 0xBABA checksum; the PHY answers through MDIC', () => {
@@ -31,7 +30,12 @@ test('e1000: EEPROM through EERD and bit-banged EECD holds the MAC and the 0xBAB
   for (let i = 0; i < 64; i++) sum += eerd(i);
   assert.equal(sum & 0xffff, 0xbaba);
   // Microwire, as Linux's e1000 does it: request, chip select, opcode 110 and a 6-bit address, 16 bits out.
-  const SK = 1, CS = 2, DI = 4, DO = 8, REQ = 0x40, GNT = 0x80;
+  const SK = 1,
+    CS = 2,
+    DI = 4,
+    DO = 8,
+    REQ = 0x40,
+    GNT = 0x80;
   wr(MacReg.EECD, REQ);
   assert.equal(rd(MacReg.EECD) & GNT, GNT);
   const clockOut = (bit: number) => {
@@ -47,7 +51,7 @@ test('e1000: EEPROM through EERD and bit-banged EECD holds the MAC and the 0xBAB
     let word = 0;
     for (let i = 0; i < 16; i++) {
       wr(MacReg.EECD, REQ | CS | SK);
-      word = (word << 1) | ((rd(MacReg.EECD) & DO) ? 1 : 0);
+      word = (word << 1) | (rd(MacReg.EECD) & DO ? 1 : 0);
       wr(MacReg.EECD, REQ | CS);
     }
     wr(MacReg.EECD, REQ);
@@ -110,9 +114,19 @@ test('e1000: legacy transmit, TSO segmentation with fixed headers and checksums,
   wr(MacReg.TDT, 3);
   assert.equal(backend.sent.length, 4);
   const segs = backend.sent.slice(1).map((s) => parse(s.packet.subarray(VNET_HDR_LEN)));
-  assert.deepEqual(segs.map((s) => s.tcp!.seq), [5000, 6000, 7000]);
-  assert.deepEqual(segs.map((s) => s.tcp!.payload.length), [1000, 1000, 1000]);
-  assert.deepEqual(segs.map((s) => s.tcp!.flags & 0x09), [0, 0, 0x09], 'FIN and PSH only on the last segment');
+  assert.deepEqual(
+    segs.map((s) => s.tcp!.seq),
+    [5000, 6000, 7000],
+  );
+  assert.deepEqual(
+    segs.map((s) => s.tcp!.payload.length),
+    [1000, 1000, 1000],
+  );
+  assert.deepEqual(
+    segs.map((s) => s.tcp!.flags & 0x09),
+    [0, 0, 0x09],
+    'FIN and PSH only on the last segment',
+  );
   assert.ok(segs.every((s) => s.ipChecksumOk && s.l4ChecksumOk));
   assert.deepEqual([...Buffer.concat(segs.map((s) => s.tcp!.payload))], [...payload]);
 
@@ -206,7 +220,10 @@ function netSetup(opts: { pairs?: number; features?: bigint; backendQueues?: num
     const cmdBuf = d.alloc(2 + data.length);
     d.mem.write(cmdBuf, Uint8Array.of(cls, cmd, ...data));
     const ack = d.alloc(1, 0xaa);
-    d.post([{ addr: cmdBuf, len: 2 + data.length }, { addr: ack, len: 1, write: true }]);
+    d.post([
+      { addr: cmdBuf, len: 2 + data.length },
+      { addr: ack, len: 1, write: true },
+    ]);
     net.queueNotify(2 * pairs);
     return d.mem.readU8(ack);
   };
@@ -220,7 +237,10 @@ test('virtio-net: transmit hands the packet to the back-end; runts and oversized
   const hdr = tx.alloc(VNET_HDR_LEN);
   const body = tx.alloc(frame.length);
   tx.mem.write(body, frame);
-  tx.post([{ addr: hdr, len: VNET_HDR_LEN }, { addr: body, len: frame.length }]);
+  tx.post([
+    { addr: hdr, len: VNET_HDR_LEN },
+    { addr: body, len: frame.length },
+  ]);
   tx.post([{ addr: tx.alloc(8), len: 8 }]);
   tx.post([{ addr: tx.alloc(4000), len: 4000 }]);
   net.queueNotify(1);
@@ -244,7 +264,10 @@ test('virtio-net: mergeable receive buffers carry a large packet with num_buffer
   assert.deepEqual(backend.resumed, [0]);
   assert.equal(backend.port!.receive(0, packet), true);
   const used = rx.takeUsed();
-  assert.deepEqual(used.map((u) => u.len), [1500, 1500, 12]);
+  assert.deepEqual(
+    used.map((u) => u.len),
+    [1500, 1500, 12],
+  );
   assert.equal(rx.mem.readU16(bufs[0]! + 10), 3, 'num_buffers');
   const got = Buffer.concat([rx.mem.read(bufs[0]!, 1500), rx.mem.read(bufs[1]!, 1500), rx.mem.read(bufs[2]!, 12)]);
   assert.deepEqual([...got.subarray(VNET_HDR_LEN)], [...packet.subarray(VNET_HDR_LEN)]);

@@ -97,7 +97,11 @@ test('pci: identity, capability list (virtio structures and MSI-X), interrupt pi
   assert.equal(r.cfg.read(devfn, 0x08) >>> 8, 0x00ff00);
   assert.equal(r.cfg.read(devfn, 0x06, 2) & 0x10, 0x10, 'capability list bit');
   const caps = capabilities(r, devfn);
-  assert.deepEqual(caps.map(([id]) => id), [0x09, 0x09, 0x09, 0x09, 0x11], 'common, ISR, notify, PCI config access, MSI-X (rng has no device config)');
+  assert.deepEqual(
+    caps.map(([id]) => id),
+    [0x09, 0x09, 0x09, 0x09, 0x11],
+    'common, ISR, notify, PCI config access, MSI-X (rng has no device config)',
+  );
   const cfgTypes = caps.filter(([id]) => id === 0x09).map(([, at]) => r.cfg.read(devfn, at + 3, 1));
   assert.deepEqual(cfgTypes, [1, 3, 2, 5]);
   assert.equal(r.cfg.read(devfn, 0x3d, 1), 1, 'INTA#');

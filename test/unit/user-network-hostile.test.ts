@@ -15,7 +15,10 @@ import { rng } from '../support/seeded-random.js';
 const GUEST = ip('10.0.2.15');
 const HOST = ip('10.0.2.2');
 const DNS = ip('10.0.2.3');
-const SYN = 2, ACK = 16, FIN = 1, RST = 4;
+const SYN = 2,
+  ACK = 16,
+  FIN = 1,
+  RST = 4;
 /** More frames than any one window's worth at the smallest MSS: past it, the stack is spinning. */
 const MAX_FRAMES_PER_TURN = 1000;
 
@@ -66,7 +69,12 @@ async function udpEcho(t: TestContext, suffix = ''): Promise<number> {
 const tcpTo = (guestPort: number, flags?: number) => (p: Parsed) => p.tcp?.dstPort === guestPort && (flags === undefined || (p.tcp.flags & flags) === flags);
 
 /** The guest's three-way handshake from `guestPort` to the gateway's `port`: the next sequence numbers both ways. */
-async function handshake(h: ReturnType<typeof setup>, port: number, guestPort: number, syn: Partial<TcpFields> = {}): Promise<{ mine: number; theirs: number }> {
+async function handshake(
+  h: ReturnType<typeof setup>,
+  port: number,
+  guestPort: number,
+  syn: Partial<TcpFields> = {},
+): Promise<{ mine: number; theirs: number }> {
   h.send(tcpFrame(GUEST, HOST, { srcPort: guestPort, dstPort: port, seq: 1000, ack: 0, flags: SYN, ...syn }));
   const synAck = await h.guest.next(tcpTo(guestPort, SYN | ACK));
   const theirs = (synAck.tcp!.seq + 1) >>> 0;
@@ -94,8 +102,8 @@ test('a guest MSS of 0 or 1 is raised to 536: host data reaches the guest in rea
     for (;;) {
       const t = (await h.guest.next(tcpTo(guestPort))).tcp!;
       assert.ok(t.payload.length <= 536, `segment of ${t.payload.length} bytes for MSS ${mss}`);
-      if (((t.seq - theirs) >>> 0) === have) have += t.payload.length;
-      const fin = (t.flags & FIN) !== 0 && ((t.seq - theirs) >>> 0) === have;
+      if ((t.seq - theirs) >>> 0 === have) have += t.payload.length;
+      const fin = (t.flags & FIN) !== 0 && (t.seq - theirs) >>> 0 === have;
       h.send(tcpFrame(GUEST, HOST, { srcPort: guestPort, dstPort: port, seq: 1001, ack: (theirs + have + (fin ? 1 : 0)) >>> 0, flags: ACK }));
       if (fin) break;
     }
@@ -129,7 +137,17 @@ test('random frames to the gateway and DNS addresses never throw out of send()',
       const body = Uint8Array.from({ length: Math.floor(next() * 80) }, () => Math.floor(next() * 256));
       const frame = pick([
         () => udpFrame(GUEST, port(), dst, dst === DNS ? 53 : port(), body),
-        () => tcpFrame(GUEST, dst, { srcPort: port(), dstPort: port(), seq: Math.floor(next() * 2 ** 32), ack: Math.floor(next() * 2 ** 32), flags: Math.floor(next() * 64), window: pick([0, 1, 65535]), mss: pick([undefined, 0, 1, 65535]), payload: body }),
+        () =>
+          tcpFrame(GUEST, dst, {
+            srcPort: port(),
+            dstPort: port(),
+            seq: Math.floor(next() * 2 ** 32),
+            ack: Math.floor(next() * 2 ** 32),
+            flags: Math.floor(next() * 64),
+            window: pick([0, 1, 65535]),
+            mss: pick([undefined, 0, 1, 65535]),
+            payload: body,
+          }),
         () => ipv4Frame(pick([1, 6, 17, 41]), GUEST, dst, body),
       ])();
       if (next() < 0.3) frame[14 + Math.floor(next() * (frame.length - 14))] = Math.floor(next() * 256); // a corrupt header or payload byte
@@ -144,7 +162,10 @@ test('TCP connections past max-tcp are reset and counted; a closed one frees its
   const h = setup(t, { limits: { maxTcp: 4 } });
   for (let i = 0; i < 6; i++) h.send(tcpFrame(GUEST, HOST, { srcPort: 43000 + i, dstPort: port, seq: 1000, ack: 0, flags: SYN }));
   const answers = await Promise.all([0, 1, 2, 3, 4, 5].map((i) => h.guest.next(tcpTo(43000 + i))));
-  assert.deepEqual(answers.map((a) => a.tcp!.flags & (SYN | RST)), [SYN, SYN, SYN, SYN, RST, RST]);
+  assert.deepEqual(
+    answers.map((a) => a.tcp!.flags & (SYN | RST)),
+    [SYN, SYN, SYN, SYN, RST, RST],
+  );
   assert.equal(h.user.stats().tcpOverLimit, 2);
   assert.equal(h.user.stats().tcpOpen, 4);
   h.send(tcpFrame(GUEST, HOST, { srcPort: 43000, dstPort: port, seq: 1001, ack: 0, flags: RST }));

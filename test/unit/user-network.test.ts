@@ -12,7 +12,11 @@ import { arpRequest, GUEST_MAC, ip, packet, SimGuest, tcpFrame, udpFrame } from 
 const GUEST = ip('10.0.2.15');
 const HOST = ip('10.0.2.2');
 const DNS = ip('10.0.2.3');
-const SYN = 2, ACK = 16, FIN = 1, RST = 4, PSH = 8;
+const SYN = 2,
+  ACK = 16,
+  FIN = 1,
+  RST = 4,
+  PSH = 8;
 
 function setup(config: Partial<UserNetConfig> = {}): { net: UserNetwork; guest: SimGuest; send(f: Uint8Array): void } {
   const user = new UserNetwork({ ...DEFAULT_USER_NET, ...config });
@@ -23,20 +27,29 @@ function setup(config: Partial<UserNetConfig> = {}): { net: UserNetwork; guest: 
 
 function dhcpMessage(type: number, requested?: number): Uint8Array {
   const m = new Uint8Array(300);
-  m[0] = 1; m[1] = 1; m[2] = 6;
+  m[0] = 1;
+  m[1] = 1;
+  m[2] = 6;
   m.set([1, 2, 3, 4], 4);
   m.set(GUEST_MAC, 28);
   m.set([0x63, 0x82, 0x53, 0x63], 236);
   let at = 240;
-  m.set([53, 1, type], at); at += 3;
-  if (requested !== undefined) { m.set([50, 4, requested >>> 24, (requested >>> 16) & 255, (requested >>> 8) & 255, requested & 255], at); at += 6; }
+  m.set([53, 1, type], at);
+  at += 3;
+  if (requested !== undefined) {
+    m.set([50, 4, requested >>> 24, (requested >>> 16) & 255, (requested >>> 8) & 255, requested & 255], at);
+    at += 6;
+  }
   m[at] = 255;
   return m;
 }
 
 function dhcpOption(payload: Uint8Array, code: number): Uint8Array | undefined {
-  for (let at = 240; at < payload.length && payload[at] !== 255; ) {
-    if (payload[at] === 0) { at++; continue; }
+  for (let at = 240; at < payload.length && payload[at] !== 255;) {
+    if (payload[at] === 0) {
+      at++;
+      continue;
+    }
     if (payload[at] === code) return payload.subarray(at + 2, at + 2 + payload[at + 1]!);
     at += 2 + payload[at + 1]!;
   }
@@ -88,7 +101,8 @@ test('ARP for the gateway and DNS addresses is answered; ICMP echo to the gatewa
   echo.set([0, 7, 0, 1, 9, 9, 9, 9], 4);
   const { checksum } = await import('../../src/net/packet.js');
   const c = checksum(echo, 0, echo.length);
-  echo[2] = c >> 8; echo[3] = c & 255;
+  echo[2] = c >> 8;
+  echo[3] = c & 255;
   const { ipv4Frame } = await import('../support/net-frames.js');
   send(ipv4Frame(1, GUEST, HOST, echo));
   const pong = await guest.next((p) => p.proto === 1);
@@ -112,7 +126,11 @@ test('a guest TCP connection to the gateway reaches a host server on loopback, b
     const server = net.createServer((s) => {
       serverSocket = s;
       s.on('data', (d) => received.push(d));
-      s.on('end', () => { s.end(); server.close(); resolve(); });
+      s.on('end', () => {
+        s.end();
+        server.close();
+        resolve();
+      });
       s.write('hello guest');
     });
     void listen(server).then((port) => run(port));
@@ -163,14 +181,26 @@ test('a large host-to-guest transfer respects the guest window and survives a lo
     const t = seg.tcp!;
     assert.equal(seg.l4ChecksumOk, true);
     const off = (t.seq - base) >>> 0;
-    if (!dropped && off > 50_000) { dropped = true; continue; } // the guest "loses" this one
+    if (!dropped && off > 50_000) {
+      dropped = true;
+      continue;
+    } // the guest "loses" this one
     if (off === have && t.payload.length) {
       got.set(t.payload, have);
       have += t.payload.length;
     }
     // Never more than the window beyond what the guest acknowledged.
     assert.ok(off + t.payload.length <= have + 8192 + 1460);
-    send(tcpFrame(GUEST, HOST, { srcPort: 40001, dstPort: port, seq: 1, ack: (base + have + (t.flags & FIN && off === have ? 1 : 0)) >>> 0, flags: ACK, window: 8192 }));
+    send(
+      tcpFrame(GUEST, HOST, {
+        srcPort: 40001,
+        dstPort: port,
+        seq: 1,
+        ack: (base + have + (t.flags & FIN && off === have ? 1 : 0)) >>> 0,
+        flags: ACK,
+        window: 8192,
+      }),
+    );
     if (t.flags & FIN && off === have) break;
   }
   assert.equal(have, blob.length);
@@ -246,7 +276,8 @@ test('frames a guest cannot mean are dropped and counted; a guest without buffer
   frag[20] = 0x20; // more fragments
   send(frag);
   const v6 = new Uint8Array(60);
-  v6[12] = 0x86; v6[13] = 0xdd;
+  v6[12] = 0x86;
+  v6[13] = 0xdd;
   send(v6);
   const s = user.stats();
   assert.equal(s['drop.runt'], 1);

@@ -70,7 +70,11 @@ function postWrite(s: Setup, i: number): number {
   const header = s.d.alloc(16);
   s.d.mem.writeU32(header, BlkType.OUT);
   s.d.mem.writeU64(header + 8, BigInt(i % SECTORS));
-  return s.d.post([{ addr: header, len: 16 }, { addr: s.d.alloc(512, (i % 250) + 1), len: 512 }, { addr: s.d.alloc(1), len: 1, write: true }]);
+  return s.d.post([
+    { addr: header, len: 16 },
+    { addr: s.d.alloc(512, (i % 250) + 1), len: 512 },
+    { addr: s.d.alloc(1), len: 1, write: true },
+  ]);
 }
 
 test('virtio-blk: writes land in the file, reads come from it, byte for byte', async () => {
@@ -83,7 +87,13 @@ test('virtio-blk: writes land in the file, reads come from it, byte for byte', a
   // A read split over two buffers of odd sizes.
   const a = s.d.alloc(300);
   const b = s.d.alloc(724);
-  assert.deepEqual(await request(s, BlkType.IN, 2, [{ addr: a, len: 300, write: true }, { addr: b, len: 724, write: true }]), { status: BlkStatus.OK, len: 1025 });
+  assert.deepEqual(
+    await request(s, BlkType.IN, 2, [
+      { addr: a, len: 300, write: true },
+      { addr: b, len: 724, write: true },
+    ]),
+    { status: BlkStatus.OK, len: 1025 },
+  );
   const got = Buffer.concat([s.d.mem.read(a, 300), s.d.mem.read(b, 724)]);
   assert.deepEqual(got, file.subarray(2 * 512, 4 * 512));
   assert.deepEqual(await request(s, BlkType.FLUSH, 0, []), { status: BlkStatus.OK, len: 1 });
@@ -120,7 +130,10 @@ test('virtio-blk: a request with no status byte or a short header is answered wi
   // An 8-byte header.
   const short = s.d.alloc(8);
   const status = s.d.alloc(1, 0xee);
-  s.d.post([{ addr: short, len: 8 }, { addr: status, len: 1, write: true }]);
+  s.d.post([
+    { addr: short, len: 8 },
+    { addr: status, len: 1, write: true },
+  ]);
   s.kick();
   await until('the request completed', () => s.d.takeUsed().length > 0);
   assert.equal(s.d.mem.readU8(status), BlkStatus.IOERR);
@@ -160,7 +173,10 @@ test('virtio-blk: GET_ID returns the serial; WRITE_ZEROES and DISCARD leave zero
   const file = fs.readFileSync(s.file);
   assert.ok(file.subarray(4 * 512, 6 * 512).every((b) => b === 0));
   assert.ok(file.subarray(10 * 512, 11 * 512).every((b) => b === 0));
-  assert.ok(file.subarray(20 * 512, 28 * 512).every((b) => b === 0), 'discarded sectors read as zeros (hole punched)');
+  assert.ok(
+    file.subarray(20 * 512, 28 * 512).every((b) => b === 0),
+    'discarded sectors read as zeros (hole punched)',
+  );
   assert.equal(file[6 * 512], (6 * 512) % 251, 'outside the ranges nothing changed');
   assert.equal(file.length, SECTORS * 512, 'the file keeps its size');
   await s.close();
@@ -172,7 +188,11 @@ test('virtio-blk: a batch of requests completes with one interrupt, and a hostil
     const header = s.d.alloc(16);
     s.d.mem.writeU32(header, BlkType.OUT);
     s.d.mem.writeU64(header + 8, BigInt(i));
-    s.d.postIndirect([{ addr: header, len: 16 }, { addr: s.d.alloc(512, i + 1), len: 512 }, { addr: s.d.alloc(1), len: 1, write: true }]);
+    s.d.postIndirect([
+      { addr: header, len: 16 },
+      { addr: s.d.alloc(512, i + 1), len: 512 },
+      { addr: s.d.alloc(1), len: 1, write: true },
+    ]);
   }
   s.kick();
   await until('8 writes were done', () => s.blk.stats().writes === 8);
@@ -210,9 +230,17 @@ test('virtio-blk: stopped mid-stream, the queue state restarts it where it was: 
   await until('every request completed', () => (used.push(...s.d.takeUsed()), used.length >= 240));
   await new Promise((r) => setTimeout(r, 20));
   used.push(...s.d.takeUsed());
-  assert.deepEqual(used.map((u) => u.id), [...heads, ...more], 'each request completed once, in ring order');
+  assert.deepEqual(
+    used.map((u) => u.id),
+    [...heads, ...more],
+    'each request completed once, in ring order',
+  );
   const file = fs.readFileSync(s.file);
-  for (let i = 176; i < 240; i++) assert.ok(file.subarray((i % SECTORS) * 512, (i % SECTORS + 1) * 512).every((b) => b === (i % 250) + 1), `sector ${i % SECTORS} has the last write`);
+  for (let i = 176; i < 240; i++)
+    assert.ok(
+      file.subarray((i % SECTORS) * 512, ((i % SECTORS) + 1) * 512).every((b) => b === (i % 250) + 1),
+      `sector ${i % SECTORS} has the last write`,
+    );
   await s.close();
 });
 
@@ -224,7 +252,7 @@ test('virtio-blk: a back-end that fails its reads gives the guest I/O errors, no
   assert.equal((await request(s, BlkType.IN, 0, [{ addr: buf, len: 512, write: true }])).status, BlkStatus.IOERR);
   assert.equal((await request(s, BlkType.OUT, 0, [{ addr: buf, len: 512 }])).status, BlkStatus.OK, 'writes still work');
   assert.equal(s.blk.stats().ioErrors, 1);
-  assert.deepEqual(s.failures, [], 'an I/O error is the request\'s, not the device\'s');
+  assert.deepEqual(s.failures, [], "an I/O error is the request's, not the device's");
   await s.close();
 });
 
@@ -239,7 +267,7 @@ test('virtio-blk: a device worker that dies fails its device, and the next start
   s.d = fresh;
   s.start(fresh.queue.state());
   assert.equal((await request(s, BlkType.IN, 1, [{ addr: fresh.alloc(512), len: 512, write: true }])).status, BlkStatus.OK);
-  assert.equal(s.blk.stats().reads, 2, 'the dead worker\'s counters are kept');
+  assert.equal(s.blk.stats().reads, 2, "the dead worker's counters are kept");
   await s.close();
 });
 

@@ -23,7 +23,10 @@ function transport(device: VirtioDevice | MainThreadDevice) {
   const memory = GuestMemory.create([{ start: gpa(0), size: RAM }]);
   const msi = { route: () => {}, fire: () => {} };
   const manual = new ManualWatch();
-  const { dev, pump } = 'queueNotify' in device ? mainThreadTransport(device, memory, msi) : { dev: new VirtioPciDevice(device, { memory, msi, watch: manual.watch }), pump: () => manual.pump() };
+  const { dev, pump } =
+    'queueNotify' in device
+      ? mainThreadTransport(device, memory, msi)
+      : { dev: new VirtioPciDevice(device, { memory, msi, watch: manual.watch }), pump: () => manual.pump() };
   const bar = dev.bars[0]!.region;
   const write = (offset: number, value: number, len: number) => {
     const data = new Uint8Array(len);
@@ -182,10 +185,15 @@ function netRig(maxCtrlCommand?: number) {
   backend.attach(net, NO_POLLER);
   const mem = GuestMemory.fromBuffers([{ start: gpa(0), size: 4 << 20 }]);
   const drivers = [0, 1, 2].map((q) => new SimDriver(64, false, { mem, ringOffset: q * 0x6000, dataStart: 0x20000 + q * 0x10000 }));
-  const active = activeQueues(mem, drivers.map((d) => d.queue), bit(NetFeature.MRG_RXBUF) | bit(NetFeature.CTRL_VQ) | bit(NetFeature.CTRL_RX), {
-    queue: () => {},
-    configChanged: () => {},
-  });
+  const active = activeQueues(
+    mem,
+    drivers.map((d) => d.queue),
+    bit(NetFeature.MRG_RXBUF) | bit(NetFeature.CTRL_VQ) | bit(NetFeature.CTRL_RX),
+    {
+      queue: () => {},
+      configChanged: () => {},
+    },
+  );
   net.activate(active);
   return { backend, net, drivers, active, mem };
 }
@@ -202,7 +210,10 @@ test('virtio-net: a control command over the size limit is refused uncopied and 
   r.mem.writeU32(at + 2, entries);
   r.mem.writeU32(at + 6 + entries * 6, 0);
   const ack = ctrl.alloc(1, 0xaa);
-  ctrl.post([{ addr: at, len }, { addr: ack, len: 1, write: true }]);
+  ctrl.post([
+    { addr: at, len },
+    { addr: ack, len: 1, write: true },
+  ]);
   r.net.queueNotify(2);
   assert.equal(r.mem.readU8(ack), 1, 'VIRTIO_NET_ERR');
   assert.equal(r.net.stats()['drop.ctrl-oversized'], 1);
@@ -216,7 +227,10 @@ test('virtio-net: ctrl-max sets the control command limit', () => {
     const at = ctrl.alloc(len);
     r.mem.write(at, Uint8Array.of(0, 0, 1)); // VIRTIO_NET_CTRL_RX, PROMISC, on (then padding)
     const ack = ctrl.alloc(1, 0xaa);
-    ctrl.post([{ addr: at, len }, { addr: ack, len: 1, write: true }]);
+    ctrl.post([
+      { addr: at, len },
+      { addr: ack, len: 1, write: true },
+    ]);
     r.net.queueNotify(2);
     return r.mem.readU8(ack);
   };

@@ -9,10 +9,24 @@ test('virtqueue: chains come out as readable then writable segments, and used en
   const a = d.alloc(16);
   const b = d.alloc(512);
   const c = d.alloc(1);
-  const h1 = d.post([{ addr: a, len: 16 }, { addr: b, len: 512, write: true }, { addr: c, len: 1, write: true }]);
-  const h2 = d.postIndirect([{ addr: a, len: 16 }, { addr: c, len: 1, write: true }]);
+  const h1 = d.post([
+    { addr: a, len: 16 },
+    { addr: b, len: 512, write: true },
+    { addr: c, len: 1, write: true },
+  ]);
+  const h2 = d.postIndirect([
+    { addr: a, len: 16 },
+    { addr: c, len: 1, write: true },
+  ]);
   const c1 = d.queue.pop(d.mem)!;
-  assert.deepEqual(c1, { head: h1, readable: [{ addr: a, len: 16 }], writable: [{ addr: b, len: 512 }, { addr: c, len: 1 }] });
+  assert.deepEqual(c1, {
+    head: h1,
+    readable: [{ addr: a, len: 16 }],
+    writable: [
+      { addr: b, len: 512 },
+      { addr: c, len: 1 },
+    ],
+  });
   const c2 = d.queue.pop(d.mem)!;
   assert.deepEqual(c2, { head: h2, readable: [{ addr: a, len: 16 }], writable: [{ addr: c, len: 1 }] });
   assert.equal(d.queue.pop(d.mem), undefined);
@@ -78,76 +92,118 @@ test('virtqueue: stopped mid-stream, its state as JSON and a fresh queue from it
 
 /** Hostile chains, each built by writing raw descriptors. */
 const HOSTILE: [string, (d: SimDriver) => void][] = [
-  ['a descriptor that links to itself', (d) => {
-    d.writeDesc(DESC_TABLE, 0, { addr: 0x10000, len: 4, flags: VIRTQ_DESC_F_NEXT, next: 0 });
-    d.publish(0);
-  }],
-  ['a two-descriptor loop', (d) => {
-    d.writeDesc(DESC_TABLE, 0, { addr: 0x10000, len: 4, flags: VIRTQ_DESC_F_NEXT, next: 1 });
-    d.writeDesc(DESC_TABLE, 1, { addr: 0x10000, len: 4, flags: VIRTQ_DESC_F_NEXT, next: 0 });
-    d.publish(0);
-  }],
-  ['a next index outside the table', (d) => {
-    d.writeDesc(DESC_TABLE, 0, { addr: 0x10000, len: 4, flags: VIRTQ_DESC_F_NEXT, next: 999 });
-    d.publish(0);
-  }],
+  [
+    'a descriptor that links to itself',
+    (d) => {
+      d.writeDesc(DESC_TABLE, 0, { addr: 0x10000, len: 4, flags: VIRTQ_DESC_F_NEXT, next: 0 });
+      d.publish(0);
+    },
+  ],
+  [
+    'a two-descriptor loop',
+    (d) => {
+      d.writeDesc(DESC_TABLE, 0, { addr: 0x10000, len: 4, flags: VIRTQ_DESC_F_NEXT, next: 1 });
+      d.writeDesc(DESC_TABLE, 1, { addr: 0x10000, len: 4, flags: VIRTQ_DESC_F_NEXT, next: 0 });
+      d.publish(0);
+    },
+  ],
+  [
+    'a next index outside the table',
+    (d) => {
+      d.writeDesc(DESC_TABLE, 0, { addr: 0x10000, len: 4, flags: VIRTQ_DESC_F_NEXT, next: 999 });
+      d.publish(0);
+    },
+  ],
   ['a head outside the table', (d) => d.publish(40)],
-  ['a buffer outside guest RAM', (d) => {
-    d.writeDesc(DESC_TABLE, 0, { addr: RAM_SIZE + 0x1000, len: 4, flags: 0, next: 0 });
-    d.publish(0);
-  }],
-  ['a buffer that runs off the end of RAM', (d) => {
-    d.writeDesc(DESC_TABLE, 0, { addr: RAM_SIZE - 8, len: 16, flags: 0, next: 0 });
-    d.publish(0);
-  }],
-  ['a buffer at a 64-bit address', (d) => {
-    d.writeDesc(DESC_TABLE, 0, { addr: 2 ** 52, len: 1, flags: 0, next: 0 });
-    d.mem.writeU64(DESC_TABLE, 0xffff_ffff_ffff_f000n);
-    d.publish(0);
-  }],
-  ['a length that wraps 32 bits', (d) => {
-    d.writeDesc(DESC_TABLE, 0, { addr: 0x10000, len: 0xffffffff, flags: 0, next: 0 });
-    d.publish(0);
-  }],
-  ['an indirect table inside an indirect table', (d) => {
-    const inner = d.alloc(16);
-    const outer = d.alloc(16);
-    d.writeDesc(outer, 0, { addr: inner, len: 16, flags: VIRTQ_DESC_F_INDIRECT, next: 0 });
-    d.writeDesc(DESC_TABLE, 0, { addr: outer, len: 16, flags: VIRTQ_DESC_F_INDIRECT, next: 0 });
-    d.publish(0);
-  }],
-  ['an indirect descriptor that also has NEXT', (d) => {
-    const t = d.alloc(16);
-    d.writeDesc(DESC_TABLE, 0, { addr: t, len: 16, flags: VIRTQ_DESC_F_INDIRECT | VIRTQ_DESC_F_NEXT, next: 1 });
-    d.publish(0);
-  }],
-  ['an indirect table of a length not a multiple of 16', (d) => {
-    d.writeDesc(DESC_TABLE, 0, { addr: d.alloc(32), len: 20, flags: VIRTQ_DESC_F_INDIRECT, next: 0 });
-    d.publish(0);
-  }],
-  ['an empty indirect table', (d) => {
-    d.writeDesc(DESC_TABLE, 0, { addr: d.alloc(16), len: 0, flags: VIRTQ_DESC_F_INDIRECT, next: 0 });
-    d.publish(0);
-  }],
-  ['an indirect table that loops', (d) => {
-    const t = d.alloc(32);
-    d.writeDesc(t, 0, { addr: 0x10000, len: 1, flags: VIRTQ_DESC_F_NEXT, next: 1 });
-    d.writeDesc(t, 1, { addr: 0x10000, len: 1, flags: VIRTQ_DESC_F_NEXT, next: 0 });
-    d.writeDesc(DESC_TABLE, 0, { addr: t, len: 32, flags: VIRTQ_DESC_F_INDIRECT, next: 0 });
-    d.publish(0);
-  }],
-  ['a chain longer than the queue through a large indirect table', (d) => {
-    const n = 64;
-    const t = d.alloc(n * 16);
-    for (let i = 0; i < n; i++) d.writeDesc(t, i, { addr: 0x10000, len: 1, flags: i < n - 1 ? VIRTQ_DESC_F_NEXT : 0, next: i + 1 });
-    d.writeDesc(DESC_TABLE, 0, { addr: t, len: n * 16, flags: VIRTQ_DESC_F_INDIRECT, next: 0 });
-    d.publish(0);
-  }],
-  ['a readable buffer after a writable one', (d) => {
-    d.writeDesc(DESC_TABLE, 0, { addr: 0x10000, len: 4, flags: VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, next: 1 });
-    d.writeDesc(DESC_TABLE, 1, { addr: 0x10000, len: 4, flags: 0, next: 0 });
-    d.publish(0);
-  }],
+  [
+    'a buffer outside guest RAM',
+    (d) => {
+      d.writeDesc(DESC_TABLE, 0, { addr: RAM_SIZE + 0x1000, len: 4, flags: 0, next: 0 });
+      d.publish(0);
+    },
+  ],
+  [
+    'a buffer that runs off the end of RAM',
+    (d) => {
+      d.writeDesc(DESC_TABLE, 0, { addr: RAM_SIZE - 8, len: 16, flags: 0, next: 0 });
+      d.publish(0);
+    },
+  ],
+  [
+    'a buffer at a 64-bit address',
+    (d) => {
+      d.writeDesc(DESC_TABLE, 0, { addr: 2 ** 52, len: 1, flags: 0, next: 0 });
+      d.mem.writeU64(DESC_TABLE, 0xffff_ffff_ffff_f000n);
+      d.publish(0);
+    },
+  ],
+  [
+    'a length that wraps 32 bits',
+    (d) => {
+      d.writeDesc(DESC_TABLE, 0, { addr: 0x10000, len: 0xffffffff, flags: 0, next: 0 });
+      d.publish(0);
+    },
+  ],
+  [
+    'an indirect table inside an indirect table',
+    (d) => {
+      const inner = d.alloc(16);
+      const outer = d.alloc(16);
+      d.writeDesc(outer, 0, { addr: inner, len: 16, flags: VIRTQ_DESC_F_INDIRECT, next: 0 });
+      d.writeDesc(DESC_TABLE, 0, { addr: outer, len: 16, flags: VIRTQ_DESC_F_INDIRECT, next: 0 });
+      d.publish(0);
+    },
+  ],
+  [
+    'an indirect descriptor that also has NEXT',
+    (d) => {
+      const t = d.alloc(16);
+      d.writeDesc(DESC_TABLE, 0, { addr: t, len: 16, flags: VIRTQ_DESC_F_INDIRECT | VIRTQ_DESC_F_NEXT, next: 1 });
+      d.publish(0);
+    },
+  ],
+  [
+    'an indirect table of a length not a multiple of 16',
+    (d) => {
+      d.writeDesc(DESC_TABLE, 0, { addr: d.alloc(32), len: 20, flags: VIRTQ_DESC_F_INDIRECT, next: 0 });
+      d.publish(0);
+    },
+  ],
+  [
+    'an empty indirect table',
+    (d) => {
+      d.writeDesc(DESC_TABLE, 0, { addr: d.alloc(16), len: 0, flags: VIRTQ_DESC_F_INDIRECT, next: 0 });
+      d.publish(0);
+    },
+  ],
+  [
+    'an indirect table that loops',
+    (d) => {
+      const t = d.alloc(32);
+      d.writeDesc(t, 0, { addr: 0x10000, len: 1, flags: VIRTQ_DESC_F_NEXT, next: 1 });
+      d.writeDesc(t, 1, { addr: 0x10000, len: 1, flags: VIRTQ_DESC_F_NEXT, next: 0 });
+      d.writeDesc(DESC_TABLE, 0, { addr: t, len: 32, flags: VIRTQ_DESC_F_INDIRECT, next: 0 });
+      d.publish(0);
+    },
+  ],
+  [
+    'a chain longer than the queue through a large indirect table',
+    (d) => {
+      const n = 64;
+      const t = d.alloc(n * 16);
+      for (let i = 0; i < n; i++) d.writeDesc(t, i, { addr: 0x10000, len: 1, flags: i < n - 1 ? VIRTQ_DESC_F_NEXT : 0, next: i + 1 });
+      d.writeDesc(DESC_TABLE, 0, { addr: t, len: n * 16, flags: VIRTQ_DESC_F_INDIRECT, next: 0 });
+      d.publish(0);
+    },
+  ],
+  [
+    'a readable buffer after a writable one',
+    (d) => {
+      d.writeDesc(DESC_TABLE, 0, { addr: 0x10000, len: 4, flags: VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, next: 1 });
+      d.writeDesc(DESC_TABLE, 1, { addr: 0x10000, len: 4, flags: 0, next: 0 });
+      d.publish(0);
+    },
+  ],
   ['an available index far ahead of the device', (d) => d.mem.writeU16(AVAIL_RING + 2, 1000)],
 ];
 
@@ -171,11 +227,13 @@ test('virtqueue: an indirect table as long as the queue is accepted (Linux fills
 
 test('virtqueue: zero-length buffers are allowed and carry nothing', () => {
   const d = new SimDriver(4);
-  d.post([{ addr: 0x10000, len: 0 }, { addr: 0x10000, len: 0, write: true }]);
+  d.post([
+    { addr: 0x10000, len: 0 },
+    { addr: 0x10000, len: 0, write: true },
+  ]);
   const c = d.queue.pop(d.mem)!;
   assert.equal(c.readable[0]!.len + c.writable[0]!.len, 0);
 });
-
 
 test('virtqueue: random descriptor tables yield in-RAM, bounded chains or QueueError, never anything else', () => {
   for (let seed = 1; seed <= 300; seed++) {
@@ -227,7 +285,7 @@ test('virtqueue EVENT_IDX: interrupts only when the used index passes used_event
   assert.equal(d.queue.enableNotifications(d.mem), true, 'a buffer arrived since the device looked');
 });
 
-test('virtqueue without EVENT_IDX: the driver\'s NO_INTERRUPT flag suppresses interrupts', () => {
+test("virtqueue without EVENT_IDX: the driver's NO_INTERRUPT flag suppresses interrupts", () => {
   const d = new SimDriver(4);
   const buf = d.alloc(4);
   d.post([{ addr: buf, len: 4, write: true }]);

@@ -189,7 +189,9 @@ export function loadInitrd(mem: GuestMemory, kernel: LoadedKernel, initrd: Buffe
   const top = Math.min(lowEnd, kernel.initrdAddrMax + 1);
   const addr = Math.floor((top - initrd.length) / 4096) * 4096;
   if (addr < kernel.end) {
-    throw new KernelImageError(`initrd (${(initrd.length / 1048576).toFixed(1)} MiB) does not fit in guest memory beside the kernel; give the guest more memory`);
+    throw new KernelImageError(
+      `initrd (${(initrd.length / 1048576).toFixed(1)} MiB) does not fit in guest memory beside the kernel; give the guest more memory`,
+    );
   }
   mem.write(addr, initrd);
   return { addr, size: initrd.length };

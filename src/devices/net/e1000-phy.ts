@@ -2,10 +2,32 @@
 // 1000 Mb/s full duplex with auto-negotiation complete (what the driver polls for
 // before it declares the link up) until the MAC takes it down; a reset brings it back.
 
-export const Mdic = { DATA_MASK: 0xffff, REG_SHIFT: 16, PHY_SHIFT: 21, OP_WRITE: 0x04000000, OP_READ: 0x08000000, READY: 0x10000000, ERROR: 0x40000000 } as const;
+export const Mdic = {
+  DATA_MASK: 0xffff,
+  REG_SHIFT: 16,
+  PHY_SHIFT: 21,
+  OP_WRITE: 0x04000000,
+  OP_READ: 0x08000000,
+  READY: 0x10000000,
+  ERROR: 0x40000000,
+} as const;
 const PHY_ADDRESS = 1;
 
-const PhyReg = { CTRL: 0, STATUS: 1, ID1: 2, ID2: 3, AUTONEG_ADV: 4, LP_ABILITY: 5, AUTONEG_EXP: 6, GIG_CTRL: 9, GIG_STATUS: 10, EXT_STATUS: 15, M88_SPEC_CTRL: 0x10, M88_SPEC_STATUS: 0x11, M88_EXT_SPEC_CTRL: 0x14 } as const;
+const PhyReg = {
+  CTRL: 0,
+  STATUS: 1,
+  ID1: 2,
+  ID2: 3,
+  AUTONEG_ADV: 4,
+  LP_ABILITY: 5,
+  AUTONEG_EXP: 6,
+  GIG_CTRL: 9,
+  GIG_STATUS: 10,
+  EXT_STATUS: 15,
+  M88_SPEC_CTRL: 0x10,
+  M88_SPEC_STATUS: 0x11,
+  M88_EXT_SPEC_CTRL: 0x14,
+} as const;
 const CTRL_RESET = 0x8000;
 const CTRL_RESTART_AUTONEG = 0x0200;
 const STATUS_LINK = 0x0004;
@@ -27,7 +49,16 @@ const INITIAL: Record<number, number> = {
   [PhyReg.M88_SPEC_STATUS]: 0xac00, // 1000 Mb/s, full duplex, resolved, link up
   [PhyReg.M88_EXT_SPEC_CTRL]: 0x0d60,
 };
-const READ_ONLY = new Set<number>([PhyReg.STATUS, PhyReg.ID1, PhyReg.ID2, PhyReg.LP_ABILITY, PhyReg.AUTONEG_EXP, PhyReg.GIG_STATUS, PhyReg.EXT_STATUS, PhyReg.M88_SPEC_STATUS]);
+const READ_ONLY = new Set<number>([
+  PhyReg.STATUS,
+  PhyReg.ID1,
+  PhyReg.ID2,
+  PhyReg.LP_ABILITY,
+  PhyReg.AUTONEG_EXP,
+  PhyReg.GIG_STATUS,
+  PhyReg.EXT_STATUS,
+  PhyReg.M88_SPEC_STATUS,
+]);
 
 export class E1000Phy {
   private readonly regs = new Uint16Array(32);

@@ -30,13 +30,33 @@ const IO_SIZE = 0x40;
 
 /** Register offsets in BAR 0. */
 export const MacReg = {
-  CTRL: 0x0000, STATUS: 0x0008, EECD: 0x0010, EERD: 0x0014, CTRL_EXT: 0x0018, MDIC: 0x0020,
-  ICR: 0x00c0, ITR: 0x00c4, ICS: 0x00c8, IMS: 0x00d0, IMC: 0x00d8,
-  RCTL: 0x0100, TCTL: 0x0400,
-  RDBAL: 0x2800, RDBAH: 0x2804, RDLEN: 0x2808, RDH: 0x2810, RDT: 0x2818,
-  TDBAL: 0x3800, TDBAH: 0x3804, TDLEN: 0x3808, TDH: 0x3810, TDT: 0x3818,
-  STATS_START: 0x4000, STATS_END: 0x4100,
-  MTA: 0x5200, RA: 0x5400,
+  CTRL: 0x0000,
+  STATUS: 0x0008,
+  EECD: 0x0010,
+  EERD: 0x0014,
+  CTRL_EXT: 0x0018,
+  MDIC: 0x0020,
+  ICR: 0x00c0,
+  ITR: 0x00c4,
+  ICS: 0x00c8,
+  IMS: 0x00d0,
+  IMC: 0x00d8,
+  RCTL: 0x0100,
+  TCTL: 0x0400,
+  RDBAL: 0x2800,
+  RDBAH: 0x2804,
+  RDLEN: 0x2808,
+  RDH: 0x2810,
+  RDT: 0x2818,
+  TDBAL: 0x3800,
+  TDBAH: 0x3804,
+  TDLEN: 0x3808,
+  TDH: 0x3810,
+  TDT: 0x3818,
+  STATS_START: 0x4000,
+  STATS_END: 0x4100,
+  MTA: 0x5200,
+  RA: 0x5400,
 } as const;
 
 const CTRL_SLU = 1 << 6;
@@ -97,8 +117,18 @@ export const MIN_TSO_MSS = 64;
  */
 export const TX_BUDGET: Readonly<TxBudget> = { descriptors: 256, frames: 256, bytes: 1 << 20 };
 export type E1000Drop =
-  | 'tx-ring-outside-ram' | 'tx-bad-ring' | 'tx-buffer-outside-ram' | 'tx-oversized' | 'tx-bad-tso' | 'tx-backend-error'
-  | 'rx-ring-outside-ram' | 'rx-buffer-outside-ram' | 'rx-disabled' | 'rx-link-down' | 'rx-filtered' | 'rx-oversized';
+  | 'tx-ring-outside-ram'
+  | 'tx-bad-ring'
+  | 'tx-buffer-outside-ram'
+  | 'tx-oversized'
+  | 'tx-bad-tso'
+  | 'tx-backend-error'
+  | 'rx-ring-outside-ram'
+  | 'rx-buffer-outside-ram'
+  | 'rx-disabled'
+  | 'rx-link-down'
+  | 'rx-filtered'
+  | 'rx-oversized';
 
 /** A transmit descriptor processed: its command bits, and the frames of the packet it ended, if any. */
 interface TxStep {
@@ -139,7 +169,15 @@ export class E1000 implements PciDevice, NetPort {
   /** The last error an entry point caught, for logs. */
   lastError: string | undefined;
   readonly counters = {
-    txPackets: 0, txBytes: 0, rxPackets: 0, rxBytes: 0, txSegmented: 0, rxNoBuffers: 0, interrupts: 0, tdtWrites: 0, rdtWrites: 0,
+    txPackets: 0,
+    txBytes: 0,
+    rxPackets: 0,
+    rxBytes: 0,
+    txSegmented: 0,
+    rxNoBuffers: 0,
+    interrupts: 0,
+    tdtWrites: 0,
+    rdtWrites: 0,
     /** Transmit chunks deferred to a later turn of the event loop. */
     txYields: 0,
     tsoMssRaised: 0,
@@ -153,7 +191,15 @@ export class E1000 implements PciDevice, NetPort {
     private readonly mac: Uint8Array,
     readonly name = 'e1000',
   ) {
-    this.config = new ConfigSpace({ vendor: INTEL, device: DEVICE_82540EM, classCode: 0x020000, revision: 3, subsystemVendor: INTEL, subsystem: 0x001e, interruptPin: 1 });
+    this.config = new ConfigSpace({
+      vendor: INTEL,
+      device: DEVICE_82540EM,
+      classCode: 0x020000,
+      revision: 3,
+      subsystemVendor: INTEL,
+      subsystem: 0x001e,
+      interruptPin: 1,
+    });
     this.eeprom = new E1000Eeprom(mac, { vendor: INTEL, device: DEVICE_82540EM, subsystemVendor: INTEL, subsystem: 0x001e });
     this.bars = [
       { index: 0, kind: 'memory', size: MMIO_SIZE, region: this.mmio },
@@ -231,7 +277,9 @@ export class E1000 implements PciDevice, NetPort {
   private readonly io: BusDevice = {
     name: 'e1000-io',
     read: (offset, data) =>
-      this.guarded('I/O read', undefined, () => setDataValue(data, offset === 0 ? this.ioAddr : offset === 4 ? this.readReg(this.ioAddr & (MMIO_SIZE - 4)) : 0)),
+      this.guarded('I/O read', undefined, () =>
+        setDataValue(data, offset === 0 ? this.ioAddr : offset === 4 ? this.readReg(this.ioAddr & (MMIO_SIZE - 4)) : 0),
+      ),
     write: (offset, data) =>
       this.guarded('I/O write', undefined, () => {
         if (offset === 0) this.ioAddr = dataValue(data.subarray(0, 4));

@@ -43,7 +43,10 @@ export class Msix {
   /** Called after the guest changed the enable or mask bits, or the table. */
   onChange: () => void = () => {};
 
-  constructor(readonly vectors: number, private readonly sink: MsiSink) {
+  constructor(
+    readonly vectors: number,
+    private readonly sink: MsiSink,
+  ) {
     if (vectors < 1 || vectors > MSIX_MAX_VECTORS) throw new Error(`bad MSI-X vector count ${vectors}`);
     this.table = new Uint8Array(vectors * ENTRY_SIZE);
     this.tableView = new DataView(this.table.buffer);
@@ -154,7 +157,7 @@ export class Msix {
       if (offset + data.length > this.table.length) return;
       this.table.set(data, offset);
       // Unmasking a vector delivers what it had pending; a new message moves its route on next use.
-      if (((offset % ENTRY_SIZE) + data.length) > ENTRY_CONTROL) this.releasePending();
+      if ((offset % ENTRY_SIZE) + data.length > ENTRY_CONTROL) this.releasePending();
       this.onChange();
     },
   };

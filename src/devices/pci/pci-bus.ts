@@ -50,7 +50,10 @@ class BarState {
   mapped: number | undefined;
   readonly window: BusDevice;
 
-  constructor(readonly bar: PciBar, name: string) {
+  constructor(
+    readonly bar: PciBar,
+    name: string,
+  ) {
     this.window = { name, read: (o, d) => bar.region.read(o, d), write: (o, d) => bar.region.write(o, d) };
   }
 

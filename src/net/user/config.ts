@@ -67,14 +67,18 @@ export function netmask(prefixLength: number): number {
 
 export function inNetwork(config: UserNetConfig, addr: number): boolean {
   const mask = netmask(config.prefixLength);
-  return ((addr & mask) >>> 0) === config.network;
+  return (addr & mask) >>> 0 === config.network;
 }
 
 /** Why the addresses cannot work together, or undefined. */
 export function checkUserNet(config: UserNetConfig): string | undefined {
   const mask = netmask(config.prefixLength);
-  if (((config.network & ~mask) >>> 0) !== 0) return `net ${formatIpv4(config.network)}/${config.prefixLength} has host bits set`;
-  for (const [name, addr] of [['host', config.host], ['dns', config.dns], ['dhcpstart', config.dhcpStart]] as const) {
+  if ((config.network & ~mask) >>> 0 !== 0) return `net ${formatIpv4(config.network)}/${config.prefixLength} has host bits set`;
+  for (const [name, addr] of [
+    ['host', config.host],
+    ['dns', config.dns],
+    ['dhcpstart', config.dhcpStart],
+  ] as const) {
     if (!inNetwork(config, addr)) return `${name} ${formatIpv4(addr)} is outside ${formatIpv4(config.network)}/${config.prefixLength}`;
   }
   if (config.host === config.dns) return 'host and dns must differ';

@@ -69,7 +69,7 @@ export class DhcpServer {
     for (let i = 0; i < MAX_LEASES; i++) {
       const addr = (this.config.dhcpStart + i) >>> 0;
       if (taken.has(addr) || addr === this.config.host || addr === this.config.dns) continue;
-      if (((addr & ~netmask(this.config.prefixLength)) >>> 0) === ((~netmask(this.config.prefixLength)) >>> 0)) break; // broadcast
+      if ((addr & ~netmask(this.config.prefixLength)) >>> 0 === ~netmask(this.config.prefixLength) >>> 0) break; // broadcast
       this.leases.set(key, addr);
       return addr;
     }

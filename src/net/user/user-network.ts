@@ -44,7 +44,8 @@ const LOOPBACK = '127.0.0.1';
 const FIRST_FORWARD_PORT = 49152;
 
 /** Why a frame from the guest went nowhere. */
-export type UserNetDrop = 'runt' | 'unsupported-ethertype' | 'bad-arp' | 'bad-ipv4' | 'ipv4-fragment' | 'bad-tcp' | 'bad-udp' | 'unreachable' | 'unsupported-icmp' | 'rx-queue-full';
+export type UserNetDrop =
+  'runt' | 'unsupported-ethertype' | 'bad-arp' | 'bad-ipv4' | 'ipv4-fragment' | 'bad-tcp' | 'bad-udp' | 'unreachable' | 'unsupported-icmp' | 'rx-queue-full';
 
 /** A forwarded host port could not be listened on (in use, not permitted, no such address). */
 export class HostForwardError extends Error {
@@ -116,7 +117,9 @@ export class UserNetwork implements NetBackend {
         }
       });
       await new Promise<void>((resolve, reject) => {
-        server.once('error', (e: NodeJS.ErrnoException) => reject(new HostForwardError(`hostfwd: cannot listen on ${fwd.hostAddress || '*'}:${fwd.hostPort}: ${e.code ?? e.message}`)));
+        server.once('error', (e: NodeJS.ErrnoException) =>
+          reject(new HostForwardError(`hostfwd: cannot listen on ${fwd.hostAddress || '*'}:${fwd.hostPort}: ${e.code ?? e.message}`)),
+        );
         server.listen(fwd.hostPort, fwd.hostAddress || undefined, () => resolve());
       });
       // Once listening, an error is a failed accept (out of fds, say): the server goes on.
@@ -160,7 +163,8 @@ export class UserNetwork implements NetBackend {
   /** Answers who-has for the gateway and DNS addresses. */
   private arp(frame: Uint8Array): void {
     const a = ETH_HLEN;
-    if (frame.length < a + 28 || readU16(frame, a) !== 1 || readU16(frame, a + 2) !== ETHERTYPE_IPV4 || frame[a + 4] !== 6 || frame[a + 5] !== 4) return this.drops.count('bad-arp');
+    if (frame.length < a + 28 || readU16(frame, a) !== 1 || readU16(frame, a + 2) !== ETHERTYPE_IPV4 || frame[a + 4] !== 6 || frame[a + 5] !== 4)
+      return this.drops.count('bad-arp');
     if (readU16(frame, a + 6) !== 1) return; // replies and announcements need no answer
     const target = readU32(frame, a + 24);
     if (target !== this.config.host && target !== this.config.dns) return;
@@ -245,7 +249,13 @@ export class UserNetwork implements NetBackend {
     const { SYN, ACK, RST } = TcpFlag;
     // RFC 793's reset for a segment nobody expects: acknowledge it, or take its ACK as our sequence number.
     const reset = (): void =>
-      this.sendTcp(dst, dstPort, src, srcPort, { seq: seg.flags & ACK ? seg.ack : 0, ack: (seg.seq + seg.payload.length + (seg.flags & SYN ? 1 : 0)) >>> 0, flags: RST | ACK, window: 0, payload: new Uint8Array(0) });
+      this.sendTcp(dst, dstPort, src, srcPort, {
+        seq: seg.flags & ACK ? seg.ack : 0,
+        ack: (seg.seq + seg.payload.length + (seg.flags & SYN ? 1 : 0)) >>> 0,
+        flags: RST | ACK,
+        window: 0,
+        payload: new Uint8Array(0),
+      });
     if (seg.flags & RST) return; // never answer a reset
     if ((seg.flags & (SYN | ACK)) !== SYN) return reset(); // not a connection attempt
     const real = this.realEndpoint(dst, dstPort);
@@ -405,7 +415,7 @@ function ipBytes(ip: number): number[] {
 
 /** The MSS option of a SYN's option bytes. */
 function mssOption(opts: Uint8Array): number | undefined {
-  for (let at = 0; at < opts.length; ) {
+  for (let at = 0; at < opts.length;) {
     const kind = opts[at]!;
     if (kind === 0) break;
     if (kind === 1) {

@@ -37,7 +37,12 @@ export class QueueWorker {
   /** The worker's counters (WORKER_COUNTERS, then the device's). */
   readonly counters: Float64Array;
 
-  constructor(kind: DataPlaneKind, init: unknown, deviceCounters: number, private readonly onFailure: (reason: string) => void) {
+  constructor(
+    kind: DataPlaneKind,
+    init: unknown,
+    deviceCounters: number,
+    private readonly onFailure: (reason: string) => void,
+  ) {
     const channel = new MessageChannel();
     this.port = channel.port1;
     const shared = new SharedArrayBuffer(8 * (WORKER_COUNTERS.length + deviceCounters));

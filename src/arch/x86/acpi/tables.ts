@@ -169,7 +169,8 @@ function pciRootBridge(): aml.Aml {
   const routes: aml.Aml[] = [];
   for (let slot = 1; slot < PCI_SLOTS; slot++) {
     // _PRT entries: slot address (function ffff), pin (0 = INTA#), no link device, GSI.
-    for (let pin = 0; pin < 4; pin++) routes.push(aml.pkg([aml.integer(slot * 0x10000 + 0xffff), aml.integer(pin), aml.integer(0), aml.integer(intxGsi(slot, pin + 1))]));
+    for (let pin = 0; pin < 4; pin++)
+      routes.push(aml.pkg([aml.integer(slot * 0x10000 + 0xffff), aml.integer(pin), aml.integer(0), aml.integer(intxGsi(slot, pin + 1))]));
   }
   return aml.device('PCI0', [
     aml.name('_HID', aml.eisaId('PNP0A03')),
