@@ -195,7 +195,8 @@ export class VirtioNet implements MainThreadDevice, NetPort {
     if (index === this.ctrlQueue) return this.control();
     const pair = index >> 1;
     if (index & 1) return this.transmit(pair);
-    for (const q of this.starved) {
+    // A copy: resume() may refuse again and put the queue back, which a live Set iteration would visit forever.
+    for (const q of [...this.starved]) {
       if (this.rxQueueFor(q) === index) {
         this.starved.delete(q);
         this.backend.resume(q);

@@ -273,6 +273,23 @@ test('virtio-net: mergeable receive buffers carry a large packet with num_buffer
   assert.deepEqual([...got.subarray(VNET_HDR_LEN)], [...packet.subarray(VNET_HDR_LEN)]);
 });
 
+test('virtio-net: a held packet the kick still cannot place is held again, and the kick returns', () => {
+  const { backend, net, drivers } = netSetup();
+  const rx = drivers[0]!;
+  const packet = new Uint8Array(VNET_HDR_LEN + 3000);
+  packet.set(GUEST_MAC, VNET_HDR_LEN);
+  assert.equal(backend.offer(0, packet), false, 'no buffers yet: held');
+  rx.post([{ addr: rx.alloc(1500), len: 1500, write: true }]);
+  backend.resumed.length = 0;
+  net.queueNotify(0); // one buffer is not enough: the back-end offers it again, and is refused again
+  assert.deepEqual(backend.resumed, [0], 'resumed once per kick, not again for the queue it put back');
+  assert.ok(backend.held.has(0));
+  for (let i = 0; i < 2; i++) rx.post([{ addr: rx.alloc(1500), len: 1500, write: true }]);
+  net.queueNotify(0);
+  assert.ok(!backend.held.has(0), 'placed once there was room');
+  assert.equal(rx.takeUsed().length, 3);
+});
+
 test('virtio-net: the control queue sets rx modes, the MAC table and queue pairs; bad commands get VIRTIO_NET_ERR', () => {
   const { backend, net, drivers, ctrl } = netSetup({ pairs: 2 });
   const rx0 = drivers[0]!;
