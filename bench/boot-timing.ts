@@ -48,36 +48,19 @@ export function timeBoot(cmd: string, args: readonly string[], banner: string, o
 
 const BIN = fileURLToPath(new URL('../../bin/tsvisor.js', import.meta.url));
 
+/** `tsvisor run` of a guest with KVM, as every benchmark starts it; `extra` adds devices and flags. */
+export function tsvisorArgs(kernel: string, initrd: string, append: string, extra: string[] = []): string[] {
+  return [BIN, 'run', '--accel', 'kvm', '--kernel', kernel, '--initrd', initrd, '--memory', '512M', '--append', append, ...extra];
+}
+
+/** The same guest under `qemu-system-x86_64 -accel kvm -M pc`, the peer every benchmark measures against. */
+export function qemuArgs(kernel: string, initrd: string, append: string, extra: string[] = []): string[] {
+  const machine = '-accel kvm -M pc -cpu host -m 512 -nodefaults -no-user-config -display none -serial stdio -no-reboot'.split(' ');
+  return [...machine, '-kernel', kernel, '-initrd', initrd, '-append', append, ...extra];
+}
+
 /** The same guest under tsvisor and under QEMU with KVM, as the boot benchmarks run it. */
 export function bootCommands(kernel: string, initrd: string, extraAppend = ''): Record<'tsvisor' | 'qemu', [string, string[]]> {
   const append = `${DEFAULT_GUEST_CMDLINE} ${extraAppend}`.trim();
-  return {
-    tsvisor: [process.execPath, [BIN, 'run', '--accel', 'kvm', '--kernel', kernel, '--initrd', initrd, '--memory', '512M', '--append', append]],
-    qemu: [
-      'qemu-system-x86_64',
-      [
-        '-accel',
-        'kvm',
-        '-M',
-        'pc',
-        '-cpu',
-        'host',
-        '-m',
-        '512',
-        '-nodefaults',
-        '-no-user-config',
-        '-display',
-        'none',
-        '-serial',
-        'stdio',
-        '-no-reboot',
-        '-kernel',
-        kernel,
-        '-initrd',
-        initrd,
-        '-append',
-        append,
-      ],
-    ],
-  };
+  return { tsvisor: [process.execPath, tsvisorArgs(kernel, initrd, append)], qemu: ['qemu-system-x86_64', qemuArgs(kernel, initrd, append)] };
 }

@@ -25,7 +25,7 @@ import { fetchPackage } from '../src/guest/debian.js';
 import { defaultGuest, DEFAULT_GUEST_CMDLINE, USERSPACE_BANNER } from '../src/guest/default-guest.js';
 import { kvmBacking } from '../src/vmm/accel.js';
 import { outLoop, runRealMode } from '../test/support/tiny-guest.js';
-import { bootCommands, timeBoot } from './boot-timing.js';
+import { bootCommands, qemuArgs, timeBoot, tsvisorArgs } from './boot-timing.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const BIN = path.join(ROOT, 'bin', 'tsvisor.js');
@@ -136,55 +136,17 @@ async function blkBench(kernel: string, initrd: string): Promise<void> {
   const commands = [`blk-bench seqwrite /dev/vda ${BLK_MIB}`, `blk-bench seqread /dev/vda ${BLK_MIB}`, `blk-bench randread /dev/vda ${BLK_RANDOM_READS}`];
   const input = [...commands, `blk-bench randread-qd32 /dev/vda ${4 * BLK_RANDOM_READS}`, 'poweroff', ''].join('\n');
   const append = DEFAULT_GUEST_CMDLINE;
-  const tsvisor = (paths: string, queues = 2) => [
-    BIN,
-    'run',
-    '--accel',
-    'kvm',
-    '--cpus',
-    '2',
-    '--kernel',
-    kernel,
-    '--initrd',
-    initrd,
-    '--memory',
-    '512M',
-    '--append',
-    append,
-    '--drive',
-    `file=${image},format=raw,if=virtio,num-queues=${queues}`,
-    '--stats',
-    '--ioeventfd',
-    paths,
-    '--irqfd',
-    paths,
-  ];
-  const qemu = [
-    '-accel',
-    'kvm',
-    '-M',
-    'pc',
-    '-cpu',
-    'host',
+  const drive = (queues: number) => ['--drive', `file=${image},format=raw,if=virtio,num-queues=${queues}`];
+  const tsvisor = (paths: string, queues = 2) =>
+    tsvisorArgs(kernel, initrd, append, ['--cpus', '2', ...drive(queues), '--stats', '--ioeventfd', paths, '--irqfd', paths]);
+  const qemu = qemuArgs(kernel, initrd, append, [
     '-smp',
     '2',
-    '-m',
-    '512',
-    '-nodefaults',
-    '-no-user-config',
-    '-display',
-    'none',
-    '-serial',
-    'stdio',
-    '-no-reboot',
-    '-kernel',
-    kernel,
-    '-initrd',
-    initrd,
-    '-append',
-    append,
-  ];
-  qemu.push('-drive', `file=${image},format=raw,if=none,id=d0,cache=writeback`, '-device', 'virtio-blk-pci,drive=d0');
+    '-drive',
+    `file=${image},format=raw,if=none,id=d0,cache=writeback`,
+    '-device',
+    'virtio-blk-pci,drive=d0',
+  ]);
   try {
     const on = await session(process.execPath, tsvisor('on'), input);
     const q = blkResults((await session('qemu-system-x86_64', qemu, input)).out);
@@ -248,37 +210,9 @@ async function netBench(kernel: string, initrd: string, iperfBin: string, librar
   ].join('\n');
   try {
     for (const model of ['virtio-net', 'e1000'] as const) {
-      const tsvisor = [BIN, 'run', '--accel', 'kvm', '--kernel', kernel, '--initrd', initrd, '--memory', '512M', '--append', DEFAULT_GUEST_CMDLINE];
-      tsvisor.push('--netdev', `tap,id=n0,ifname=${TAP},script=no`, '--device', `${model === 'e1000' ? 'e1000' : 'virtio-net-pci'},netdev=n0`, '--stats');
-      const qemu = [
-        '-accel',
-        'kvm',
-        '-M',
-        'pc',
-        '-cpu',
-        'host',
-        '-m',
-        '512',
-        '-nodefaults',
-        '-no-user-config',
-        '-display',
-        'none',
-        '-serial',
-        'stdio',
-        '-no-reboot',
-        '-kernel',
-        kernel,
-        '-initrd',
-        initrd,
-        '-append',
-        DEFAULT_GUEST_CMDLINE,
-      ];
-      qemu.push(
-        '-netdev',
-        `tap,id=n0,ifname=${TAP},script=no,downscript=no,vhost=off`,
-        '-device',
-        `${model === 'e1000' ? 'e1000' : 'virtio-net-pci'},netdev=n0`,
-      );
+      const device = `${model === 'e1000' ? 'e1000' : 'virtio-net-pci'},netdev=n0`;
+      const tsvisor = tsvisorArgs(kernel, initrd, DEFAULT_GUEST_CMDLINE, ['--netdev', `tap,id=n0,ifname=${TAP},script=no`, '--device', device, '--stats']);
+      const qemu = qemuArgs(kernel, initrd, DEFAULT_GUEST_CMDLINE, ['-netdev', `tap,id=n0,ifname=${TAP},script=no,downscript=no,vhost=off`, '-device', device]);
       const t = (await session(process.execPath, tsvisor, input)).out;
       const q = (await session('qemu-system-x86_64', qemu, input)).out;
       const peer = `qemu ${model === 'e1000' ? 'e1000' : 'virtio-net-pci'} (tap, vhost=off)`;

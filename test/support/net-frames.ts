@@ -21,6 +21,11 @@ export const BROADCAST = Uint8Array.of(255, 255, 255, 255, 255, 255);
 
 export const ip = (text: string): number => text.split('.').reduce((a, b) => ((a << 8) | Number(b)) >>> 0, 0);
 
+/** The addresses of user-mode networking's default subnet, as the guest sees them. */
+export const Slirp = { GUEST: ip('10.0.2.15'), HOST: ip('10.0.2.2'), DNS: ip('10.0.2.3') } as const;
+/** TCP header flags. */
+export const Tcp = { FIN: 1, SYN: 2, RST: 4, PSH: 8, ACK: 16 } as const;
+
 /** Prefixes a zeroed vnet header. */
 export function packet(frame: Uint8Array): Uint8Array {
   const p = new Uint8Array(VNET_HDR_LEN + frame.length);

@@ -10,6 +10,12 @@ import { COM1_PORT, installPcDevices } from '../../src/vmm/pc-devices.js';
 import { mainThreadTransport } from '../support/fd-watch.js';
 import { rng } from '../support/seeded-random.js';
 
+/** The PC's devices with every line and output going nowhere. */
+function quietPc(pio: Bus, mmio: Bus) {
+  const none = () => {};
+  return installPcDevices(pio, { mmio, setGsi: none, com1Irq: { set: none }, serialOutput: none, onReset: none, onPowerOff: none, onPanic: none });
+}
+
 const DEVICE_PORTS = [0x3f8, 0x60, 0x64, 0x70, 0x71, 0x600, 0x602, 0x604, 0x505, 0x80, 0xcf8, 0xcfc, 0xcfe];
 
 test('random port traffic never throws, and every access returns exactly the bytes asked for', () => {
@@ -48,15 +54,7 @@ test('random port traffic never throws, and every access returns exactly the byt
 
 test('a guest that never reads its UART loses host input only past the limit, and says so', () => {
   const pio = new Bus('pio');
-  const { serial } = installPcDevices(pio, {
-    mmio: new Bus('mmio'),
-    setGsi: () => {},
-    com1Irq: { set: () => {} },
-    serialOutput: () => {},
-    onReset: () => {},
-    onPowerOff: () => {},
-    onPanic: () => {},
-  });
+  const { serial } = quietPc(pio, new Bus('mmio'));
   serial.enqueueInput(new Uint8Array(1 << 20));
   serial.enqueueInput(new Uint8Array(100));
   assert.equal(serial.counters.rxDropped, 100);
@@ -73,15 +71,7 @@ test('random config-space and BAR traffic against virtio-pci devices over garbag
     const next = rng(seed);
     const pio = new Bus('pio');
     const mmio = new Bus('mmio');
-    const { pci } = installPcDevices(pio, {
-      mmio,
-      setGsi: () => {},
-      com1Irq: { set: () => {} },
-      serialOutput: () => {},
-      onReset: () => {},
-      onPowerOff: () => {},
-      onPanic: () => {},
-    });
+    const { pci } = quietPc(pio, mmio);
     const memory = GuestMemory.create([{ start: gpa(0), size: 1 << 20 }]);
     const ram = memory.slice(0, 1 << 20);
     for (let i = 0; i < ram.length; i++) ram[i] = Math.floor(next() * 256);

@@ -9,16 +9,11 @@ import net from 'node:net';
 import { test, type TestContext } from 'node:test';
 import { DEFAULT_USER_LIMITS, DEFAULT_USER_NET, type UserNetConfig } from '../../src/net/user/config.js';
 import { UserNetwork } from '../../src/net/user/user-network.js';
-import { ip, ipv4Frame, packet, SimGuest, tcpFrame, udpFrame, type Parsed, type TcpFields } from '../support/net-frames.js';
+import { ip, ipv4Frame, packet, SimGuest, tcpFrame, udpFrame, type Parsed, type TcpFields, Slirp, Tcp } from '../support/net-frames.js';
 import { rng } from '../support/seeded-random.js';
 
-const GUEST = ip('10.0.2.15');
-const HOST = ip('10.0.2.2');
-const DNS = ip('10.0.2.3');
-const SYN = 2,
-  ACK = 16,
-  FIN = 1,
-  RST = 4;
+const { GUEST, HOST, DNS } = Slirp;
+const { SYN, ACK, FIN, RST } = Tcp;
 /** More frames than any one window's worth at the smallest MSS: past it, the stack is spinning. */
 const MAX_FRAMES_PER_TURN = 1000;
 

@@ -7,16 +7,10 @@ import net from 'node:net';
 import { test } from 'node:test';
 import { DEFAULT_USER_NET, type UserNetConfig } from '../../src/net/user/config.js';
 import { UserNetwork } from '../../src/net/user/user-network.js';
-import { arpRequest, GUEST_MAC, ip, packet, SimGuest, tcpFrame, udpFrame } from '../support/net-frames.js';
+import { arpRequest, GUEST_MAC, ip, packet, SimGuest, tcpFrame, udpFrame, Slirp, Tcp } from '../support/net-frames.js';
 
-const GUEST = ip('10.0.2.15');
-const HOST = ip('10.0.2.2');
-const DNS = ip('10.0.2.3');
-const SYN = 2,
-  ACK = 16,
-  FIN = 1,
-  RST = 4,
-  PSH = 8;
+const { GUEST, HOST, DNS } = Slirp;
+const { SYN, ACK, FIN, RST, PSH } = Tcp;
 
 function setup(config: Partial<UserNetConfig> = {}): { net: UserNetwork; guest: SimGuest; send(f: Uint8Array): void } {
   const user = new UserNetwork({ ...DEFAULT_USER_NET, ...config });
