@@ -10,7 +10,7 @@ import { buildZeroPage, checkKernelImage, loadInitrd, loadKernel, writeCmdline, 
 import { Bus } from '../devices/bus.js';
 import { E1000 } from '../devices/net/e1000.js';
 import type { Serial } from '../devices/legacy/serial.js';
-import { PCI_CONFIG_IO_PORT } from '../devices/pci/config-io.js';
+import { PCI_CONFIG_IO_PORT, PCI_CONFIG_IO_SIZE, type PciConfigIo } from '../devices/pci/config-io.js';
 import type { PciBus } from '../devices/pci/pci-bus.js';
 import { Cap, ExitReason, SystemEvent } from '../kvm/ioctls.js';
 import { Kvm, type Vm } from '../kvm/kvm.js';
@@ -21,12 +21,12 @@ import { VirtioConsole } from '../virtio/console.js';
 import type { VirtioDevice } from '../virtio/device.js';
 import { onMainThread, type MainThreadDevice } from '../virtio/in-process.js';
 import { VirtioPciDevice, type IoEventRegistrar } from '../virtio/pci-transport.js';
-import { CoalescedRing } from './coalesced-ring.js';
 import { EventLoop } from './event-loop.js';
 import { GsiRouting, IrqfdMsiSink, SignalMsiSink } from './msi.js';
 import { PanicWatcher } from './panic-watcher.js';
 import { COM1_IRQ, COM1_PORT, COM1_PORTS, installPcDevices } from './pc-devices.js';
-import { VcpuThread, type VcpuStop } from './vcpu-thread.js';
+import { VcpuThread, type LocalDevices, type VcpuStop } from './vcpu-thread.js';
+import type { CoalescedRingShare } from './vcpu-worker.js';
 
 /** A network card: the device model the guest's driver sees, and the back-end its packets use. */
 export interface NicConfig {
@@ -74,13 +74,13 @@ export class Machine {
   readonly mmio = new Bus('mmio');
   readonly serial: Serial;
   readonly pci: PciBus;
+  private readonly pciConfig: PciConfigIo;
   readonly virtio: VirtioPciDevice[] = [];
   readonly nics: { config: NicConfig; device: VirtioPciDevice | E1000 }[] = [];
   private readonly virtioConsole: VirtioConsole | undefined;
   private readonly events = new EventLoop((e) => this.deviceError(e));
   private readonly msiSinks: (IrqfdMsiSink | SignalMsiSink)[] = [];
   private readonly threads: VcpuThread[] = [];
-  private ring: CoalescedRing | undefined;
   private exit: MachineExit | undefined;
   private finish: (() => void) | undefined;
   private readonly panicWatcher = new PanicWatcher(() => this.end('panic', 'the kernel reported a panic on its console'));
@@ -94,7 +94,11 @@ export class Machine {
     readonly memory: GuestMemory,
     private readonly config: MachineConfig,
   ) {
-    ({ serial: this.serial, pci: this.pci } = installPcDevices(this.pio, {
+    ({
+      serial: this.serial,
+      pci: this.pci,
+      pciConfig: this.pciConfig,
+    } = installPcDevices(this.pio, {
       mmio: this.mmio,
       setGsi: (gsi, level) => vm.irqLine(gsi, level),
       com1Irq: { set: (level) => vm.irqLine(COM1_IRQ, level) },
@@ -188,6 +192,15 @@ export class Machine {
     writeBootTables(memory);
 
     const supported = this.kvm.supportedCpuid();
+    const ring = this.coalescePciAddressWrites();
+    const local: LocalDevices = {
+      vmFd: this.vm.fd,
+      devices: [
+        { kind: 'serial', name: this.serial.name, port: COM1_PORT, length: COM1_PORTS, state: this.serial.shared, gsi: COM1_IRQ },
+        { kind: 'pci-config', name: this.pciConfig.name, port: PCI_CONFIG_IO_PORT, length: PCI_CONFIG_IO_SIZE, state: this.pciConfig.shared },
+      ],
+      ring,
+    };
     for (let id = 0; id < config.cpus; id++) {
       const vcpu = this.vm.createVcpu(id);
       vcpu.setCpuid(vcpuCpuid(supported, id, config.cpus));
@@ -198,32 +211,20 @@ export class Machine {
         vcpu.setSregs(longModeSregs(vcpu.getSregs()));
         vcpu.setRegs(bootRegs(kernel.entry));
       }
-      if (id === 0) this.ring = this.coalescePciAddressWrites(vcpu.run.buffer);
-      const local = {
-        vmFd: this.vm.fd,
-        devices: [{ kind: 'serial' as const, name: this.serial.name, port: COM1_PORT, length: COM1_PORTS, state: this.serial.shared, gsi: COM1_IRQ }],
-      };
-      this.threads.push(
-        new VcpuThread(
-          vcpu,
-          { pio: this.pio, mmio: this.mmio },
-          (e) => this.deviceError(e),
-          () => this.ring?.drain(this.pio, this.mmio),
-          local,
-        ),
-      );
+      this.threads.push(new VcpuThread(vcpu, { pio: this.pio, mmio: this.mmio }, (e) => this.deviceError(e), local));
     }
   }
 
   /**
    * PCI config accesses come in pairs: a 0xCF8 address write, then a data access.
-   * Queuing the address writes in KVM's coalesced ring halves their exits.
+   * Queuing the address writes in KVM's coalesced ring halves their exits; the vCPU
+   * threads apply them before the next exit's access.
    */
-  private coalescePciAddressWrites(runPage: ArrayBuffer): CoalescedRing | undefined {
+  private coalescePciAddressWrites(): CoalescedRingShare | undefined {
     const ringPage = this.kvm.checkExtension(Cap.COALESCED_MMIO);
-    if (ringPage <= 0 || this.kvm.checkExtension(Cap.COALESCED_PIO) <= 0 || (ringPage + 1) * 4096 > runPage.byteLength) return undefined;
+    if (ringPage <= 0 || this.kvm.checkExtension(Cap.COALESCED_PIO) <= 0 || (ringPage + 1) * 4096 > this.kvm.vcpuMmapSize()) return undefined;
     this.vm.registerCoalescedZone(PCI_CONFIG_IO_PORT, 4, true);
-    return new CoalescedRing(runPage, ringPage * 4096);
+    return { offset: ringPage * 4096, lock: new SharedArrayBuffer(4) };
   }
 
   private deviceError(e: unknown): void {
@@ -268,6 +269,8 @@ export class Machine {
       if (this.exit) resolve();
     });
     const mmapSize = this.kvm.vcpuMmapSize();
+    // Every function is plugged by now: the vCPU threads answer probes of the others.
+    this.pciConfig.publishPresent(this.pci.devices().map(([devfn]) => devfn));
     // The vCPU threads transmit on the UART themselves; the pump passes the bytes on.
     const serialOutput = this.serial.pumpOutput();
     const runs = this.threads.map((t) =>
@@ -290,7 +293,7 @@ export class Machine {
       unclaimed: { pio: { ...this.pio.unclaimed }, mmio: { ...this.mmio.unclaimed } },
       unclaimedTop: { pio: topAddresses(this.pio), mmio: topAddresses(this.mmio) },
       serial: { ...this.serial.counters },
-      coalescedWrites: this.ring?.drained ?? 0,
+      coalescedWrites: this.threads.reduce((n, t) => n + t.coalescedWrites, 0),
       virtio: Object.fromEntries(this.virtio.filter((v) => !(v.device instanceof VirtioNet)).map((v) => [v.name, v.stats()])),
       nics: this.nics.map((n) => this.nicStats(n.config, n.device)),
       deviceFailures: Object.fromEntries(

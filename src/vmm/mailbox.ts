@@ -44,6 +44,8 @@ export const MailboxField = {
   tid: 10,
   /** errors the worker's own devices threw (each access is then dropped) */
   localErrors: 11,
+  /** writes the worker took from KVM's coalesced ring and applied */
+  coalesced: 12,
 } as const;
 
 export const SPIN_MICROS = availableParallelism() > 1 ? 1000 : 0;

@@ -39,6 +39,8 @@ export interface PcWiring {
 export interface PcDevices {
   serial: Serial;
   pci: PciBus;
+  /** The configuration ports' owner; vCPU threads attach views of its state. */
+  pciConfig: PciConfigIo;
 }
 
 export function installPcDevices(pio: Bus, wiring: PcWiring): PcDevices {
@@ -53,6 +55,7 @@ export function installPcDevices(pio: Bus, wiring: PcWiring): PcDevices {
   // Bus 0 with its host bridge: without one, Linux probes the config ports tens of thousands of times.
   const pci = new PciBus({ pio, mmio: wiring.mmio, memoryWindow: PCI_MMIO_WINDOW, ioWindow: PCI_IO_WINDOW, setGsi: wiring.setGsi });
   pci.add({ name: 'host-bridge', config: new ConfigSpace(HOST_BRIDGE_IDS), bars: [] }, 0);
-  pio.insert(new PciConfigIo(pci), PCI_CONFIG_IO_PORT, PCI_CONFIG_IO_SIZE);
-  return { serial, pci };
+  const pciConfig = new PciConfigIo(pci);
+  pio.insert(pciConfig, PCI_CONFIG_IO_PORT, PCI_CONFIG_IO_SIZE);
+  return { serial, pci, pciConfig };
 }

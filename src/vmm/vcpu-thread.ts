@@ -8,7 +8,7 @@ import { exitReasonName } from '../kvm/ioctls.js';
 import { tgkill } from '../host/libc.js';
 import type { Bus } from '../devices/bus.js';
 import { AccessKind, Mailbox, MailboxState, SPIN_MICROS, MailboxField, spinWhile } from './mailbox.js';
-import type { VcpuLocalDevice, VcpuWorkerData } from './vcpu-worker.js';
+import type { CoalescedRingShare, VcpuLocalDevice, VcpuWorkerData } from './vcpu-worker.js';
 
 export interface VcpuStop {
   vcpu: number;
@@ -22,10 +22,11 @@ export interface Buses {
   mmio: Bus;
 }
 
-/** The devices the vCPU thread answers itself, and the VM fd their interrupts go through. */
+/** The devices the vCPU thread answers itself, the VM fd their interrupts go through, and the coalesced ring it drains. */
 export interface LocalDevices {
   vmFd: number;
   devices: VcpuLocalDevice[];
+  ring?: CoalescedRingShare;
 }
 
 /** The signal that takes a vCPU thread out of KVM_RUN; the process ignores it otherwise. */
@@ -40,14 +41,17 @@ export class VcpuThread {
   /** Errors thrown by device code on the main thread, which must never take the VMM down. */
   private mainThreadErrors = 0;
 
-  /** `beforeDispatch` runs ahead of every exit's device access (the machine drains the coalesced ring there). */
   constructor(
     readonly vcpu: Vcpu,
     private readonly buses: Buses,
     private readonly onDeviceError: (e: unknown) => void,
-    private readonly beforeDispatch: () => void = () => {},
     private readonly local: LocalDevices = { vmFd: -1, devices: [] },
   ) {}
+
+  /** Writes this vCPU's thread took from KVM's coalesced ring. */
+  get coalescedWrites(): number {
+    return Atomics.load(this.mailbox.header, MailboxField.coalesced);
+  }
 
   /** Errors device code threw, on the main thread and on the vCPU thread. */
   get deviceErrors(): number {
@@ -66,7 +70,14 @@ export class VcpuThread {
       process.on('SIGUSR2', () => {});
       leaveRunHandlerInstalled = true;
     }
-    const data: VcpuWorkerData = { fd: this.vcpu.fd, mmapSize, shared: this.mailbox.shared, vmFd: this.local.vmFd, local: this.local.devices };
+    const data: VcpuWorkerData = {
+      fd: this.vcpu.fd,
+      mmapSize,
+      shared: this.mailbox.shared,
+      vmFd: this.local.vmFd,
+      local: this.local.devices,
+      ring: this.local.ring,
+    };
     this.worker = new Worker(new URL('./vcpu-worker.js', import.meta.url), { workerData: data });
     const failed = new Promise<VcpuStop>((resolve) => {
       this.worker!.once('error', (e) => {
@@ -116,7 +127,6 @@ export class VcpuThread {
     const pio = h[MailboxField.kind] === AccessKind.PIO;
     const bus = pio ? this.buses.pio : this.buses.mmio;
     const addr = pio ? h[MailboxField.addrLo]! : (h[MailboxField.addrLo]! >>> 0) + (h[MailboxField.addrHi]! >>> 0) * 2 ** 32;
-    this.beforeDispatch();
     bus.dispatch(addr, size, isWrite, this.mailbox.data.subarray(0, size * count), (e) => {
       this.mainThreadErrors++;
       this.onDeviceError(e);

@@ -1,26 +1,33 @@
 // Body of one vCPU thread. It owns its kvm_run mapping and views of the devices
-// whose state is shared memory (the UART): it issues KVM_RUN, counts exits,
-// answers port accesses to those devices itself, and hands every other I/O and
-// MMIO exit to the main thread through its Mailbox (see mailbox.ts), blocking
-// until the device has answered.
+// whose state is shared memory (the UART, the PCI configuration ports): it issues
+// KVM_RUN, counts exits, applies the writes KVM coalesced, answers port accesses
+// those devices can answer alone, and hands every other I/O and MMIO exit to the
+// main thread through its Mailbox (see mailbox.ts), blocking until the device has
+// answered.
 import { workerData } from 'node:worker_threads';
 import { Bus } from '../devices/bus.js';
 import { Serial } from '../devices/legacy/serial.js';
+import { PciConfigIo } from '../devices/pci/config-io.js';
 import { ExitReason, Ioctl, IoDirection, RunOffset } from '../kvm/ioctls.js';
 import { irqLine } from '../kvm/kvm.js';
 import { EAGAIN, EINTR, gettid, ioctlRaw, mmapShared } from '../host/libc.js';
+import { CoalescedRing } from './coalesced-ring.js';
 import { AccessKind, EXIT_COUNTERS, Mailbox, MailboxState, MAX_LOCAL_DEVICES, SPIN_MICROS, MailboxField, spinWhile } from './mailbox.js';
 
-/** A device the vCPU thread answers itself: its state is shared memory behind a lock. */
-export interface VcpuLocalDevice {
-  kind: 'serial';
-  name: string;
-  port: number;
-  length: number;
-  /** The owner's shared state (Serial.shared). */
-  state: SharedArrayBuffer;
-  /** The interrupt line it raises with KVM_IRQ_LINE on vmFd. */
-  gsi: number;
+/** A device the vCPU thread answers itself (all of it, or what needs no other state): its state is shared memory. */
+export type VcpuLocalDevice = { name: string; port: number; length: number; state: SharedArrayBuffer } & (
+  | {
+      kind: 'serial';
+      /** The interrupt line it raises with KVM_IRQ_LINE on vmFd. */
+      gsi: number;
+    }
+  | { kind: 'pci-config' }
+);
+
+/** KVM's coalesced ring, inside every vCPU's kvm_run mapping at `offset`; `lock` (an Int32) keeps two vCPUs from draining it at once. */
+export interface CoalescedRingShare {
+  offset: number;
+  lock: SharedArrayBuffer;
 }
 
 export interface VcpuWorkerData {
@@ -29,18 +36,27 @@ export interface VcpuWorkerData {
   shared: SharedArrayBuffer;
   vmFd: number;
   local: VcpuLocalDevice[];
+  ring?: CoalescedRingShare;
 }
 
-/** The port bus of the thread's own devices; accesses are counted in the mailbox. */
+/** The port bus of the thread's own devices; `owner` says which device answers an access alone, if any. */
 function localBus(vmFd: number, devices: VcpuLocalDevice[]): { bus: Bus; owner: (port: number, len: number) => number } {
   if (devices.length > MAX_LOCAL_DEVICES) throw new Error(`at most ${MAX_LOCAL_DEVICES} devices on a vCPU thread`);
   const bus = new Bus('pio-local');
-  for (const d of devices) bus.insert(Serial.attach(d.name, d.state, { set: (level) => irqLine(vmFd, d.gsi, level) }), d.port, d.length);
-  const owner = (port: number, len: number) => devices.findIndex((d) => port >= d.port && port + len <= d.port + d.length);
+  const alone = devices.map((d) => {
+    if (d.kind === 'serial') {
+      bus.insert(Serial.attach(d.name, d.state, { set: (level) => irqLine(vmFd, d.gsi, level) }), d.port, d.length);
+      return () => true;
+    }
+    const view = PciConfigIo.attach(d.state);
+    bus.insert(view, d.port, d.length);
+    return (offset: number) => view.answersAlone(offset);
+  });
+  const owner = (port: number, len: number) => devices.findIndex((d, i) => port >= d.port && port + len <= d.port + d.length && alone[i]!(port - d.port));
   return { bus, owner };
 }
 
-function runVcpu({ fd, mmapSize, shared, vmFd, local }: VcpuWorkerData): void {
+function runVcpu({ fd, mmapSize, shared, vmFd, local, ring: share }: VcpuWorkerData): void {
   const box = new Mailbox(shared);
   const own = localBus(vmFd, local);
   const h = box.header;
@@ -48,6 +64,25 @@ function runVcpu({ fd, mmapSize, shared, vmFd, local }: VcpuWorkerData): void {
   const run = new DataView(runMap.buffer);
   const runBytes = new Uint8Array(runMap.buffer);
   Atomics.store(h, MailboxField.tid, gettid());
+  const ring = share ? new CoalescedRing(runMap.buffer, share.offset) : undefined;
+  const ringLock = share ? new Int32Array(share.lock) : undefined;
+  const noMmio = new Bus('mmio-local');
+
+  /** Applies the writes KVM queued (in guest order, before this exit's access). */
+  const drainRing = () => {
+    if (!ring || !ringLock) return;
+    while (Atomics.compareExchange(ringLock, 0, 0, 1) !== 0) Atomics.wait(ringLock, 0, 1, 1);
+    try {
+      const before = ring.drained;
+      ring.drain(own.bus, noMmio);
+      if (ring.drained !== before) Atomics.add(h, MailboxField.coalesced, ring.drained - before);
+    } catch {
+      Atomics.add(h, MailboxField.localErrors, 1);
+    } finally {
+      Atomics.store(ringLock, 0, 0);
+      Atomics.notify(ringLock, 0, 1);
+    }
+  };
 
   const stop = (reason: number, detail: number) => {
     h[MailboxField.exitReason] = reason;
@@ -76,6 +111,7 @@ function runVcpu({ fd, mmapSize, shared, vmFd, local }: VcpuWorkerData): void {
     }
     const reason = run.getUint32(RunOffset.exitReason, true);
     box.exits[Math.min(reason, EXIT_COUNTERS - 1)]!++;
+    if (reason === ExitReason.IO || reason === ExitReason.MMIO) drainRing();
     switch (reason) {
       case ExitReason.IO: {
         const size = run.getUint8(RunOffset.ioSize);

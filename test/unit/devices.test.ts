@@ -209,6 +209,23 @@ test('pci config io: the host bridge answers, absent functions read all-ones', (
   assert.equal(rd32(pci, 4), 0xffffffff);
 });
 
+test("pci config io: a vCPU thread's view answers the latch and absent functions alone, and leaves present ones to the owner", () => {
+  const bus = new PciBus({ pio: new Bus('pio'), mmio: new Bus('mmio'), memoryWindow: PCI_MMIO_WINDOW, ioWindow: PCI_IO_WINDOW, setGsi: () => {} });
+  const owner = new PciConfigIo(bus);
+  bus.add({ name: 'bridge', config: new ConfigSpace({ vendor: 0x1b36, device: 0x0008, classCode: 0x060000 }), bars: [] }, 0);
+  owner.publishPresent(bus.devices().map(([devfn]) => devfn));
+  const view = PciConfigIo.attach(owner.shared);
+  wr32(view, 0, 0x80000800); // device 1: absent
+  assert.equal(rd32(owner, 0), 0x80000800, 'one latch for both');
+  assert.ok(view.answersAlone(0) && view.answersAlone(4));
+  assert.equal(rd32(view, 4), 0xffffffff);
+  wr32(view, 0, 0x80010000); // bus 1: nothing there
+  assert.ok(view.answersAlone(6));
+  wr32(view, 0, 0x80000000); // the host bridge: present
+  assert.equal(view.answersAlone(4), false);
+  assert.equal(rd32(owner, 4), 0x00081b36, 'the owner reads it through the bus');
+});
+
 test('panic watcher: the banner marks a panic, the end-of-panic line fires once, even behind timestamps', () => {
   let fired = 0;
   const w = new PanicWatcher(() => fired++);
