@@ -161,6 +161,34 @@ test('e1000: legacy transmit, TSO segmentation with fixed headers and checksums,
   assert.deepEqual(backend.resumed, [0]);
 });
 
+test('e1000: ITR keeps the line low for its interval after an assertion, then asserts what came meanwhile; ITR 0 does not throttle', async () => {
+  const { nic, wr, rd, irq } = e1000Setup();
+  wr(MacReg.IMS, Icr.RXT0 | Icr.TXDW);
+  wr(MacReg.ITR, 0xffff); // the longest interval: 65535 × 256 ns ≈ 16.8 ms
+  wr(MacReg.ICS, Icr.RXT0);
+  assert.equal(irq(), true, 'an idle card asserts at once');
+  assert.equal(rd(MacReg.ICR), Icr.RXT0);
+  assert.equal(irq(), false);
+  wr(MacReg.ICS, Icr.TXDW);
+  wr(MacReg.ICS, Icr.RXT0);
+  assert.equal(irq(), false, 'within the interval the line stays low');
+  assert.equal(nic.counters.interruptsThrottled, 1, 'one deferred assertion for both causes');
+  await new Promise((resolve) => setTimeout(resolve, 40));
+  assert.equal(irq(), true, 'asserted when the interval ended');
+  assert.equal(rd(MacReg.ICR), Icr.RXT0 | Icr.TXDW);
+  assert.equal(nic.counters.interrupts, 2);
+
+  wr(MacReg.ITR, 0);
+  await new Promise((resolve) => setTimeout(resolve, 40));
+  for (let i = 0; i < 3; i++) {
+    wr(MacReg.ICS, Icr.RXT0);
+    assert.equal(irq(), true);
+    rd(MacReg.ICR);
+  }
+  assert.equal(nic.counters.interruptsThrottled, 1);
+  await nic.close();
+});
+
 test('e1000: rings and buffers outside guest RAM are refused and counted; register fuzz never throws', () => {
   const { mem, nic, backend, wr } = e1000Setup();
   wr(MacReg.TCTL, 2);

@@ -153,6 +153,9 @@ export class E1000 implements PciDevice, NetPort {
   private rxHeld = false;
   /** INTx is asserted: (ICR & IMS) != 0. */
   private asserted = false;
+  /** ITR: no new assertion before this time (performance.now() ms), and the timer that asserts then. */
+  private irqQuietUntil = 0;
+  private irqTimer: NodeJS.Timeout | undefined;
   /** The transmit packet being assembled from data descriptors, and the context it uses. */
   private txPacket: Uint8Array[] = [];
   private txLength = 0;
@@ -176,6 +179,8 @@ export class E1000 implements PciDevice, NetPort {
     txSegmented: 0,
     rxNoBuffers: 0,
     interrupts: 0,
+    /** Assertions ITR pushed back to the end of the guest's interval. */
+    interruptsThrottled: 0,
     tdtWrites: 0,
     rdtWrites: 0,
     /** Transmit chunks deferred to a later turn of the event loop. */
@@ -225,6 +230,7 @@ export class E1000 implements PciDevice, NetPort {
     this.txDrop = undefined;
     this.stopTx();
     this.broken = false;
+    this.stopIrqTimer();
     this.asserted = false;
     this.intx.set(false);
   }
@@ -383,11 +389,39 @@ export class E1000 implements PciDevice, NetPort {
     this.updateIrq();
   }
 
+  /**
+   * Interrupt throttling (ITR, in 256 ns units): after an assertion the line stays
+   * low for that interval, and causes that come meanwhile are asserted together
+   * when it ends, as the 8254x does. Node's timers have a 1 ms resolution, so a
+   * throttled assertion waits at least that long; an idle card asserts at once.
+   */
   private updateIrq(): void {
     const level = (this.reg(MacReg.ICR) & this.reg(MacReg.IMS)) !== 0;
-    if (level && !this.asserted) this.counters.interrupts++;
+    if (level && !this.asserted) {
+      if (this.irqTimer) return;
+      const now = performance.now();
+      if (now < this.irqQuietUntil) {
+        this.counters.interruptsThrottled++;
+        this.irqTimer = setTimeout(() => this.throttleEnded(), this.irqQuietUntil - now);
+        return;
+      }
+      this.counters.interrupts++;
+      this.irqQuietUntil = now + ((this.reg(MacReg.ITR) & 0xffff) * 256) / 1e6;
+    }
     this.asserted = level;
     this.intx.set(level);
+  }
+
+  private throttleEnded(): void {
+    this.irqTimer = undefined;
+    this.irqQuietUntil = 0;
+    this.guarded('interrupt throttle timer', undefined, () => this.updateIrq());
+  }
+
+  private stopIrqTimer(): void {
+    clearTimeout(this.irqTimer);
+    this.irqTimer = undefined;
+    this.irqQuietUntil = 0;
   }
 
   // -- rings -----------------------------------------------------------------
@@ -691,6 +725,7 @@ export class E1000 implements PciDevice, NetPort {
 
   async close(): Promise<void> {
     this.stopTx();
+    this.stopIrqTimer();
     await this.backend.close();
   }
 }
