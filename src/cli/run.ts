@@ -384,7 +384,8 @@ export function formatStats(s: MachineStats): string {
     ['pio', s.pio],
     ['mmio', s.mmio],
   ] as const) {
-    for (const [name, c] of Object.entries(devices)) lines.push(`  ${bus} ${name}: reads=${c.reads} writes=${c.writes}`);
+    for (const [name, c] of Object.entries(devices))
+      lines.push(`  ${bus} ${name}: reads=${c.reads} writes=${c.writes}${c.queued ? ` queued=${c.queued}` : ''}`);
     const u = s.unclaimed[bus];
     const top = s.unclaimedTop[bus].map(([a, n]) => `0x${a.toString(16)}:${n}`).join(' ');
     lines.push(`  ${bus} unclaimed: reads=${u.reads} writes=${u.writes}${top ? ` (by address: ${top})` : ''}`);
@@ -408,6 +409,7 @@ export function formatStats(s: MachineStats): string {
       .join(' ');
     lines.push(
       `  nic ${n.name} (${n.model} on ${n.backend}): exits mmio-reads=${e.mmioReads} mmio-writes=${e.mmioWrites} pio-reads=${e.pioReads} pio-writes=${e.pioWrites}` +
+        (n.queuedWrites ? ` queued-writes=${n.queuedWrites}` : '') +
         ` kicks=${n.kicks} interrupts=${n.interrupts} tx=${n.txPackets}/${n.txBytes}B rx=${n.rxPackets}/${n.rxBytes}B drops: ${drops || 'none'}`,
     );
     lines.push(

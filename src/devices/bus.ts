@@ -16,7 +16,10 @@ export interface IrqLine {
 
 export interface DeviceCounters {
   reads: number;
+  /** Writes that exited. */
   writes: number;
+  /** Writes KVM queued in its coalesced ring (no exit), applied later. */
+  queued: number;
 }
 
 interface Range {
@@ -49,7 +52,7 @@ export class Bus {
     if (clash) {
       throw new BusError(`${this.name}: ${device.name} at 0x${base.toString(16)} overlaps ${clash.device.name} at 0x${clash.base.toString(16)}`);
     }
-    this.ranges.push({ base, length, device, counters: { reads: 0, writes: 0 } });
+    this.ranges.push({ base, length, device, counters: { reads: 0, writes: 0, queued: 0 } });
     this.ranges.sort((a, b) => a.base - b.base);
   }
 
@@ -85,14 +88,16 @@ export class Bus {
     return true;
   }
 
-  write(addr: number, data: Uint8Array): boolean {
+  /** `queued`: the write comes from KVM's coalesced ring, not from an exit. */
+  write(addr: number, data: Uint8Array, queued = false): boolean {
     const r = this.find(addr, data.length);
     if (!r) {
       this.unclaimed.writes++;
       this.countUnclaimed(addr);
       return false;
     }
-    r.counters.writes++;
+    if (queued) r.counters.queued++;
+    else r.counters.writes++;
     r.device.write(addr - r.base, data);
     return true;
   }
@@ -126,9 +131,10 @@ export class Bus {
   counters(): Map<string, DeviceCounters> {
     const out = new Map<string, DeviceCounters>();
     for (const r of this.ranges) {
-      const c = out.get(r.device.name) ?? { reads: 0, writes: 0 };
+      const c = out.get(r.device.name) ?? { reads: 0, writes: 0, queued: 0 };
       c.reads += r.counters.reads;
       c.writes += r.counters.writes;
+      c.queued += r.counters.queued;
       out.set(r.device.name, c);
     }
     return out;

@@ -20,6 +20,7 @@ export const Ioctl = {
   CREATE_IRQCHIP: io(0x60),
   IRQ_LINE: iow(0x61, 8),
   REGISTER_COALESCED_MMIO: iow(0x67, 16),
+  UNREGISTER_COALESCED_MMIO: iow(0x68, 16),
   SET_GSI_ROUTING: iow(0x6a, 8),
   IRQFD: iow(0x76, 32),
   CREATE_PIT2: iow(0x77, 64),

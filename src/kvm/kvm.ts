@@ -137,11 +137,12 @@ export class Vm {
    * exiting for each; userspace applies them before handling the next exit.
    */
   registerCoalescedZone(addr: number, len: number, pio: boolean): void {
-    const buf = Buffer.alloc(16);
-    buf.writeBigUInt64LE(BigInt(addr), 0);
-    buf.writeUInt32LE(len, 8);
-    buf.writeUInt32LE(pio ? 1 : 0, 12);
-    ioctlBuf(this.fd, Ioctl.REGISTER_COALESCED_MMIO, 'KVM_REGISTER_COALESCED_MMIO', buf);
+    ioctlBuf(this.fd, Ioctl.REGISTER_COALESCED_MMIO, 'KVM_REGISTER_COALESCED_MMIO', coalescedZone(addr, len, pio));
+  }
+
+  /** Undoes registerCoalescedZone for exactly that zone (a BAR that moved). */
+  unregisterCoalescedZone(addr: number, len: number, pio: boolean): void {
+    ioctlBuf(this.fd, Ioctl.UNREGISTER_COALESCED_MMIO, 'KVM_UNREGISTER_COALESCED_MMIO', coalescedZone(addr, len, pio));
   }
 
   /** Makes guest writes to addr (PIO or MMIO) signal eventFd inside KVM instead of exiting. */
@@ -280,6 +281,15 @@ export class Vcpu {
     munmap(this.run);
     closeFd(this.fd);
   }
+}
+
+/** struct kvm_coalesced_mmio_zone: u64 addr, u32 size, u32 pio. */
+function coalescedZone(addr: number, len: number, pio: boolean): Buffer {
+  const buf = Buffer.alloc(16);
+  buf.writeBigUInt64LE(BigInt(addr), 0);
+  buf.writeUInt32LE(len, 8);
+  buf.writeUInt32LE(pio ? 1 : 0, 12);
+  return buf;
 }
 
 const irqLineArg = Buffer.alloc(8);

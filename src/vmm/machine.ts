@@ -7,7 +7,7 @@ import { vcpuCpuid } from '../arch/x86/cpuid.js';
 import { e820Map } from '../arch/x86/e820.js';
 import { ramRegions, TSS_ADDR } from '../arch/x86/layout.js';
 import { buildZeroPage, checkKernelImage, loadInitrd, loadKernel, writeCmdline, writeZeroPage } from '../arch/x86/linux-loader.js';
-import { Bus } from '../devices/bus.js';
+import { Bus, type DeviceCounters } from '../devices/bus.js';
 import { E1000 } from '../devices/net/e1000.js';
 import type { Serial } from '../devices/legacy/serial.js';
 import { PCI_CONFIG_IO_PORT, PCI_CONFIG_IO_SIZE, type PciConfigIo } from '../devices/pci/config-io.js';
@@ -81,6 +81,8 @@ export class Machine {
   private readonly events = new EventLoop((e) => this.deviceError(e));
   private readonly msiSinks: (IrqfdMsiSink | SignalMsiSink)[] = [];
   private readonly threads: VcpuThread[] = [];
+  /** KVM's coalesced ring is in use (the vCPU threads and the main thread drain it). */
+  private coalescing = false;
   private exit: MachineExit | undefined;
   private finish: (() => void) | undefined;
   private readonly panicWatcher = new PanicWatcher(() => this.end('panic', 'the kernel reported a panic on its console'));
@@ -162,7 +164,7 @@ export class Machine {
     };
     for (const nic of config.nics ?? []) {
       if (nic.model === 'e1000') {
-        const e1000 = new E1000(this.memory, nic.backend, nic.mac, nic.name);
+        const e1000 = new E1000(this.memory, nic.backend, nic.mac, nic.name, this.coalescing ? (addr, len) => this.coalesceMmio(addr, len) : undefined);
         this.pci.add(e1000);
         nic.backend.attach(e1000, this.events);
         this.nics.push({ config: nic, device: e1000 });
@@ -173,6 +175,11 @@ export class Machine {
       }
     }
     for (const device of [...(config.virtio ?? []), ...(this.virtioConsole ? [this.virtioConsole] : [])]) plugVirtio(device);
+  }
+
+  private coalesceMmio(addr: number, len: number): () => void {
+    this.vm.registerCoalescedZone(addr, len, false);
+    return () => this.vm.unregisterCoalescedZone(addr, len, false);
   }
 
   /** KVM signals `fd` on a guest write to [addr, addr+len) instead of exiting; returns the undo. */
@@ -193,6 +200,7 @@ export class Machine {
 
     const supported = this.kvm.supportedCpuid();
     const ring = this.coalescePciAddressWrites();
+    this.coalescing = ring !== undefined;
     const local: LocalDevices = {
       vmFd: this.vm.fd,
       devices: [
@@ -218,7 +226,8 @@ export class Machine {
   /**
    * PCI config accesses come in pairs: a 0xCF8 address write, then a data access.
    * Queuing the address writes in KVM's coalesced ring halves their exits; the vCPU
-   * threads apply them before the next exit's access.
+   * threads apply them before the next exit's access. The e1000 adds its zones to the
+   * same ring when its BAR is placed.
    */
   private coalescePciAddressWrites(): CoalescedRingShare | undefined {
     const ringPage = this.kvm.checkExtension(Cap.COALESCED_MMIO);
@@ -312,8 +321,9 @@ export class Machine {
    * registers cost, kicks that arrived without an exit, interrupts, traffic, drops.
    */
   private nicStats(nic: NicConfig, device: VirtioPciDevice | E1000): NicStats {
-    const mmio = this.mmio.counters().get(nic.name) ?? { reads: 0, writes: 0 };
-    const pio = this.pio.counters().get(nic.name) ?? { reads: 0, writes: 0 };
+    const none: DeviceCounters = { reads: 0, writes: 0, queued: 0 };
+    const mmio = this.mmio.counters().get(nic.name) ?? none;
+    const pio = this.pio.counters().get(nic.name) ?? none;
     const own = device.stats();
     const transport = device instanceof VirtioPciDevice ? device.counters : undefined;
     const pick = (prefix: string) => Object.fromEntries(Object.entries(own).filter(([k]) => k.startsWith(prefix)));
@@ -322,6 +332,7 @@ export class Machine {
       model: nic.model,
       backend: nic.backend.description,
       exits: { mmioReads: mmio.reads, mmioWrites: mmio.writes, pioReads: pio.reads, pioWrites: pio.writes },
+      queuedWrites: mmio.queued + pio.queued,
       kicks: transport ? (own.kicks ?? 0) : 0,
       interrupts: transport ? (own.calls ?? 0) : (own.interrupts ?? 0),
       txPackets: own.txPackets ?? 0,
@@ -350,8 +361,8 @@ export class Machine {
 
 export interface MachineStats {
   vcpus: { id: number; exits: Record<string, number>; deviceErrors: number }[];
-  pio: Record<string, { reads: number; writes: number }>;
-  mmio: Record<string, { reads: number; writes: number }>;
+  pio: Record<string, DeviceCounters>;
+  mmio: Record<string, DeviceCounters>;
   unclaimed: { pio: { reads: number; writes: number }; mmio: { reads: number; writes: number } };
   /** The most-hit unclaimed addresses and their access counts. */
   unclaimedTop: { pio: [number, number][]; mmio: [number, number][] };
@@ -373,6 +384,8 @@ export interface NicStats {
   backend: string;
   /** Exits the card's registers caused, by bus and direction. */
   exits: { mmioReads: number; mmioWrites: number; pioReads: number; pioWrites: number };
+  /** Register writes KVM queued in its coalesced ring instead of exiting. */
+  queuedWrites: number;
   /** Queue kicks the data plane woke for, whether they came by exit or by ioeventfd. */
   kicks: number;
   interrupts: number;
@@ -387,12 +400,12 @@ export interface NicStats {
 }
 
 /** Access counts by device, summed over the main thread's bus and the vCPU threads' own devices. */
-function mergeCounters(...sources: Map<string, { reads: number; writes: number }>[]): Map<string, { reads: number; writes: number }> {
-  const out = new Map<string, { reads: number; writes: number }>();
+function mergeCounters(...sources: Map<string, DeviceCounters>[]): Map<string, DeviceCounters> {
+  const out = new Map<string, DeviceCounters>();
   for (const source of sources) {
     for (const [name, c] of source) {
-      const sum = out.get(name) ?? { reads: 0, writes: 0 };
-      out.set(name, { reads: sum.reads + c.reads, writes: sum.writes + c.writes });
+      const sum = out.get(name) ?? { reads: 0, writes: 0, queued: 0 };
+      out.set(name, { reads: sum.reads + c.reads, writes: sum.writes + c.writes, queued: sum.queued + c.queued });
     }
   }
   return out;

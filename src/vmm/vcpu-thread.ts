@@ -6,7 +6,8 @@ import { Worker } from 'node:worker_threads';
 import type { Vcpu } from '../kvm/kvm.js';
 import { exitReasonName } from '../kvm/ioctls.js';
 import { tgkill } from '../host/libc.js';
-import type { Bus } from '../devices/bus.js';
+import type { Bus, DeviceCounters } from '../devices/bus.js';
+import { CoalescedRing, drainLocked } from './coalesced-ring.js';
 import { AccessKind, Mailbox, MailboxState, SPIN_MICROS, MailboxField, spinWhile } from './mailbox.js';
 import type { CoalescedRingShare, VcpuLocalDevice, VcpuWorkerData } from './vcpu-worker.js';
 
@@ -40,17 +41,21 @@ export class VcpuThread {
   private worker: Worker | undefined;
   /** Errors thrown by device code on the main thread, which must never take the VMM down. */
   private mainThreadErrors = 0;
+  /** KVM's coalesced ring through this vCPU's kvm_run mapping, for the writes the vCPU thread left to this thread. */
+  private readonly ring: { ring: CoalescedRing; lock: Int32Array } | undefined;
 
   constructor(
     readonly vcpu: Vcpu,
     private readonly buses: Buses,
     private readonly onDeviceError: (e: unknown) => void,
     private readonly local: LocalDevices = { vmFd: -1, devices: [] },
-  ) {}
+  ) {
+    if (local.ring) this.ring = { ring: new CoalescedRing(vcpu.run.buffer, local.ring.offset), lock: new Int32Array(local.ring.lock) };
+  }
 
-  /** Writes this vCPU's thread took from KVM's coalesced ring. */
+  /** Writes taken from KVM's coalesced ring by this vCPU's thread, and by the main thread on its exits. */
   get coalescedWrites(): number {
-    return Atomics.load(this.mailbox.header, MailboxField.coalesced);
+    return Atomics.load(this.mailbox.header, MailboxField.coalesced) + (this.ring?.ring.drained ?? 0);
   }
 
   /** Errors device code threw, on the main thread and on the vCPU thread. */
@@ -59,9 +64,9 @@ export class VcpuThread {
   }
 
   /** Accesses the vCPU thread answered itself, by device. */
-  localAccesses(): Map<string, { reads: number; writes: number }> {
+  localAccesses(): Map<string, DeviceCounters> {
     const counts = this.mailbox.localAccesses;
-    return new Map(this.local.devices.map((d, i) => [d.name, { reads: counts[2 * i]!, writes: counts[2 * i + 1]! }]));
+    return new Map(this.local.devices.map((d, i) => [d.name, { reads: counts[2 * i]!, writes: counts[2 * i + 1]!, queued: 0 }]));
   }
 
   /** Runs the vCPU until it stops; resolves with why. */
@@ -127,10 +132,13 @@ export class VcpuThread {
     const pio = h[MailboxField.kind] === AccessKind.PIO;
     const bus = pio ? this.buses.pio : this.buses.mmio;
     const addr = pio ? h[MailboxField.addrLo]! : (h[MailboxField.addrLo]! >>> 0) + (h[MailboxField.addrHi]! >>> 0) * 2 ** 32;
-    bus.dispatch(addr, size, isWrite, this.mailbox.data.subarray(0, size * count), (e) => {
+    const onError = (e: unknown) => {
       this.mainThreadErrors++;
       this.onDeviceError(e);
-    });
+    };
+    // The vCPU thread applied what it could; writes for main-thread devices (the e1000's) come first.
+    if (this.ring) drainLocked(this.ring.ring, this.ring.lock, this.buses.pio, this.buses.mmio, { onError });
+    bus.dispatch(addr, size, isWrite, this.mailbox.data.subarray(0, size * count), onError);
   }
 
   /** Asks the vCPU to leave KVM_RUN and end its thread. */

@@ -1,7 +1,8 @@
 // Body of one vCPU thread. It owns its kvm_run mapping and views of the devices
 // whose state is shared memory (the UART, the PCI configuration ports): it issues
-// KVM_RUN, counts exits, applies the writes KVM coalesced, answers port accesses
-// those devices can answer alone, and hands every other I/O and MMIO exit to the
+// KVM_RUN, counts exits, applies the writes KVM coalesced for those devices,
+// answers port accesses they can answer alone, and hands every other I/O and MMIO
+// exit (and any exit while writes for main-thread devices wait in the ring) to the
 // main thread through its Mailbox (see mailbox.ts), blocking until the device has
 // answered.
 import { workerData } from 'node:worker_threads';
@@ -11,7 +12,7 @@ import { PciConfigIo } from '../devices/pci/config-io.js';
 import { ExitReason, Ioctl, IoDirection, RunOffset } from '../kvm/ioctls.js';
 import { irqLine } from '../kvm/kvm.js';
 import { EAGAIN, EINTR, gettid, ioctlRaw, mmapShared } from '../host/libc.js';
-import { CoalescedRing } from './coalesced-ring.js';
+import { CoalescedRing, drainLocked, type DrainOptions } from './coalesced-ring.js';
 import { AccessKind, EXIT_COUNTERS, Mailbox, MailboxState, MAX_LOCAL_DEVICES, SPIN_MICROS, MailboxField, spinWhile } from './mailbox.js';
 
 /** A device the vCPU thread answers itself (all of it, or what needs no other state): its state is shared memory. */
@@ -68,20 +69,21 @@ function runVcpu({ fd, mmapSize, shared, vmFd, local, ring: share }: VcpuWorkerD
   const ringLock = share ? new Int32Array(share.lock) : undefined;
   const noMmio = new Bus('mmio-local');
 
-  /** Applies the writes KVM queued (in guest order, before this exit's access). */
-  const drainRing = () => {
-    if (!ring || !ringLock) return;
-    while (Atomics.compareExchange(ringLock, 0, 0, 1) !== 0) Atomics.wait(ringLock, 0, 1, 1);
-    try {
-      const before = ring.drained;
-      ring.drain(own.bus, noMmio);
-      if (ring.drained !== before) Atomics.add(h, MailboxField.coalesced, ring.drained - before);
-    } catch {
-      Atomics.add(h, MailboxField.localErrors, 1);
-    } finally {
-      Atomics.store(ringLock, 0, 0);
-      Atomics.notify(ringLock, 0, 1);
-    }
+  const ringOptions: DrainOptions = {
+    take: (pio, addr, len) => pio && own.owner(addr, len) >= 0,
+    onError: () => Atomics.add(h, MailboxField.localErrors, 1),
+  };
+  /**
+   * Applies the writes KVM queued for this thread's own devices (in guest order,
+   * before this exit's access); false when writes for main-thread devices are left,
+   * which the main thread must apply before this exit's access.
+   */
+  const drainRing = (): boolean => {
+    if (!ring || !ringLock) return true;
+    const before = ring.drained;
+    const empty = drainLocked(ring, ringLock, own.bus, noMmio, ringOptions);
+    if (ring.drained !== before) Atomics.add(h, MailboxField.coalesced, ring.drained - before);
+    return empty;
   };
 
   const stop = (reason: number, detail: number) => {
@@ -111,7 +113,7 @@ function runVcpu({ fd, mmapSize, shared, vmFd, local, ring: share }: VcpuWorkerD
     }
     const reason = run.getUint32(RunOffset.exitReason, true);
     box.exits[Math.min(reason, EXIT_COUNTERS - 1)]!++;
-    if (reason === ExitReason.IO || reason === ExitReason.MMIO) drainRing();
+    const ringEmpty = reason === ExitReason.IO || reason === ExitReason.MMIO ? drainRing() : true;
     switch (reason) {
       case ExitReason.IO: {
         const size = run.getUint8(RunOffset.ioSize);
@@ -121,7 +123,7 @@ function runVcpu({ fd, mmapSize, shared, vmFd, local, ring: share }: VcpuWorkerD
         const bytes = size * count;
         if (bytes > box.data.length || dataOffset + bytes > runBytes.length) return stop(reason, -1);
         const port = run.getUint16(RunOffset.ioPort, true);
-        const device = own.owner(port, size);
+        const device = ringEmpty ? own.owner(port, size) : -1;
         if (device >= 0) {
           box.localAccesses[2 * device + (isWrite ? 1 : 0)]! += count;
           // Guest input must not end the vCPU thread: what the device throws is counted.

@@ -47,7 +47,7 @@ test('bus dispatches by range, rejects overlaps and counts unclaimed accesses', 
   assert.equal(bus.unclaimedByAddress.get(0x50), 1);
   bus.write(0x101, b(1));
   assert.deepEqual(seen, [1]);
-  assert.deepEqual(bus.counters().get('d'), { reads: 1, writes: 1 });
+  assert.deepEqual(bus.counters().get('d'), { reads: 1, writes: 1, queued: 0 });
 });
 
 function uart() {

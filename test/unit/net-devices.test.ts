@@ -5,7 +5,8 @@
 // and queue pairs, malformed frames).
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { Icr, MacReg } from '../../src/devices/net/e1000.js';
+import { E1000, Icr, MacReg } from '../../src/devices/net/e1000.js';
+import { GuestMemory, gpa } from '../../src/memory/guest-memory.js';
 import { VNET_HDR_LEN } from '../../src/net/backend.js';
 import { NetFeature, VirtioNet } from '../../src/virtio/net.js';
 import { bit } from '../../src/virtio/device.js';
@@ -187,6 +188,36 @@ test('e1000: ITR keeps the line low for its interval after an assertion, then as
   }
   assert.equal(nic.counters.interruptsThrottled, 1);
   await nic.close();
+});
+
+test('e1000: BAR 0 writes are coalesced except MDIC, the interrupt registers, TCTL and TDT, and the zones follow the BAR', () => {
+  const zones = new Set<string>();
+  let refuse = false;
+  const nic = new E1000(GuestMemory.create([{ start: gpa(0), size: 1 << 16 }]), new FakeBackend(), MAC, 'e1000', (addr, len) => {
+    if (refuse) throw new Error('ENOSPC');
+    const key = `${addr.toString(16)}+${len.toString(16)}`;
+    zones.add(key);
+    return () => zones.delete(key);
+  });
+  nic.barMapped(0, 0xfeb00000);
+  const covered = (reg: number) =>
+    [...zones].some((z) => {
+      const [at, len] = z.split('+').map((x) => parseInt(x, 16));
+      return 0xfeb00000 + reg >= at! && 0xfeb00000 + reg + 4 <= at! + len!;
+    });
+  for (const reg of [MacReg.MDIC, MacReg.ICR, MacReg.ICS, MacReg.IMS, MacReg.IMC, MacReg.TCTL, MacReg.TDT])
+    assert.ok(!covered(reg), `0x${reg.toString(16)} exits`);
+  for (const reg of [MacReg.CTRL, MacReg.ITR, MacReg.RCTL, MacReg.RDT, MacReg.TDBAL, MacReg.RA, 0x1fffc])
+    assert.ok(covered(reg), `0x${reg.toString(16)} is queued`);
+  const total = [...zones].reduce((n, z) => n + parseInt(z.split('+')[1]!, 16), 0);
+  assert.equal(total, 0x20000 - 7 * 4, 'everything else in the BAR');
+  nic.barMapped(1, 0xc000);
+  assert.equal(zones.size, 8, 'the I/O BAR is not coalesced');
+  nic.barMapped(0, undefined);
+  assert.equal(zones.size, 0, 'unmapped: every zone undone');
+  refuse = true;
+  nic.barMapped(0, 0xfeb00000);
+  assert.equal(nic.counters.zoneErrors, 8, 'refused zones are counted; their writes simply exit');
 });
 
 test('e1000: rings and buffers outside guest RAM are refused and counted; register fuzz never throws', () => {

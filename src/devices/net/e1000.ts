@@ -14,7 +14,7 @@
 // until the driver resets it with CTRL.RST.
 import { dataValue, setDataValue, type BusDevice, type IrqLine } from '../bus.js';
 import { ConfigSpace } from '../pci/config-space.js';
-import type { PciBar, PciDevice } from '../pci/device.js';
+import type { CoalescedZoneRegistrar, PciBar, PciDevice } from '../pci/device.js';
 import type { GuestMemory } from '../../memory/guest-memory.js';
 import { VNET_HDR_LEN, withVnetHdr, NO_OFFLOADS, type NetBackend, type NetPort } from '../../net/backend.js';
 import { DropCounter, prefixed } from '../../net/counters.js';
@@ -142,6 +142,27 @@ interface Ring {
   count: number;
 }
 
+/**
+ * The registers whose writes need an answer before the guest goes on (the PHY's
+ * MDIC, the interrupt registers, transmit enable and the transmit doorbell), the
+ * same ones QEMU's e1000 leaves out of KVM's coalesced ring. Every other BAR 0
+ * write may wait in the ring until the next exit: the driver reads a register, or
+ * writes one of these, before it depends on one.
+ */
+const EXITING_WRITES = [MacReg.MDIC, MacReg.ICR, MacReg.ICS, MacReg.IMS, MacReg.IMC, MacReg.TCTL, MacReg.TDT];
+
+/** The BAR 0 ranges between those registers. */
+export const COALESCED_RANGES: readonly { offset: number; length: number }[] = (() => {
+  const ranges: { offset: number; length: number }[] = [];
+  let start = 0;
+  for (const reg of [...EXITING_WRITES].sort((a, b) => a - b)) {
+    if (reg > start) ranges.push({ offset: start, length: reg - start });
+    start = reg + 4;
+  }
+  ranges.push({ offset: start, length: MMIO_SIZE - start });
+  return ranges;
+})();
+
 export class E1000 implements PciDevice, NetPort {
   readonly config: ConfigSpace;
   readonly bars: readonly PciBar[];
@@ -164,6 +185,8 @@ export class E1000 implements PciDevice, NetPort {
   private txContext: TxContext = { ipcss: 0, ipcso: 0, ipcse: 0, tucss: 0, tucso: 0, tucse: 0, ipv4: true, tcp: true, hdrLen: 0, mss: 0 };
   /** The descriptor at TDH when the budget ran out before its packet's frames were all sent. */
   private txSending: TxStep | undefined;
+  /** Undoes the coalesced zones registered for BAR 0 where it is mapped now. */
+  private undoZones: (() => void)[] = [];
   /** The next transmit chunk, when one is scheduled. */
   private txResume: NodeJS.Immediate | undefined;
   private txBudget: TxBudget = { ...TX_BUDGET };
@@ -187,6 +210,8 @@ export class E1000 implements PciDevice, NetPort {
     txYields: 0,
     tsoMssRaised: 0,
     deviceErrors: 0,
+    /** BAR 0 ranges KVM refused to coalesce (their writes exit instead). */
+    zoneErrors: 0,
   };
   readonly drops = new DropCounter<E1000Drop>();
 
@@ -195,6 +220,7 @@ export class E1000 implements PciDevice, NetPort {
     private readonly backend: NetBackend,
     private readonly mac: Uint8Array,
     readonly name = 'e1000',
+    private readonly zones?: CoalescedZoneRegistrar,
   ) {
     this.config = new ConfigSpace({
       vendor: INTEL,
@@ -216,6 +242,21 @@ export class E1000 implements PciDevice, NetPort {
 
   plugged(intx: IrqLine): void {
     this.intx = intx;
+  }
+
+  /** Wherever BAR 0 decodes, writes to all but EXITING_WRITES go to KVM's coalesced ring. */
+  barMapped(index: number, address: number | undefined): void {
+    if (index !== 0 || !this.zones) return;
+    const attempt = (body: () => void) => {
+      try {
+        body();
+      } catch {
+        this.counters.zoneErrors++;
+      }
+    };
+    for (const undo of this.undoZones.splice(0)) attempt(undo);
+    if (address === undefined) return;
+    for (const r of COALESCED_RANGES) attempt(() => this.undoZones.push(this.zones!(address + r.offset, r.length)));
   }
 
   private reset(): void {

@@ -16,6 +16,12 @@ export interface PciBar {
   readonly region: BusDevice;
 }
 
+/**
+ * Has KVM queue guest writes to [addr, addr+len) in its coalesced ring instead of
+ * exiting for each (they are applied before the next exit is handled); returns the undo.
+ */
+export type CoalescedZoneRegistrar = (addr: number, len: number) => () => void;
+
 export interface PciDevice {
   readonly name: string;
   readonly config: ConfigSpace;
