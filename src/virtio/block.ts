@@ -1,6 +1,6 @@
 // virtio-blk (virtio 1.x, "Block Device"): the device model the transport talks to
-// (features, configuration space, num-queues) and, per request queue, a device
-// worker running the queue's data plane (block-queue.ts) on a thread of its own.
+// (features, configuration space, num-queues) and its device worker: a thread of
+// its own that runs the data plane (block-queue.ts) of every started request queue.
 // The main thread starts and stops queues and reads counters; it never touches a
 // request.
 import { closeImage, type ImageFile } from '../backends/raw-image.js';
@@ -9,7 +9,7 @@ import { BLOCK_COUNTERS, BLOCK_QUEUE_SIZE, ID_BYTES, MAX_DISCARD_SECTORS, MAX_DI
 import { bit, readConfigBytes, VirtioId, type DeviceHost, type QueueResources, type VirtioDevice } from './device.js';
 import type { QueueState } from './queue.js';
 import { WORKER_COUNTERS } from './worker/data-plane.js';
-import { QueueWorker } from './worker/queue-worker.js';
+import { DeviceWorker } from './worker/device-worker.js';
 
 export { BlkStatus, BlkType, SECTOR_SIZE } from './block-queue.js';
 
@@ -38,8 +38,8 @@ export class VirtioBlock implements VirtioDevice {
   readonly configSize = CONFIG_SIZE;
   private readonly config = new Uint8Array(CONFIG_SIZE);
   private readonly disk: BlockDisk;
-  /** One per queue, started the first time its queue runs and kept across resets. */
-  private readonly workers: (QueueWorker | undefined)[];
+  /** Started when the first queue runs and kept across resets. */
+  private deviceWorker: DeviceWorker | undefined;
   private activation: { features: bigint; memory: MemoryTable; host: DeviceHost } | undefined;
   /** Counters of workers that are gone (a dead one is replaced). */
   private readonly retired = new Float64Array(WORKER_COUNTERS.length + BLOCK_COUNTERS.length);
@@ -52,7 +52,6 @@ export class VirtioBlock implements VirtioDevice {
     serial.set(Buffer.from(opts.serial ?? '', 'ascii').subarray(0, ID_BYTES));
     this.disk = { image: opts.image, serial };
     this.queueSizes = Array.from({ length: queues }, () => BLOCK_QUEUE_SIZE);
-    this.workers = this.queueSizes.map(() => undefined);
     let features = bit(BlockFeature.SIZE_MAX) | bit(BlockFeature.SEG_MAX) | bit(BlockFeature.BLK_SIZE) | bit(BlockFeature.FLUSH) | bit(BlockFeature.TOPOLOGY);
     features |= opts.image.readOnly ? bit(BlockFeature.RO) : bit(BlockFeature.DISCARD) | bit(BlockFeature.WRITE_ZEROES);
     if (queues > 1) features |= bit(BlockFeature.MQ);
@@ -84,49 +83,51 @@ export class VirtioBlock implements VirtioDevice {
 
   startQueue(q: QueueResources): void {
     const a = this.activation;
-    if (!a || q.index >= this.workers.length) throw new Error(`${this.name}: queue ${q.index} started without an activation`);
-    this.worker(q.index).start(a.memory, a.features, q);
+    if (!a || q.index >= this.queueSizes.length) throw new Error(`${this.name}: queue ${q.index} started without an activation`);
+    this.liveWorker().start(a.memory, a.features, q);
   }
 
-  /** The queue's worker; a dead one is replaced (its counters kept). */
-  private worker(index: number): QueueWorker {
-    let w = this.workers[index];
+  /** The device's worker; a dead one is replaced (its counters kept). */
+  private liveWorker(): DeviceWorker {
+    let w = this.deviceWorker;
     if (w?.dead) {
       w.counters.forEach((n, i) => (this.retired[i]! += n));
       void w.close();
       w = undefined;
     }
     if (!w) {
-      w = new QueueWorker('block', this.disk, BLOCK_COUNTERS.length, (reason) => this.activation?.host.fail(`queue ${index}: ${reason}`));
-      this.workers[index] = w;
+      w = new DeviceWorker('block', this.disk, BLOCK_COUNTERS.length, (reason, index) =>
+        this.activation?.host.fail(index === undefined ? reason : `queue ${index}: ${reason}`),
+      );
+      this.deviceWorker = w;
     }
     return w;
   }
 
   stopQueue(index: number): Promise<QueueState | undefined> {
-    return this.workers[index]?.stop() ?? Promise.resolve(undefined);
+    return this.deviceWorker?.stop(index) ?? Promise.resolve(undefined);
   }
 
   reset(): void {
     this.activation = undefined;
   }
 
-  /** The worker of queue `index`, for tests that must see what a crashed worker leaves. */
-  queueWorker(index: number): QueueWorker | undefined {
-    return this.workers[index];
+  /** The device's worker, for tests that must see what a crashed worker leaves. */
+  worker(): DeviceWorker | undefined {
+    return this.deviceWorker;
   }
 
   stats(): Record<string, number> {
     const sum = Float64Array.from(this.retired);
-    for (const w of this.workers) w?.counters.forEach((n, i) => (sum[i]! += n));
+    this.deviceWorker?.counters.forEach((n, i) => (sum[i]! += n));
     const names = [...WORKER_COUNTERS, ...BLOCK_COUNTERS];
-    return { ...Object.fromEntries(names.map((name, i) => [name, sum[i]!])), queues: this.workers.length };
+    return { ...Object.fromEntries(names.map((name, i) => [name, sum[i]!])), queues: this.queueSizes.length };
   }
 
-  /** The workers finish the requests they hold and end; then the image closes (their data is in the file). */
+  /** The worker finishes the requests it holds and ends; then the image closes (their data is in the file). */
   async close(): Promise<void> {
     this.activation = undefined;
-    await Promise.all(this.workers.map((w) => w?.close()));
+    await this.deviceWorker?.close();
     closeImage(this.disk.image);
   }
 }

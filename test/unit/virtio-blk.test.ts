@@ -259,7 +259,7 @@ test('virtio-blk: a back-end that fails its reads gives the guest I/O errors, no
 test('virtio-blk: a device worker that dies fails its device, and the next start gets a new worker', async () => {
   const s = setup();
   assert.equal((await request(s, BlkType.IN, 0, [{ addr: s.d.alloc(512), len: 512, write: true }])).status, BlkStatus.OK);
-  await s.blk.queueWorker(0)!.kill();
+  await s.blk.worker()!.kill();
   await until('the device failed', () => s.failures.length > 0);
   assert.match(s.failures[0]!, /device worker exited/);
   assert.equal(await s.blk.stopQueue(0), undefined, 'a dead worker has no state to give');
@@ -269,6 +269,38 @@ test('virtio-blk: a device worker that dies fails its device, and the next start
   assert.equal((await request(s, BlkType.IN, 1, [{ addr: fresh.alloc(512), len: 512, write: true }])).status, BlkStatus.OK);
   assert.equal(s.blk.stats().reads, 2, "the dead worker's counters are kept");
   await s.close();
+});
+
+test('virtio-blk: two queues share the device worker; one stopped or failed leaves the other serving', async () => {
+  const file = imageFile();
+  const blk = new VirtioBlock({ name: 'blk', image: openImage({ path: file, readOnly: false, cache: 'writeback' }), queues: 2 });
+  const first = new SimDriver(16, true);
+  const second = new SimDriver(16, true, { mem: first.mem, ringOffset: 0x8000, dataStart: 0x60000 });
+  const failures: string[] = [];
+  const fds = [0, 1].map(() => ({ kick: eventfd(), call: eventfd() }));
+  blk.activate(0n, first.mem.table(), { fail: (reason) => failures.push(reason), configChanged: () => {} });
+  [first, second].forEach((d, index) => blk.startQueue({ index, state: d.queue.state(), kickFd: fds[index]!.kick, callFd: fds[index]!.call }));
+  const read = async (index: number, d: SimDriver, sector: number) => {
+    const s = { d, kick: () => eventfdSignal(fds[index]!.kick) } as Setup;
+    const buf = d.alloc(512);
+    const r = await request(s, BlkType.IN, sector, [{ addr: buf, len: 512, write: true }]);
+    return { status: r.status, first: d.mem.readU8(buf) };
+  };
+  assert.deepEqual(await read(0, first, 1), { status: BlkStatus.OK, first: 512 % 251 });
+  assert.deepEqual(await read(1, second, 2), { status: BlkStatus.OK, first: 1024 % 251 });
+  assert.ok(eventfdDrain(fds[0]!.call) && eventfdDrain(fds[1]!.call), "each queue's interrupt goes to its own call fd");
+  const state = await blk.stopQueue(0);
+  assert.equal(state?.nextAvail, 1);
+  assert.deepEqual(await read(1, second, 3), { status: BlkStatus.OK, first: 1536 % 251 }, 'queue 1 serves on');
+  second.publish(99); // a head outside the table fails queue 1 only
+  eventfdSignal(fds[1]!.kick);
+  await until('queue 1 failed', () => failures.length > 0);
+  assert.match(failures[0]!, /^queue 1: /);
+  blk.startQueue({ index: 0, state: state!, kickFd: fds[0]!.kick, callFd: fds[0]!.call });
+  assert.deepEqual(await read(0, first, 4), { status: BlkStatus.OK, first: 2048 % 251 }, 'queue 0 restarts where it stopped');
+  assert.equal(blk.stats().reads, 4);
+  await blk.close();
+  for (const f of fds) (closeFd(f.kick), closeFd(f.call));
 });
 
 test('virtio-blk cache=none: O_DIRECT I/O, also from guest buffers too misaligned for it (bounced), moves the right bytes', async () => {

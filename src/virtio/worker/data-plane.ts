@@ -1,5 +1,5 @@
 // What runs inside a device worker: one queue's data plane, made from plain data
-// and driven by the worker's loop (queue-worker-main.ts). The same class runs on
+// and driven by the worker's loop (device-worker-main.ts). The same class runs on
 // whatever thread is given the plain data; nothing here knows about workers.
 import type { GuestMemory } from '../../memory/guest-memory.js';
 import type { QueueResources } from '../device.js';

@@ -1,8 +1,8 @@
-// The main thread's handle on one queue's device worker: a thread with its own
-// blocking epoll loop (queue-worker-main.ts) that runs the queue's data plane.
-// Control goes down a MessagePort plus an eventfd that wakes the loop; the worker
-// answers on the port. Counters are a shared array the worker writes and the
-// main thread reads, so --stats costs the data path nothing.
+// The main thread's handle on a device worker: one thread per virtio device, with
+// its own blocking epoll loop (device-worker-main.ts) that runs the data planes of
+// the device's started queues. Control goes down a MessagePort plus an eventfd
+// that wakes the loop; the worker answers on the port. Counters are a shared array
+// the worker writes and the main thread reads, so --stats costs the data path nothing.
 import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
 import { closeFd, eventfd, eventfdSignal } from '../../host/libc.js';
 import type { MemoryTable } from '../../memory/guest-memory.js';
@@ -13,42 +13,44 @@ import { WORKER_COUNTERS } from './data-plane.js';
 /** The data planes a worker can run, by the name the main thread asks for. */
 export type DataPlaneKind = 'block';
 
-export interface QueueWorkerData {
+export interface DeviceWorkerData {
   kind: DataPlaneKind;
-  /** The device's plain-data description for its data plane (for block: BlockDisk). */
+  /** The device's plain-data description for its data planes (for block: BlockDisk). */
   init: unknown;
   controlFd: number;
   port: MessagePort;
   counters: SharedArrayBuffer;
 }
 
-export type ToWorker = { type: 'start'; memory: MemoryTable; features: bigint; queue: QueueResources } | { type: 'stop' } | { type: 'exit' };
-export type FromWorker = { type: 'stopped'; state: QueueState | undefined } | { type: 'failed'; reason: string };
+export type ToWorker = { type: 'start'; memory: MemoryTable; features: bigint; queue: QueueResources } | { type: 'stop'; index: number } | { type: 'exit' };
+export type FromWorker = { type: 'stopped'; index: number; state: QueueState | undefined } | { type: 'failed'; index: number; reason: string };
 
-export class QueueWorker {
+export class DeviceWorker {
   private readonly worker: Worker;
   private readonly port: MessagePort;
   private readonly controlFd = eventfd();
-  private readonly stops: ((state: QueueState | undefined) => void)[] = [];
+  /** Per queue, the stops asked for and not yet answered, oldest first. */
+  private readonly stops = new Map<number, ((state: QueueState | undefined) => void)[]>();
   private readonly exited: Promise<void>;
   private closing = false;
   /** Why the worker is gone, if it went on its own. */
   dead: string | undefined;
-  /** The worker's counters (WORKER_COUNTERS, then the device's). */
+  /** The worker's counters (WORKER_COUNTERS, then the device's), summed over its queues. */
   readonly counters: Float64Array;
 
+  /** `onFailure` hears of a queue whose data plane failed (with its index) or of the whole worker's death (without). */
   constructor(
     kind: DataPlaneKind,
     init: unknown,
     deviceCounters: number,
-    private readonly onFailure: (reason: string) => void,
+    private readonly onFailure: (reason: string, index?: number) => void,
   ) {
     const channel = new MessageChannel();
     this.port = channel.port1;
     const shared = new SharedArrayBuffer(8 * (WORKER_COUNTERS.length + deviceCounters));
     this.counters = new Float64Array(shared);
-    const data: QueueWorkerData = { kind, init, controlFd: this.controlFd, port: channel.port2, counters: shared };
-    this.worker = new Worker(new URL('./queue-worker-main.js', import.meta.url), { workerData: data, transferList: [channel.port2] });
+    const data: DeviceWorkerData = { kind, init, controlFd: this.controlFd, port: channel.port2, counters: shared };
+    this.worker = new Worker(new URL('./device-worker-main.js', import.meta.url), { workerData: data, transferList: [channel.port2] });
     this.port.on('message', (m: FromWorker) => this.received(m));
     this.port.unref();
     let errorText = '';
@@ -59,15 +61,15 @@ export class QueueWorker {
           this.dead = `device worker exited (code ${code}${errorText ? `: ${errorText}` : ''})`;
           this.onFailure(this.dead);
         }
-        for (const stop of this.stops.splice(0)) stop(undefined);
+        for (const waiting of this.stops.values()) for (const stop of waiting.splice(0)) stop(undefined);
         resolve();
       }),
     );
   }
 
   private received(m: FromWorker): void {
-    if (m.type === 'stopped') this.stops.shift()?.(m.state);
-    else this.onFailure(m.reason);
+    if (m.type === 'stopped') this.stops.get(m.index)?.shift()?.(m.state);
+    else this.onFailure(m.reason, m.index);
   }
 
   private send(m: ToWorker): void {
@@ -81,10 +83,14 @@ export class QueueWorker {
   }
 
   /** Resolves with the queue's state once the worker has finished the chain in hand and let the queue go. */
-  stop(): Promise<QueueState | undefined> {
+  stop(index: number): Promise<QueueState | undefined> {
     if (this.dead) return Promise.resolve(undefined);
-    const stopped = new Promise<QueueState | undefined>((resolve) => this.stops.push(resolve));
-    this.send({ type: 'stop' });
+    const stopped = new Promise<QueueState | undefined>((resolve) => {
+      const waiting = this.stops.get(index) ?? [];
+      waiting.push(resolve);
+      this.stops.set(index, waiting);
+    });
+    this.send({ type: 'stop', index });
     return stopped;
   }
 
