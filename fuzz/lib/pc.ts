@@ -5,6 +5,7 @@
 // loop, for virtio-pci transports and the main-thread data planes behind them.
 import { Bus } from '../../src/devices/bus.js';
 import { E1000 } from '../../src/devices/net/e1000.js';
+import type { CoalescedZoneRegistrar } from '../../src/devices/pci/device.js';
 import type { MsiSink } from '../../src/devices/pci/msix.js';
 import type { GuestMemory } from '../../src/memory/guest-memory.js';
 import { VirtioConsole } from '../../src/virtio/console.js';
@@ -90,9 +91,9 @@ export function virtioDevice(kind: number, backend = new RefusingBackend(1 + ((k
   }
 }
 
-export function e1000(memory: GuestMemory): { nic: E1000; backend: RefusingBackend } {
+export function e1000(memory: GuestMemory, zones?: CoalescedZoneRegistrar): { nic: E1000; backend: RefusingBackend } {
   const backend = new RefusingBackend();
-  const nic = new E1000(memory, backend, MAC);
+  const nic = new E1000(memory, backend, MAC, 'e1000', zones);
   backend.attach(nic, NO_POLLER);
   return { nic, backend };
 }

@@ -3,10 +3,13 @@
 // bus, in every width and alignment; BARs sized with all-ones, moved anywhere
 // (over each other, to zero, past 4 GiB), decoding switched on and off, and
 // accesses to wherever they now decode. Oracles: a sized BAR reads back its
-// size mask and type bits; reads fill exactly the bytes asked for. The virtio
+// size mask and type bits; reads fill exactly the bytes asked for; the e1000's
+// coalesced zones (kept by a model of KVM's list) are registered once each, undone
+// once each, and are at every moment all of its ranges at one base or none. The virtio
 // functions are plugged as the machine plugs them (onMainThread, the fds watched
 // by hand and pumped after each access, memfd-backed RAM), and closed at the end
 // of the case, their eventfds with them.
+import { COALESCED_RANGES } from '../../src/devices/net/e1000.js';
 import type { PciDevice } from '../../src/devices/pci/device.js';
 import { onMainThread } from '../../src/virtio/in-process.js';
 import { VirtioPciDevice } from '../../src/virtio/pci-transport.js';
@@ -33,8 +36,9 @@ export const pciConfig: FuzzTarget = {
     );
     try {
       for (const t of transports) rig.pci.add(t);
-      rig.pci.add(e1000(memory).nic);
-      accesses(rig, fds, data);
+      const zones = new ZoneModel();
+      rig.pci.add(e1000(memory, zones.registrar).nic);
+      accesses(rig, fds, data, () => zones.check());
     } finally {
       for (const t of transports) await t.close();
       memory.close();
@@ -43,8 +47,35 @@ export const pciConfig: FuzzTarget = {
   },
 };
 
-/** The case's accesses, each followed by what the event loop would do for the fds they signalled. */
-function accesses(rig: PcRig, fds: ManualWatch, data: Uint8Array): void {
+/** KVM's coalesced zones as the e1000 registers them; what the device catches is remembered for check(). */
+class ZoneModel {
+  private readonly zones = new Map<string, number>();
+  private readonly faults: string[] = [];
+  readonly registrar = (addr: number, len: number): (() => void) => {
+    const key = `0x${addr.toString(16)}+0x${len.toString(16)}`;
+    if (this.zones.has(key)) this.faults.push(`zone ${key} registered twice`);
+    this.zones.set(key, addr);
+    let undone = false;
+    return () => {
+      if (undone || !this.zones.delete(key)) this.faults.push(`zone ${key} undone twice`);
+      undone = true;
+    };
+  };
+
+  check(): void {
+    check(this.faults.length === 0, this.faults.join('; '));
+    if (this.zones.size === 0) return;
+    const base = Math.min(...this.zones.values()) - COALESCED_RANGES[0]!.offset;
+    const expected = COALESCED_RANGES.map((r) => `0x${(base + r.offset).toString(16)}+0x${r.length.toString(16)}`);
+    check(
+      this.zones.size === expected.length && expected.every((k) => this.zones.has(k)),
+      `the e1000's zones are not its ranges at one base: ${[...this.zones.keys()].join(' ')}`,
+    );
+  }
+}
+
+/** The case's accesses, each followed by what the event loop would do for the fds they signalled, then `after`. */
+function accesses(rig: PcRig, fds: ManualWatch, data: Uint8Array, after: () => void): void {
   const functions = rig.pci.devices();
   const fn = (r: ByteReader): [number, PciDevice] => functions[r.u8() % functions.length]!;
   const cfgRead = (devfn: number, offset: number, width: number): Uint8Array => {
@@ -98,5 +129,6 @@ function accesses(rig: PcRig, fds: ManualWatch, data: Uint8Array): void {
         rig.pci.configWrite(fn(r)[0], 0x04, le(r.u16(), 2));
     }
     fds.pump();
+    after();
   }
 }
