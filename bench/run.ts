@@ -213,7 +213,12 @@ async function netBench(kernel: string, initrd: string, iperfBin: string, librar
       const device = `${model === 'e1000' ? 'e1000' : 'virtio-net-pci'},netdev=n0`;
       const tsvisor = tsvisorArgs(kernel, initrd, DEFAULT_GUEST_CMDLINE, ['--netdev', `tap,id=n0,ifname=${TAP},script=no`, '--device', device, '--stats']);
       const qemu = qemuArgs(kernel, initrd, DEFAULT_GUEST_CMDLINE, ['-netdev', `tap,id=n0,ifname=${TAP},script=no,downscript=no,vhost=off`, '-device', device]);
-      const t = (await session(process.execPath, tsvisor, input)).out;
+      const run = await session(process.execPath, tsvisor, input);
+      const t = run.out;
+      // The card's counters (exits, queued writes, interrupts, throttling), to read the figures by.
+      const lines = run.err.split('\n');
+      const card = lines.findIndex((l) => l.includes('  nic '));
+      for (const line of card >= 0 ? lines.slice(card, card + 2) : []) process.stdout.write(`# ${line.trim()}\n`);
       const q = (await session('qemu-system-x86_64', qemu, input)).out;
       const peer = `qemu ${model === 'e1000' ? 'e1000' : 'virtio-net-pci'} (tap, vhost=off)`;
       report(`${model} over tap, TCP guest to host (Mbit/s)`, iperfRate(t, 'GUEST-TO-HOST-2'), iperfRate(q, 'GUEST-TO-HOST-2'), peer);
