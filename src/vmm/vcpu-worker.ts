@@ -25,7 +25,7 @@ export type VcpuLocalDevice = { name: string; port: number; length: number; stat
   | { kind: 'pci-config' }
 );
 
-/** KVM's coalesced ring, inside every vCPU's kvm_run mapping at `offset`; `lock` (an Int32) keeps two vCPUs from draining it at once. */
+/** KVM's coalesced ring, inside every vCPU's kvm_run mapping at `offset`; `lock` (an Int32) keeps two threads (vCPU or main) from draining it at once. */
 export interface CoalescedRingShare {
   offset: number;
   lock: SharedArrayBuffer;

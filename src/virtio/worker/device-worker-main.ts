@@ -11,7 +11,7 @@ import { epollAdd, epollCreate, epollDelete, EPOLL_EVENT_SIZE, epollWait, eventf
 import { GuestMemory } from '../../memory/guest-memory.js';
 import { startBlockQueue } from '../block-queue.js';
 import { describeError } from '../device.js';
-import { WorkerCounter, type DataPlaneContext, type QueueDataPlane } from './data-plane.js';
+import { WORKER_COUNTERS, WorkerCounter, type DataPlaneContext, type QueueDataPlane } from './data-plane.js';
 import type { DataPlaneKind, DeviceWorkerData, FromWorker, ToWorker } from './device-worker.js';
 
 /** Chains per queue per turn of the loop. */
@@ -34,7 +34,7 @@ interface Running {
 
 function main({ kind, init, controlFd, port, counters: shared }: DeviceWorkerData): void {
   const counters = new Float64Array(shared);
-  const deviceCounters = counters.subarray(2);
+  const deviceCounters = counters.subarray(WORKER_COUNTERS.length);
   const epfd = epollCreate();
   epollAdd(epfd, controlFd, CONTROL);
   const events = Buffer.alloc(MAX_EVENTS * EPOLL_EVENT_SIZE);
@@ -77,7 +77,7 @@ function main({ kind, init, controlFd, port, counters: shared }: DeviceWorkerDat
       running.set(index, r);
     } catch (e) {
       memory?.close();
-      reply({ type: 'failed', index, reason: `start: ${describeError(e)}` });
+      fail(index, `start: ${describeError(e)}`);
     }
   };
 
