@@ -10,7 +10,7 @@ import type { MsiSink } from '../../src/devices/pci/msix.js';
 import type { GuestMemory } from '../../src/memory/guest-memory.js';
 import { VirtioConsole } from '../../src/virtio/console.js';
 import type { MainThreadDevice } from '../../src/virtio/in-process.js';
-import { VirtioNet } from '../../src/virtio/net.js';
+import { InProcessNet } from '../../test/support/in-process-net.js';
 import { VirtioRng } from '../../src/virtio/rng.js';
 import { installPcDevices, type PcDevices } from '../../src/vmm/pc-devices.js';
 import { FakeBackend, NO_POLLER } from '../../test/support/fake-net-backend.js';
@@ -84,8 +84,7 @@ export function virtioDevice(kind: number, backend = new RefusingBackend(1 + ((k
       return { device, host: (r) => device.input(r.rest(4096)) };
     }
     default: {
-      const device = new VirtioNet(backend, { mac: MAC, pairs: backend.queues });
-      backend.attach(device, NO_POLLER);
+      const device = new InProcessNet(backend, { mac: MAC, pairs: backend.queues });
       return { device, host: (r) => void device.receive(r.u8() % backend.queues, withVnetHdr(frame(r))) };
     }
   }

@@ -6,7 +6,8 @@
 // the back-end.
 import { VNET_HDR_LEN } from '../../src/net/backend.js';
 import { ETH_HLEN } from '../../src/net/packet.js';
-import { MAX_CTRL_COMMAND, VirtioNet } from '../../src/virtio/net.js';
+import { MAX_CTRL_COMMAND } from '../../src/virtio/net.js';
+import { InProcessNet } from '../../test/support/in-process-net.js';
 import { firstArgs, le, operations, opsArbitrary, type ByteReader } from '../lib/bytes.js';
 import { frame } from '../lib/frames.js';
 import { RefusingBackend } from '../lib/pc.js';
@@ -39,7 +40,7 @@ export const virtioNet: FuzzTarget = {
     const ops = operations(data);
     const r0 = firstArgs(ops);
     const backend = new RefusingBackend(1 + (r0.u8() & 1), r0.bool());
-    const net = new VirtioNet(backend, { mac: Uint8Array.of(0x52, 0x54, 0, 0x12, 0x34, 0x56), pairs: backend.queues });
+    const net = new InProcessNet(backend, { mac: Uint8Array.of(0x52, 0x54, 0, 0x12, 0x34, 0x56), pairs: backend.queues });
     const rig = new VirtioRig(net, r0);
     backend.refuse(r0);
     const ctrlQueue = 2 * backend.queues;

@@ -10,7 +10,7 @@ import { ImageError, openImage } from '../backends/raw-image.js';
 import { consoleCmdline, defaultGuest, defaultGuestCmdline } from '../guest/default-guest.js';
 import { NESTED_UPLINK, onNestedUsr1, runNested, STOP_SIGNALS } from '../nested/nested-host.js';
 import { chooseAccel } from '../vmm/accel.js';
-import { TapBackend, TapError } from '../net/tap.js';
+import { openTap, TapBackend, TapError } from '../net/tap.js';
 import { HostForwardError, UserNetwork } from '../net/user/user-network.js';
 import type { NetBackend } from '../net/backend.js';
 import { MAX_BLOCK_QUEUES, VirtioBlock } from '../virtio/block.js';
@@ -200,11 +200,13 @@ async function networkCards(network: NetworkOptions): Promise<NicConfig[]> {
         await user.listen();
         backend = user;
       } else {
-        backend = new TapBackend({
-          ifname: netdev.kind === 'tap' ? netdev.ifname : undefined,
-          bridge: netdev.kind === 'bridge' ? netdev.bridge : undefined,
-          queues: netdev.queues ?? spec.queues ?? 1,
-        });
+        backend = new TapBackend(
+          openTap({
+            ifname: netdev.kind === 'tap' ? netdev.ifname : undefined,
+            bridge: netdev.kind === 'bridge' ? netdev.bridge : undefined,
+            queues: netdev.queues ?? spec.queues ?? 1,
+          }),
+        );
       }
       const n = counts[spec.model]++;
       nics.push({

@@ -4,9 +4,12 @@
 // start/offset, num_buffers): tap speaks it natively with IFF_VNET_HDR, virtio-net
 // passes it through, and a back-end that cannot offload always sees it zeroed.
 //
-// Threading: both sides run on the main thread. A back-end hands received packets
-// to the port; a port with no guest buffers left answers false, and the back-end
-// holds that queue until the front-end calls resume().
+// Threading: both sides run on one thread, the front-end's (the main thread for
+// the e1000, the device worker for virtio-net; a back-end that must stay on the
+// main thread reaches a worker through ring-backend.ts). A back-end hands received
+// packets to the port; a port with no guest buffers left answers false, and the
+// back-end holds that queue until the front-end calls resume().
+import type { OpenTap } from './tap.js';
 
 export const VNET_HDR_LEN = 12;
 
@@ -28,7 +31,7 @@ export interface NetPort {
   receive(queue: number, packet: Uint8Array): boolean;
 }
 
-/** Watches fds for input on the main thread (the VMM's event loop). */
+/** Watches fds for input on the calling thread's loop (the VMM's event loop, a device worker's). */
 export interface FdPoller {
   add(fd: number, handler: () => void): number;
   remove(token: number): void;
@@ -41,6 +44,8 @@ export interface NetBackend {
   readonly queues: number;
   /** It honours checksum and segmentation requests in vnet headers (tap). */
   readonly offloads: boolean;
+  /** The fds, for a front-end in a device worker that runs the back-end there itself; absent: the back-end stays on this thread. */
+  handOff?(): OpenTap;
   /** Connects the front-end; packets start flowing. Called once. */
   attach(port: NetPort, poller: FdPoller): void;
   /** A packet from the guest, sent from queue `queue`. Dropped (and counted) when the back-end cannot take it. */

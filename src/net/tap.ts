@@ -4,7 +4,10 @@
 // segmentation work is left to whoever can do it cheapest. For `bridge`, tsvisor
 // creates the tap, brings it up and enslaves it to an existing Linux bridge.
 //
-// Each queue's fd is polled by the VMM's event loop; a queue whose guest has no
+// openTap() makes the interface; its fds are plain data, so the back-end that
+// reads and writes them (TapBackend) runs on whichever thread has the front-end:
+// the main thread for the e1000, the virtio-net device worker for virtio-net.
+// Each queue's fd is polled by that thread's loop; a queue whose guest has no
 // receive buffers stops being polled until the front-end calls resume().
 import {
   closeFd,
@@ -23,7 +26,7 @@ import {
 } from '../host/libc.js';
 import type { FdPoller, NetBackend, NetPort, RxOffloads } from './backend.js';
 import { VNET_HDR_LEN } from './backend.js';
-import { DropCounter } from './counters.js';
+import { Counters, DropCounter } from './counters.js';
 
 const TUN_DEVICE = '/dev/net/tun';
 const TUNSETIFF = 0x400454ca;
@@ -45,7 +48,7 @@ const IFNAMSIZ = 16;
 const IFREQ_SIZE = 40;
 /** The largest packet a tap hands over: a 64 KiB GSO packet, its Ethernet header and the vnet header. */
 const READ_BUFFER = VNET_HDR_LEN + 14 + 0x10000;
-/** Packets taken from one queue per wakeup, so queues and the guest's exits share the main thread. */
+/** Packets taken from one queue per wakeup, so queues share their thread. */
 const BURST = 64;
 
 export interface TapOptions {
@@ -60,7 +63,26 @@ export class TapError extends Error {
   override name = 'TapError';
 }
 
-export type TapDrop = 'tx-error' | 'tx-busy' | 'rx-error';
+export const TAP_COUNTERS = ['txPackets', 'txBytes', 'rxPackets', 'rxBytes'] as const;
+export const TAP_DROPS = ['tx-error', 'tx-busy', 'rx-error'] as const;
+export type TapDrop = (typeof TAP_DROPS)[number];
+/** Float64 slots a tap's counters take. */
+export const TAP_SLOTS = TAP_COUNTERS.length + TAP_DROPS.length;
+
+/** A tap's counters over `storage` (TAP_SLOTS long, maybe shared): the back-end's thread counts, any thread reads. */
+export function tapCounters(storage: Float64Array<ArrayBufferLike> = new Float64Array(TAP_SLOTS)) {
+  const counters = new Counters(TAP_COUNTERS, storage);
+  const drops = new DropCounter(TAP_DROPS, storage.subarray(TAP_COUNTERS.length));
+  return { counters, drops, stats: (): Record<string, number> => ({ ...counters.record(), ...drops.stats() }) };
+}
+
+/** An open tap as plain data: one fd per queue. */
+export interface OpenTap {
+  kind: 'tap';
+  fds: number[];
+  ifname: string;
+  description: string;
+}
 
 function ifreq(name: string): Buffer {
   const req = Buffer.alloc(IFREQ_SIZE);
@@ -87,76 +109,104 @@ function explain(e: unknown, what: string): TapError {
   return new TapError(`${what}: ${hints[errnoName(e.errno)] ?? e.message}`);
 }
 
+/** Creates (or attaches to) the tap interface, one fd per queue, and brings it up (on the bridge, if asked). */
+export function openTap(options: TapOptions): OpenTap {
+  const flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | (options.queues > 1 ? IFF_MULTI_QUEUE : 0);
+  let name = options.ifname ?? 'tsvtap%d';
+  const fds: number[] = [];
+  try {
+    for (let q = 0; q < options.queues; q++) {
+      const fd = openFile(TUN_DEVICE, O_RDWR | O_NONBLOCK);
+      fds.push(fd);
+      const req = ifreq(name);
+      req.writeUInt16LE(flags, IFNAMSIZ);
+      ioctlBuf(fd, TUNSETIFF, 'TUNSETIFF', req);
+      name = ifreqName(req); // the kernel's choice for tsvtap%d; later queues join it
+      const hdrSize = Buffer.alloc(4);
+      hdrSize.writeInt32LE(VNET_HDR_LEN);
+      ioctlBuf(fd, TUNSETVNETHDRSZ, 'TUNSETVNETHDRSZ', hdrSize);
+      ioctlInt(fd, TUNSETOFFLOAD, 'TUNSETOFFLOAD', 0);
+    }
+    bringUp(name, options.bridge);
+  } catch (e) {
+    for (const fd of fds) closeFd(fd);
+    throw e instanceof TapError ? e : explain(e, `tap ${name}`);
+  }
+  return { kind: 'tap', fds, ifname: name, description: options.bridge ? `bridge ${options.bridge} (tap ${name})` : `tap ${name}` };
+}
+
+/** Sets the interface up and, for bridge mode, adds it to the bridge. */
+function bringUp(ifname: string, bridge: string | undefined): void {
+  const sock = controlSocket();
+  try {
+    const req = ifreq(ifname);
+    ioctlBuf(sock, SIOCGIFFLAGS, 'SIOCGIFFLAGS', req);
+    req.writeUInt16LE(req.readUInt16LE(IFNAMSIZ) | IFF_UP, IFNAMSIZ);
+    try {
+      ioctlBuf(sock, SIOCSIFFLAGS, 'SIOCSIFFLAGS', req);
+    } catch (e) {
+      if (bridge) throw e; // without privileges a pre-made tap stays as its owner left it
+    }
+    if (bridge) {
+      if (ifNameToIndex(bridge) === 0)
+        throw new TapError(`bridge ${bridge} does not exist (create it: ip link add ${bridge} type bridge; ip link set ${bridge} up)`);
+      const add = ifreq(bridge);
+      add.writeInt32LE(ifNameToIndex(ifname), IFNAMSIZ);
+      try {
+        ioctlBuf(sock, SIOCBRADDIF, 'SIOCBRADDIF', add);
+      } catch (e) {
+        throw explain(e, `adding ${ifname} to bridge ${bridge}`);
+      }
+    }
+  } finally {
+    closeFd(sock);
+  }
+}
+
+/**
+ * The tap's queues as a NetBackend, on the thread that attaches it. The owner (the
+ * instance made where the tap was opened) closes the fds; one made in a device
+ * worker from the plain data only stops using them.
+ */
 export class TapBackend implements NetBackend {
   readonly offloads = true;
   readonly queues: number;
   readonly description: string;
-  private readonly fds: number[] = [];
+  readonly ifname: string;
+  private readonly fds: number[];
   private port: NetPort | undefined;
   private poller: FdPoller | undefined;
   private readonly tokens: (number | undefined)[] = [];
   /** Per queue: the packet the port refused, kept for resume(). */
   private readonly held: (Uint8Array | undefined)[] = [];
   private readonly buffer = Buffer.alloc(READ_BUFFER);
-  readonly ifname: string;
-  readonly counters = { txPackets: 0, txBytes: 0, rxPackets: 0, rxBytes: 0 };
-  readonly drops = new DropCounter<TapDrop>();
+  private readonly count: ReturnType<typeof tapCounters>;
+  private handedOff = false;
 
-  constructor(options: TapOptions) {
-    this.queues = options.queues;
-    const flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | (options.queues > 1 ? IFF_MULTI_QUEUE : 0);
-    let name = options.ifname ?? 'tsvtap%d';
-    try {
-      for (let q = 0; q < options.queues; q++) {
-        const fd = openFile(TUN_DEVICE, O_RDWR | O_NONBLOCK);
-        this.fds.push(fd);
-        const req = ifreq(name);
-        req.writeUInt16LE(flags, IFNAMSIZ);
-        ioctlBuf(fd, TUNSETIFF, 'TUNSETIFF', req);
-        name = ifreqName(req); // the kernel's choice for tsvtap%d; later queues join it
-        const hdrSize = Buffer.alloc(4);
-        hdrSize.writeInt32LE(VNET_HDR_LEN);
-        ioctlBuf(fd, TUNSETVNETHDRSZ, 'TUNSETVNETHDRSZ', hdrSize);
-        ioctlInt(fd, TUNSETOFFLOAD, 'TUNSETOFFLOAD', 0);
-      }
-      this.ifname = name;
-      this.bringUp(options.bridge);
-    } catch (e) {
-      for (const fd of this.fds) closeFd(fd);
-      throw e instanceof TapError ? e : explain(e, `tap ${name}`);
-    }
-    this.description = options.bridge ? `bridge ${options.bridge} (tap ${this.ifname})` : `tap ${this.ifname}`;
+  constructor(
+    private readonly tap: OpenTap,
+    storage?: Float64Array<ArrayBufferLike>,
+    private readonly owner = true,
+  ) {
+    this.fds = tap.fds;
+    this.queues = tap.fds.length;
+    this.ifname = tap.ifname;
+    this.description = tap.description;
+    this.count = tapCounters(storage);
   }
 
-  /** Sets the interface up and, for bridge mode, adds it to the bridge. */
-  private bringUp(bridge: string | undefined): void {
-    const sock = controlSocket();
-    try {
-      const req = ifreq(this.ifname);
-      ioctlBuf(sock, SIOCGIFFLAGS, 'SIOCGIFFLAGS', req);
-      req.writeUInt16LE(req.readUInt16LE(IFNAMSIZ) | IFF_UP, IFNAMSIZ);
-      try {
-        ioctlBuf(sock, SIOCSIFFLAGS, 'SIOCSIFFLAGS', req);
-      } catch (e) {
-        if (bridge) throw e; // without privileges a pre-made tap stays as its owner left it
-      }
-      if (bridge) {
-        if (ifNameToIndex(bridge) === 0)
-          throw new TapError(`bridge ${bridge} does not exist (create it: ip link add ${bridge} type bridge; ip link set ${bridge} up)`);
-        const add = ifreq(bridge);
-        add.writeInt32LE(ifNameToIndex(this.ifname), IFNAMSIZ);
-        try {
-          ioctlBuf(sock, SIOCBRADDIF, 'SIOCBRADDIF', add);
-        } catch (e) {
-          throw explain(e, `adding ${this.ifname} to bridge ${bridge}`);
-        }
-      }
-    } finally {
-      closeFd(sock);
-    }
+  get drops(): DropCounter<TapDrop> {
+    return this.count.drops;
+  }
+
+  /** The fds for a back-end in a device worker; this instance then only closes them. */
+  handOff(): OpenTap {
+    this.handedOff = true;
+    return this.tap;
   }
 
   attach(port: NetPort, poller: FdPoller): void {
+    if (this.handedOff) throw new Error(`${this.description} runs in a device worker`);
     this.port = port;
     this.poller = poller;
     this.fds.forEach((_, q) => this.poll(q));
@@ -177,7 +227,7 @@ export class TapBackend implements NetBackend {
     for (let i = 0; i < BURST && !this.held[q]; i++) {
       const n = readFd(this.fds[q]!, this.buffer);
       if (n === -EAGAIN) return;
-      if (n <= 0) return this.drops.count('rx-error');
+      if (n <= 0) return this.count.drops.count('rx-error');
       this.offer(q, this.buffer.subarray(0, n));
     }
   }
@@ -185,8 +235,8 @@ export class TapBackend implements NetBackend {
   /** Hands a packet to the port, which copies it at once; a refused one is copied out of the read buffer and held. */
   private offer(q: number, packet: Uint8Array): void {
     if (this.port?.receive(q, packet)) {
-      this.counters.rxPackets++;
-      this.counters.rxBytes += packet.length - VNET_HDR_LEN;
+      this.count.counters.add('rxPackets');
+      this.count.counters.add('rxBytes', packet.length - VNET_HDR_LEN);
       return;
     }
     this.held[q] = packet.slice();
@@ -203,10 +253,10 @@ export class TapBackend implements NetBackend {
 
   send(q: number, packet: Uint8Array): void {
     const n = writeFd(this.fds[q % this.fds.length]!, packet);
-    if (n === -EAGAIN) return this.drops.count('tx-busy');
-    if (n < 0) return this.drops.count('tx-error');
-    this.counters.txPackets++;
-    this.counters.txBytes += packet.length - VNET_HDR_LEN;
+    if (n === -EAGAIN) return this.count.drops.count('tx-busy');
+    if (n < 0) return this.count.drops.count('tx-error');
+    this.count.counters.add('txPackets');
+    this.count.counters.add('txBytes', packet.length - VNET_HDR_LEN);
   }
 
   setRxOffloads(o: RxOffloads): void {
@@ -221,12 +271,12 @@ export class TapBackend implements NetBackend {
   }
 
   stats(): Record<string, number> {
-    return { ...this.counters, ...this.drops.stats() };
+    return this.count.stats();
   }
 
   async close(): Promise<void> {
     this.fds.forEach((_, q) => this.unpoll(q));
-    for (const fd of this.fds.splice(0)) closeFd(fd);
     this.port = undefined;
+    if (this.owner) for (const fd of this.fds.splice(0)) closeFd(fd);
   }
 }

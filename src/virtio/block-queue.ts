@@ -7,7 +7,7 @@ import { ImageIo, type ImageFile } from '../backends/raw-image.js';
 import { u64ToNumber, type GuestMemory } from '../memory/guest-memory.js';
 import { readStream, subSegments, totalLength, writeStream, type DescriptorChain, type Segment } from './chain.js';
 import { SplitQueue, type QueueState } from './queue.js';
-import type { DataPlaneContext, QueueDataPlane } from './worker/data-plane.js';
+import type { QueueDataPlane, WorkerDevice, WorkerEnv } from './worker/data-plane.js';
 
 export const BlkType = { IN: 0, OUT: 1, FLUSH: 4, GET_ID: 8, DISCARD: 11, WRITE_ZEROES: 13 } as const;
 export const BlkStatus = { OK: 0, IOERR: 1, UNSUPP: 2 } as const;
@@ -49,11 +49,17 @@ class RequestError extends Error {
   }
 }
 
-/** The worker's factory: a block queue from plain data (the ring is checked again here). */
-export function startBlockQueue(init: unknown, ctx: DataPlaneContext): QueueDataPlane {
+/** The worker's factory: a disk whose queues are independent block queues, made from plain data (each ring is checked again here). */
+export function blockWorkerDevice(init: unknown, env: WorkerEnv): WorkerDevice {
   const disk = init as BlockDisk;
-  const queue = SplitQueue.fromState(BLOCK_QUEUE_SIZE, ctx.queue.state, ctx.memory);
-  return new BlockQueue(ctx.memory, queue, disk, new ImageIo(disk.image, ctx.memory), ctx.counters, ctx.signal);
+  return {
+    startQueue: (ctx) => {
+      const queue = SplitQueue.fromState(BLOCK_QUEUE_SIZE, ctx.queue.state, ctx.memory);
+      return new BlockQueue(ctx.memory, queue, disk, new ImageIo(disk.image, ctx.memory), env.counters, ctx.signal);
+    },
+    reset: () => {},
+    close: () => {},
+  };
 }
 
 export class BlockQueue implements QueueDataPlane {
@@ -97,7 +103,7 @@ export class BlockQueue implements QueueDataPlane {
     return more;
   }
 
-  state(): QueueState {
+  stop(): QueueState {
     return this.queue.state();
   }
 

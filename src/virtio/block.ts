@@ -4,12 +4,11 @@
 // The main thread starts and stops queues and reads counters; it never touches a
 // request.
 import { closeImage, type ImageFile } from '../backends/raw-image.js';
-import type { MemoryTable } from '../memory/guest-memory.js';
 import { BLOCK_COUNTERS, BLOCK_QUEUE_SIZE, ID_BYTES, MAX_DISCARD_SECTORS, MAX_DISCARD_SEGMENTS, SECTOR_SIZE, type BlockDisk } from './block-queue.js';
-import { bit, readConfigBytes, VirtioId, type DeviceHost, type QueueResources, type VirtioDevice } from './device.js';
-import type { QueueState } from './queue.js';
+import { bit, readConfigBytes, VirtioId, type VirtioDevice } from './device.js';
 import { WORKER_COUNTERS } from './worker/data-plane.js';
-import { DeviceWorker } from './worker/device-worker.js';
+import type { DeviceWorker } from './worker/device-worker.js';
+import { WorkerBackedDevice } from './worker/worker-backed-device.js';
 
 export { BlkStatus, BlkType, SECTOR_SIZE } from './block-queue.js';
 
@@ -30,7 +29,7 @@ export interface BlockOptions {
   queues?: number;
 }
 
-export class VirtioBlock implements VirtioDevice {
+export class VirtioBlock extends WorkerBackedDevice implements VirtioDevice {
   readonly type = VirtioId.BLOCK;
   readonly name: string;
   readonly features: bigint;
@@ -38,19 +37,17 @@ export class VirtioBlock implements VirtioDevice {
   readonly configSize = CONFIG_SIZE;
   private readonly config = new Uint8Array(CONFIG_SIZE);
   private readonly disk: BlockDisk;
-  /** Started when the first queue runs and kept across resets. */
-  private deviceWorker: DeviceWorker | undefined;
-  private activation: { features: bigint; memory: MemoryTable; host: DeviceHost } | undefined;
-  /** Counters of workers that are gone (a dead one is replaced). */
-  private readonly retired = new Float64Array(WORKER_COUNTERS.length + BLOCK_COUNTERS.length);
 
   constructor(opts: BlockOptions) {
     const queues = opts.queues ?? 1;
     if (!Number.isInteger(queues) || queues < 1 || queues > MAX_BLOCK_QUEUES) throw new Error(`virtio-blk: ${queues} queues (1 to ${MAX_BLOCK_QUEUES})`);
-    this.name = opts.name;
     const serial = new Uint8Array(ID_BYTES);
     serial.set(Buffer.from(opts.serial ?? '', 'ascii').subarray(0, ID_BYTES));
-    this.disk = { image: opts.image, serial };
+    const disk: BlockDisk = { image: opts.image, serial };
+    // The worker starts when the first queue runs and is kept across resets.
+    super('block', disk, BLOCK_COUNTERS.length);
+    this.name = opts.name;
+    this.disk = disk;
     this.queueSizes = Array.from({ length: queues }, () => BLOCK_QUEUE_SIZE);
     let features = bit(BlockFeature.SIZE_MAX) | bit(BlockFeature.SEG_MAX) | bit(BlockFeature.BLK_SIZE) | bit(BlockFeature.FLUSH) | bit(BlockFeature.TOPOLOGY);
     features |= opts.image.readOnly ? bit(BlockFeature.RO) : bit(BlockFeature.DISCARD) | bit(BlockFeature.WRITE_ZEROES);
@@ -77,57 +74,20 @@ export class VirtioBlock implements VirtioDevice {
 
   writeConfig(): void {}
 
-  activate(features: bigint, memory: MemoryTable, host: DeviceHost): void {
-    this.activation = { features, memory, host };
-  }
-
-  startQueue(q: QueueResources): void {
-    const a = this.activation;
-    if (!a || q.index >= this.queueSizes.length) throw new Error(`${this.name}: queue ${q.index} started without an activation`);
-    this.liveWorker().start(a.memory, a.features, q);
-  }
-
-  /** The device's worker; a dead one is replaced (its counters kept). */
-  private liveWorker(): DeviceWorker {
-    let w = this.deviceWorker;
-    if (w?.dead) {
-      w.counters.forEach((n, i) => (this.retired[i]! += n));
-      void w.close();
-      w = undefined;
-    }
-    if (!w) {
-      w = new DeviceWorker('block', this.disk, BLOCK_COUNTERS.length, (reason, index) =>
-        this.activation?.host.fail(index === undefined ? reason : `queue ${index}: ${reason}`),
-      );
-      this.deviceWorker = w;
-    }
-    return w;
-  }
-
-  stopQueue(index: number): Promise<QueueState | undefined> {
-    return this.deviceWorker?.stop(index) ?? Promise.resolve(undefined);
-  }
-
-  reset(): void {
-    this.activation = undefined;
-  }
-
   /** The device's worker, for tests that must see what a crashed worker leaves. */
   worker(): DeviceWorker | undefined {
-    return this.deviceWorker;
+    return this.workers.current();
   }
 
   stats(): Record<string, number> {
-    const sum = Float64Array.from(this.retired);
-    this.deviceWorker?.counters.forEach((n, i) => (sum[i]! += n));
+    const sum = this.workers.counters();
     const names = [...WORKER_COUNTERS, ...BLOCK_COUNTERS];
     return { ...Object.fromEntries(names.map((name, i) => [name, sum[i]!])), queues: this.queueSizes.length };
   }
 
   /** The worker finishes the requests it holds and ends; then the image closes (their data is in the file). */
   async close(): Promise<void> {
-    this.activation = undefined;
-    await this.deviceWorker?.close();
+    await this.closeWorker();
     closeImage(this.disk.image);
   }
 }

@@ -1,6 +1,6 @@
 // Devices whose data plane runs on the main thread, because their back-end lives
-// there (Node sockets for user-mode networking, the console's stdin and stdout):
-// virtio-net, virtio-console, virtio-rng. They are written against ActiveQueues,
+// there (the console's stdin and stdout) or is too cheap to need a thread of its
+// own (virtio-rng). They are written against ActiveQueues,
 // live queues handed over at activation; onMainThread() puts such a device behind
 // the per-queue contract of device.ts, so the transport drives every device the
 // same way: the kick fd is watched here, the call fd is signalled from here.
@@ -177,27 +177,31 @@ export function guarded<T>(active: ActiveQueues, what: string, fallback: T, body
 }
 
 /**
- * Hands every chain the driver made available in queue `index` to `handle`, with
- * driver notifications suppressed meanwhile; a handler that returns false leaves
- * its chain in the ring and stops. A driver that broke the ring's rules (or any
- * other error on the way) fails the device instead of reaching the VMM.
+ * Hands the chains the driver made available in queue `index` to `handle`, at
+ * most `budget` of them, with driver notifications suppressed meanwhile; a handler
+ * that returns false leaves its chain in the ring and stops. True when the budget
+ * ran out with chains perhaps left (notifications stay off: the caller comes back).
+ * A driver that broke the ring's rules (or any other error on the way) fails the
+ * device instead of reaching the VMM.
  */
-export function drainQueue(active: ActiveQueues, index: number, handle: (chain: DescriptorChain) => boolean | void): void {
+export function drainQueue(active: ActiveQueues, index: number, handle: (chain: DescriptorChain) => boolean | void, budget = Infinity): boolean {
   const q = active.queues[index];
-  if (!q) return;
+  if (!q) return false;
   const mem = active.memory;
-  guarded(active, `queue ${index}`, undefined, () => {
+  return guarded(active, `queue ${index}`, false, () => {
+    let taken = 0;
     for (;;) {
       q.disableNotifications(mem);
       for (let chain = q.pop(mem); chain; chain = q.pop(mem)) {
         if (handle(chain) === false) {
           q.unpop();
           q.enableNotifications(mem);
-          return;
+          return false;
         }
-        if (active.stopped || active.queues[index] !== q) return;
+        if (active.stopped || active.queues[index] !== q) return false;
+        if (++taken >= budget) return true;
       }
-      if (!q.enableNotifications(mem)) return;
+      if (!q.enableNotifications(mem)) return false;
     }
   });
 }

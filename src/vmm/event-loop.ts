@@ -1,7 +1,7 @@
-// The VMM's file-descriptor poller: ioeventfds (the guest kicked a queue) and, in
-// later devices, backend fds. One epoll set is waited on from a libuv pool thread;
-// the handlers run on the main thread, which owns all device state, so device code
-// never runs concurrently with itself.
+// The main thread's file-descriptor poller: what still needs the main thread
+// (the e1000's and user-mode networking's back-ends, the console, call fds of
+// masked MSI-X vectors, kicks of main-thread devices). One epoll set is waited on
+// from a libuv pool thread; the handlers run on the main thread.
 import { closeFd, EPOLL_EVENT_SIZE, epollAdd, epollCreate, epollDelete, epollWaitAsync, eventfd, eventfdDrain, eventfdSignal } from '../host/libc.js';
 
 const MAX_EVENTS = 64;
@@ -38,7 +38,8 @@ export class EventLoop {
     const h = this.handlers.get(token);
     if (!h) return;
     this.handlers.delete(token);
-    epollDelete(this.epfd, h.fd);
+    // A closed loop's epoll fd is gone (its number may be another file's by now).
+    if (!this.closed) epollDelete(this.epfd, h.fd);
   }
 
   private arm(): void {

@@ -169,8 +169,7 @@ export class Machine {
         nic.backend.attach(e1000, this.events);
         this.nics.push({ config: nic, device: e1000 });
       } else {
-        const net = new VirtioNet(nic.backend, { mac: nic.mac, pairs: nic.queues ?? 1, maxCtrlCommand: nic.ctrlMax }, nic.name);
-        nic.backend.attach(net, this.events);
+        const net = new VirtioNet(nic.backend, { mac: nic.mac, pairs: nic.queues ?? 1, maxCtrlCommand: nic.ctrlMax }, nic.name, this.events);
         this.nics.push({ config: nic, device: plugVirtio(net) });
       }
     }

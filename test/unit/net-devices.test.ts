@@ -8,12 +8,13 @@ import { test } from 'node:test';
 import { E1000, Icr, MacReg } from '../../src/devices/net/e1000.js';
 import { GuestMemory, gpa } from '../../src/memory/guest-memory.js';
 import { VNET_HDR_LEN } from '../../src/net/backend.js';
-import { NetFeature, VirtioNet } from '../../src/virtio/net.js';
+import { NetFeature } from '../../src/virtio/net.js';
+import { InProcessNet } from '../support/in-process-net.js';
 import { bit } from '../../src/virtio/device.js';
 import { GUEST_MAC, ip, parse, tcpFrame } from '../support/net-frames.js';
 import { rng } from '../support/seeded-random.js';
 import { activeQueues, SimDriver } from '../support/virtio-driver.js';
-import { FakeBackend, NO_POLLER } from '../support/fake-net-backend.js';
+import { FakeBackend } from '../support/fake-net-backend.js';
 import { e1000Setup, E1000_MAC as MAC } from '../support/e1000-driver.js';
 
 // -- e1000 -----------------------------------------------------------------
@@ -260,8 +261,7 @@ test('e1000: rings and buffers outside guest RAM are refused and counted; regist
 function netSetup(opts: { pairs?: number; features?: bigint; backendQueues?: number } = {}) {
   const pairs = opts.pairs ?? 1;
   const backend = new FakeBackend(opts.backendQueues ?? pairs);
-  const net = new VirtioNet(backend, { mac: MAC, pairs });
-  backend.attach(net, NO_POLLER);
+  const net = new InProcessNet(backend, { mac: MAC, pairs });
   const first = new SimDriver(64, false);
   const drivers = [first];
   for (let q = 1; q < 2 * pairs + 1; q++) drivers.push(new SimDriver(64, false, { mem: first.mem, ringOffset: q * 0x6000, dataStart: 0x40000 + q * 0x20000 }));
@@ -305,8 +305,8 @@ test('virtio-net: transmit hands the packet to the back-end; runts and oversized
   net.queueNotify(1);
   assert.equal(backend.sent.length, 1);
   assert.deepEqual([...backend.sent[0]!.packet.subarray(VNET_HDR_LEN)], [...frame]);
-  assert.equal(net.drops.get('tx-runt'), 1);
-  assert.equal(net.drops.get('tx-oversized'), 1, 'no offloads: nothing above a full Ethernet frame');
+  assert.equal(net.plane.drops.get('tx-runt'), 1);
+  assert.equal(net.plane.drops.get('tx-oversized'), 1, 'no offloads: nothing above a full Ethernet frame');
   assert.equal(tx.takeUsed().length, 3, 'every chain is returned, taken or not');
 });
 
@@ -362,16 +362,16 @@ test('virtio-net: the control queue sets rx modes, the MAC table and queue pairs
   assert.equal(ctrl(0, 0, [0]), 0, 'promiscuous off');
   assert.equal(ctrl(0, 1, [0]), 0, 'all-multicast off');
   backend.port!.receive(0, frameTo([2, 0, 0, 0, 0, 9]));
-  assert.equal(net.drops.get('rx-filtered'), 1);
+  assert.equal(net.plane.drops.get('rx-filtered'), 1);
   backend.port!.receive(0, frameTo([...MAC]));
   backend.port!.receive(0, frameTo([0xff, 0xff, 0xff, 0xff, 0xff, 0xff]));
   backend.port!.receive(0, frameTo([0x01, 0, 0x5e, 0, 0, 1]));
-  assert.equal(net.drops.get('rx-filtered'), 2, 'multicast not in the table');
+  assert.equal(net.plane.drops.get('rx-filtered'), 2, 'multicast not in the table');
   const table = [1, 0, 0, 0, 2, 0, 0, 0, 0, 9, 1, 0, 0, 0, 0x01, 0, 0x5e, 0, 0, 1];
   assert.equal(ctrl(1, 0, table), 0);
   backend.port!.receive(0, frameTo([2, 0, 0, 0, 0, 9]));
   backend.port!.receive(0, frameTo([0x01, 0, 0x5e, 0, 0, 1]));
-  assert.equal(net.drops.get('rx-filtered'), 2);
+  assert.equal(net.plane.drops.get('rx-filtered'), 2);
   assert.equal(ctrl(1, 0, [5, 0, 0, 0]), 1, 'a table longer than its data');
   assert.equal(ctrl(4, 0, [3, 0]), 1, 'more pairs than the device has');
   assert.equal(ctrl(4, 0, [2, 0]), 0);

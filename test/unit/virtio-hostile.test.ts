@@ -9,11 +9,12 @@ import { VNET_HDR_LEN } from '../../src/net/backend.js';
 import { VirtioConsole } from '../../src/virtio/console.js';
 import { bit, VIRTIO_F_VERSION_1, type VirtioDevice } from '../../src/virtio/device.js';
 import { drainQueue, type ActiveQueues, type MainThreadDevice } from '../../src/virtio/in-process.js';
-import { MAX_CTRL_COMMAND, NetFeature, VirtioNet } from '../../src/virtio/net.js';
+import { MAX_CTRL_COMMAND, NetFeature } from '../../src/virtio/net.js';
+import { InProcessNet } from '../support/in-process-net.js';
 import { Status, VirtioPciDevice } from '../../src/virtio/pci-transport.js';
-import { FakeBackend, NO_POLLER } from '../support/fake-net-backend.js';
+import { FakeBackend } from '../support/fake-net-backend.js';
 import { ManualWatch, mainThreadTransport } from '../support/fd-watch.js';
-import { activeQueues, SimDriver } from '../support/virtio-driver.js';
+import { activeQueues, AVAIL_RING, SimDriver } from '../support/virtio-driver.js';
 
 const RAM = 1 << 20;
 const NOTIFY = 0x3000;
@@ -181,8 +182,7 @@ test('drainQueue: any error from a chain handler fails the device, and nothing m
 /** virtio-net with its control queue in a RAM big enough for oversized commands. */
 function netRig(maxCtrlCommand?: number) {
   const backend = new FakeBackend(1);
-  const net = new VirtioNet(backend, { mac: Uint8Array.of(0x52, 0x54, 0, 1, 2, 3), pairs: 1, maxCtrlCommand });
-  backend.attach(net, NO_POLLER);
+  const net = new InProcessNet(backend, { mac: Uint8Array.of(0x52, 0x54, 0, 1, 2, 3), pairs: 1, maxCtrlCommand });
   const mem = GuestMemory.fromBuffers([{ start: gpa(0), size: 4 << 20 }]);
   const drivers = [0, 1, 2].map((q) => new SimDriver(64, false, { mem, ringOffset: q * 0x6000, dataStart: 0x20000 + q * 0x10000 }));
   const active = activeQueues(
@@ -261,7 +261,10 @@ test('virtio-net: a host packet for a device that failed is held, not written', 
   const r = netRig();
   const rx = r.drivers[0]!;
   rx.post([{ addr: rx.alloc(2048), len: 2048, write: true }]);
-  r.active.fail('the driver broke a rule');
+  // The driver breaks a rule on the transmit queue: its available index runs 1000 entries ahead.
+  r.mem.writeU16(AVAIL_RING + 0x6000 + 2, 1000);
+  r.net.queueNotify(1);
+  assert.match(r.active.failures[0] ?? '', /available index/);
   const frame = new Uint8Array(VNET_HDR_LEN + 60);
   assert.equal(r.backend.port!.receive(0, frame), false);
   assert.deepEqual(rx.takeUsed(), []);

@@ -116,19 +116,21 @@ export const MIN_TSO_MSS = 64;
  * guest bound TSO fan-out and big buffers.
  */
 export const TX_BUDGET: Readonly<TxBudget> = { descriptors: 256, frames: 256, bytes: 1 << 20 };
-export type E1000Drop =
-  | 'tx-ring-outside-ram'
-  | 'tx-bad-ring'
-  | 'tx-buffer-outside-ram'
-  | 'tx-oversized'
-  | 'tx-bad-tso'
-  | 'tx-backend-error'
-  | 'rx-ring-outside-ram'
-  | 'rx-buffer-outside-ram'
-  | 'rx-disabled'
-  | 'rx-link-down'
-  | 'rx-filtered'
-  | 'rx-oversized';
+export const E1000_DROPS = [
+  'tx-ring-outside-ram',
+  'tx-bad-ring',
+  'tx-buffer-outside-ram',
+  'tx-oversized',
+  'tx-bad-tso',
+  'tx-backend-error',
+  'rx-ring-outside-ram',
+  'rx-buffer-outside-ram',
+  'rx-disabled',
+  'rx-link-down',
+  'rx-filtered',
+  'rx-oversized',
+] as const;
+export type E1000Drop = (typeof E1000_DROPS)[number];
 
 /** A transmit descriptor processed: its command bits, and the frames of the packet it ended, if any. */
 interface TxStep {
@@ -213,7 +215,7 @@ export class E1000 implements PciDevice, NetPort {
     /** BAR 0 ranges KVM refused to coalesce (their writes exit instead). */
     zoneErrors: 0,
   };
-  readonly drops = new DropCounter<E1000Drop>();
+  readonly drops = new DropCounter(E1000_DROPS);
 
   constructor(
     private readonly memory: GuestMemory,

@@ -44,8 +44,19 @@ const LOOPBACK = '127.0.0.1';
 const FIRST_FORWARD_PORT = 49152;
 
 /** Why a frame from the guest went nowhere. */
-export type UserNetDrop =
-  'runt' | 'unsupported-ethertype' | 'bad-arp' | 'bad-ipv4' | 'ipv4-fragment' | 'bad-tcp' | 'bad-udp' | 'unreachable' | 'unsupported-icmp' | 'rx-queue-full';
+export const USER_NET_DROPS = [
+  'runt',
+  'unsupported-ethertype',
+  'bad-arp',
+  'bad-ipv4',
+  'ipv4-fragment',
+  'bad-tcp',
+  'bad-udp',
+  'unreachable',
+  'unsupported-icmp',
+  'rx-queue-full',
+] as const;
+export type UserNetDrop = (typeof USER_NET_DROPS)[number];
 
 /** A forwarded host port could not be listened on (in use, not permitted, no such address). */
 export class HostForwardError extends Error {
@@ -92,7 +103,7 @@ export class UserNetwork implements NetBackend {
     /** Exceptions caught where a guest frame or a socket event came in. */
     errors: 0,
   };
-  readonly drops = new DropCounter<UserNetDrop>();
+  readonly drops = new DropCounter(USER_NET_DROPS);
 
   constructor(private readonly config: UserNetConfig) {
     this.limits = { ...DEFAULT_USER_LIMITS, ...config.limits };

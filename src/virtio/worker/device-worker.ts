@@ -10,20 +10,22 @@ import type { QueueResources } from '../device.js';
 import type { QueueState } from '../queue.js';
 import { WORKER_COUNTERS } from './data-plane.js';
 
-/** The data planes a worker can run, by the name the main thread asks for. */
-export type DataPlaneKind = 'block';
+/** The devices a worker can run, by the name the main thread asks for. */
+export type DeviceKind = 'block' | 'net';
 
 export interface DeviceWorkerData {
-  kind: DataPlaneKind;
-  /** The device's plain-data description for its data planes (for block: BlockDisk). */
+  kind: DeviceKind;
+  /** The device's plain-data description (block: BlockDisk; net: NetInit). */
   init: unknown;
   controlFd: number;
   port: MessagePort;
   counters: SharedArrayBuffer;
 }
 
-export type ToWorker = { type: 'start'; memory: MemoryTable; features: bigint; queue: QueueResources } | { type: 'stop'; index: number } | { type: 'exit' };
-export type FromWorker = { type: 'stopped'; index: number; state: QueueState | undefined } | { type: 'failed'; index: number; reason: string };
+export type ToWorker =
+  { type: 'start'; memory: MemoryTable; features: bigint; queue: QueueResources } | { type: 'stop'; index: number } | { type: 'reset' } | { type: 'exit' };
+/** `failed` without an index: the device as a whole. */
+export type FromWorker = { type: 'stopped'; index: number; state: QueueState | undefined } | { type: 'failed'; index?: number; reason: string };
 
 export class DeviceWorker {
   private readonly worker: Worker;
@@ -38,9 +40,9 @@ export class DeviceWorker {
   /** The worker's counters (WORKER_COUNTERS, then the device's), summed over its queues. */
   readonly counters: Float64Array;
 
-  /** `onFailure` hears of a queue whose data plane failed (with its index) or of the whole worker's death (without). */
+  /** `onFailure` hears of a queue whose data plane failed (with its index), or of the device's or the worker's death (without). */
   constructor(
-    kind: DataPlaneKind,
+    kind: DeviceKind,
     init: unknown,
     deviceCounters: number,
     private readonly onFailure: (reason: string, index?: number) => void,
@@ -82,6 +84,11 @@ export class DeviceWorker {
     this.send({ type: 'start', memory, features, queue });
   }
 
+  /** The driver reset the device, after its queues were stopped. */
+  reset(): void {
+    this.send({ type: 'reset' });
+  }
+
   /** Resolves with the queue's state once the worker has finished the chain in hand and let the queue go. */
   stop(index: number): Promise<QueueState | undefined> {
     if (this.dead) return Promise.resolve(undefined);
@@ -112,5 +119,63 @@ export class DeviceWorker {
     const ended = this.worker.terminate();
     eventfdSignal(this.controlFd);
     return ended;
+  }
+}
+
+/**
+ * A device's worker, made when first needed and made again when the last one
+ * died (its device was failed meanwhile, so the guest has reset it); the counters
+ * of workers that are gone are kept.
+ */
+export class WorkerSlot {
+  private worker: DeviceWorker | undefined;
+  private readonly retired: Float64Array;
+
+  constructor(
+    private readonly kind: DeviceKind,
+    private readonly init: unknown,
+    private readonly deviceCounters: number,
+    private readonly onFailure: (reason: string, index?: number) => void,
+  ) {
+    this.retired = new Float64Array(WORKER_COUNTERS.length + deviceCounters);
+  }
+
+  /** The live worker. */
+  live(): DeviceWorker {
+    let w = this.worker;
+    if (w?.dead) {
+      w.counters.forEach((n, i) => (this.retired[i]! += n));
+      void w.close();
+      w = undefined;
+    }
+    if (!w) {
+      w = new DeviceWorker(this.kind, this.init, this.deviceCounters, this.onFailure);
+      this.worker = w;
+    }
+    return w;
+  }
+
+  /** The worker, if one was made (for tests that must see what a crashed worker leaves). */
+  current(): DeviceWorker | undefined {
+    return this.worker;
+  }
+
+  stop(index: number): Promise<QueueState | undefined> {
+    return this.worker?.stop(index) ?? Promise.resolve(undefined);
+  }
+
+  reset(): void {
+    this.worker?.reset();
+  }
+
+  /** WORKER_COUNTERS then the device's, over every worker this slot had. */
+  counters(): Float64Array {
+    const sum = Float64Array.from(this.retired);
+    this.worker?.counters.forEach((n, i) => (sum[i]! += n));
+    return sum;
+  }
+
+  async close(): Promise<void> {
+    await this.worker?.close();
   }
 }
