@@ -50,7 +50,9 @@ const BIN = fileURLToPath(new URL('../../bin/tsvisor.js', import.meta.url));
 
 /** `tsvisor run` of a guest with KVM, as every benchmark starts it; `extra` adds devices and flags. */
 export function tsvisorArgs(kernel: string, initrd: string, append: string, extra: string[] = []): string[] {
-  return [BIN, 'run', '--accel', 'kvm', '--kernel', kernel, '--initrd', initrd, '--memory', '512M', '--append', append, ...extra];
+  // BENCH_CPU_PROF=DIR: each tsvisor run writes V8 CPU profiles (one per thread) there, to say where the time goes.
+  const profile = process.env.BENCH_CPU_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_CPU_PROF}`] : [];
+  return [...profile, BIN, 'run', '--accel', 'kvm', '--kernel', kernel, '--initrd', initrd, '--memory', '512M', '--append', append, ...extra];
 }
 
 /** The same guest under `qemu-system-x86_64 -accel kvm -M pc`, the peer every benchmark measures against. */

@@ -37,6 +37,10 @@ const BLK_MIB = Number(process.env.BENCH_BLK_MIB ?? 128);
 const BLK_RANDOM_READS = Number(process.env.BENCH_BLK_RANDOM_READS ?? 4000);
 const NET_SECONDS = Number(process.env.BENCH_NET_SECONDS ?? 10);
 const ONLY = new Set((process.env.BENCH_ONLY ?? 'boot,pio,blk,net').split(','));
+/** BENCH_NET_MODELS=virtio-net (or e1000) measures one card only. */
+const NET_MODELS = (process.env.BENCH_NET_MODELS ?? 'virtio-net,e1000')
+  .split(',')
+  .filter((m): m is 'virtio-net' | 'e1000' => m === 'virtio-net' || m === 'e1000');
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
@@ -209,7 +213,7 @@ async function netBench(kernel: string, initrd: string, iperfBin: string, librar
     '',
   ].join('\n');
   try {
-    for (const model of ['virtio-net', 'e1000'] as const) {
+    for (const model of NET_MODELS) {
       const device = `${model === 'e1000' ? 'e1000' : 'virtio-net-pci'},netdev=n0`;
       const tsvisor = tsvisorArgs(kernel, initrd, DEFAULT_GUEST_CMDLINE, ['--netdev', `tap,id=n0,ifname=${TAP},script=no`, '--device', device, '--stats']);
       const qemu = qemuArgs(kernel, initrd, DEFAULT_GUEST_CMDLINE, ['-netdev', `tap,id=n0,ifname=${TAP},script=no,downscript=no,vhost=off`, '-device', device]);
@@ -280,7 +284,10 @@ async function main(): Promise<void> {
     // Two vCPUs, as the figures in README were measured: iperf3 and the VMM under test
     // each need a CPU. Two risk the multi-threaded TCG wedge (docs/nested-host-load.md);
     // the watchdog names it if it comes.
-    const r = spawnSync(process.execPath, [BIN, 'nested', '--memory', '3G', '--cpus', '2', '--', ...inner], { stdio: ['ignore', 'inherit', 'inherit'] });
+    const profiles = process.env.BENCH_CPU_PROF ? ['--writable', process.env.BENCH_CPU_PROF] : [];
+    const r = spawnSync(process.execPath, [BIN, 'nested', '--memory', '3G', '--cpus', '2', ...profiles, '--', ...inner], {
+      stdio: ['ignore', 'inherit', 'inherit'],
+    });
     if (r.status !== 0) throw new Error(`the nested benchmark failed with status ${r.status}`);
   }
 }

@@ -1,9 +1,10 @@
 // A one-way ring of packets between two threads, in a SharedArrayBuffer: one
 // thread pushes, the other pops, neither waits for the other. Each side sleeps in
-// its own epoll loop on an eventfd; the ring signals the consumer's fd when a push
-// finds the ring empty (the consumer pops until empty before it sleeps, so no
-// packet is left unseen), and the producer's fd when a pop frees room after a push
-// was refused. Records are a length, a queue number and the packet, 8-byte aligned;
+// its own epoll loop on an eventfd; the ring signals the consumer's fd when, after
+// a push is published, the consumer's tail is at the push's start (it had caught
+// up, and pops until empty before it sleeps: each side stores its index before
+// reading the other's, so one of them sees the other), and the producer's fd when
+// a pop frees room after a push was refused. Records are a length, a queue number and the packet, 8-byte aligned;
 // a record that does not fit before the end is written at the start after a wrap mark.
 import { eventfdSignal } from '../host/libc.js';
 
@@ -78,7 +79,8 @@ export class FrameRing {
     this.view.setUint32(at + 4, queue, true);
     this.data.set(packet, at + RECORD_HEADER);
     Atomics.store(this.header, HEAD, (at + need) % this.size);
-    if (head === tail) eventfdSignal(this.shared.consumerFd);
+    // Read after the store: a consumer that caught up with the old head either sees the new one or is woken here.
+    if (Atomics.load(this.header, TAIL) === head) eventfdSignal(this.shared.consumerFd);
     return true;
   }
 

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { closeFd, eventfd, eventfdDrain, eventfdSignal } from '../../src/host/libc.js';
+import { Worker } from 'node:worker_threads';
+import { closeFd, epollAdd, epollCreate, EPOLL_EVENT_SIZE, epollWait, eventfd, eventfdDrain, eventfdSignal } from '../../src/host/libc.js';
 import { VNET_HDR_LEN } from '../../src/net/backend.js';
 import { FrameRing, frameRingShared } from '../../src/net/frame-ring.js';
 import { bit } from '../../src/virtio/device.js';
@@ -48,6 +49,57 @@ test('frame ring: packets come out in order across the wrap; a full ring refuses
   assert.throws(() => ring.push(0, packet(1, 3000)), /ring/, 'a packet the ring can never hold is refused outright');
   closeFd(consumer);
   closeFd(producer);
+});
+
+test('frame ring: two threads, 200,000 packets, each side asleep in epoll_wait whenever it has nothing to do: no wakeup is lost', async () => {
+  const consumerFd = eventfd();
+  const producerFd = eventfd();
+  const shared = frameRingShared(16384, consumerFd, producerFd);
+  const COUNT = 200_000;
+  const ringModule = new URL('../../src/net/frame-ring.js', import.meta.url).href;
+  const libcModule = new URL('../../src/host/libc.js', import.meta.url).href;
+  // The producer: pushes as fast as it can and sleeps on its fd (never longer than a second) when the ring is full.
+  const producer = new Worker(
+    `const { workerData } = require('node:worker_threads');
+     (async () => {
+       const { FrameRing } = await import(workerData.ringModule);
+       const libc = await import(workerData.libcModule);
+       const ring = new FrameRing(workerData.shared);
+       const epfd = libc.epollCreate();
+       libc.epollAdd(epfd, workerData.shared.producerFd, 1);
+       const events = Buffer.alloc(libc.EPOLL_EVENT_SIZE);
+       const packet = new Uint8Array(200);
+       for (let i = 0; i < workerData.count; i++) {
+         packet[0] = i & 255;
+         while (!ring.push(i & 3, packet)) {
+           if (libc.epollWait(epfd, events, 1000) === 0) throw new Error('producer: no room signalled within a second');
+           libc.eventfdDrain(workerData.shared.producerFd);
+         }
+       }
+     })();`,
+    { eval: true, workerData: { shared, ringModule, libcModule, count: COUNT } },
+  );
+  const failed = new Promise<never>((_, reject) => producer.on('error', reject));
+  const ring = new FrameRing(shared);
+  const epfd = epollCreate();
+  epollAdd(epfd, consumerFd, 1);
+  const events = Buffer.alloc(EPOLL_EVENT_SIZE);
+  let got = 0;
+  const consume = async () => {
+    while (got < COUNT) {
+      for (let f = ring.pop(); f; f = ring.pop()) {
+        assert.equal(f.packet[0], got & 255, `packet ${got} in order`);
+        got++;
+      }
+      if (got === COUNT) break;
+      // Asleep with an empty ring: only the producer's signal may wake it.
+      if (epollWait(epfd, events, 1000) === 0) throw new Error(`consumer: packet ${got} never signalled`);
+      eventfdDrain(consumerFd);
+    }
+  };
+  await Promise.race([consume(), failed]);
+  await producer.terminate();
+  for (const fd of [epfd, consumerFd, producerFd]) closeFd(fd);
 });
 
 /** virtio-net in its device worker over a main-thread back-end (the frame rings), started through the per-queue contract. */
