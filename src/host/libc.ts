@@ -86,14 +86,27 @@ export function closeFd(fd: number): void {
   check('close', c.close(fd));
 }
 
+/**
+ * Calls `op` again while a signal interrupts it before it did anything (EINTR):
+ * the profiler's SIGPROF, for one, lands on any thread (KVM_CREATE_VM returns EINTR then).
+ */
+function restarting(call: string, op: () => number): number {
+  for (;;) {
+    const ret = op();
+    if (ret >= 0) return ret;
+    const errno = koffi.errno();
+    if (errno !== EINTR) throw new SysError(call, errno);
+  }
+}
+
 /** An ioctl whose argument is a pointer to a struct held in a Buffer. */
 export function ioctlBuf(fd: number, req: number, name: string, arg: Uint8Array): number {
-  return check(name, c.ioctlPtr(fd, req, arg));
+  return restarting(name, () => c.ioctlPtr(fd, req, arg));
 }
 
 /** An ioctl whose argument is a plain integer. */
 export function ioctlInt(fd: number, req: number, name: string, arg = 0): number {
-  return check(name, c.ioctlVal(fd, req, arg));
+  return restarting(name, () => c.ioctlVal(fd, req, arg));
 }
 
 /** Raw ioctl for the vCPU run loop: returns -errno instead of throwing, so EINTR stays cheap. */
