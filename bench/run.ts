@@ -11,7 +11,9 @@
 //  - net: TCP throughput between the guest and the host over a tap, both ways
 //    (iperf3 from Debian's packages on both ends), tsvisor's virtio-net and e1000
 //    against QEMU's virtio-net-pci and e1000 (vhost=off: both serve the tap from
-//    the VMM); and `tsvisor bench io-paths` (exits and interrupts per MB).
+//    the VMM), and virtio-net with vhost=on against QEMU's with vhost=on (the
+//    host kernel serves the tap for both); and `tsvisor bench io-paths` (exits and
+//    interrupts per MB).
 // All run where KVM is hardware-backed: inside the nested KVM host here. The PIO
 // benchmark also runs on this machine's own /dev/kvm.
 // BENCH_ONLY=boot,pio,blk,net picks sections.
@@ -37,10 +39,15 @@ const BLK_MIB = Number(process.env.BENCH_BLK_MIB ?? 128);
 const BLK_RANDOM_READS = Number(process.env.BENCH_BLK_RANDOM_READS ?? 4000);
 const NET_SECONDS = Number(process.env.BENCH_NET_SECONDS ?? 10);
 const ONLY = new Set((process.env.BENCH_ONLY ?? 'boot,pio,blk,net').split(','));
-/** BENCH_NET_MODELS=virtio-net (or e1000) measures one card only. */
-const NET_MODELS = (process.env.BENCH_NET_MODELS ?? 'virtio-net,e1000')
-  .split(',')
-  .filter((m): m is 'virtio-net' | 'e1000' => m === 'virtio-net' || m === 'e1000');
+/** The cards the network bench measures, each against QEMU's same card on the same tap (vhost as given to both). */
+const NET_CARDS = {
+  'virtio-net': { device: 'virtio-net-pci', vhost: 'off' },
+  e1000: { device: 'e1000', vhost: 'off' },
+  'vhost-net': { device: 'virtio-net-pci', vhost: 'on' },
+} as const;
+type NetCard = keyof typeof NET_CARDS;
+/** BENCH_NET_MODELS=virtio-net,vhost-net (say) measures those cards only. */
+const NET_MODELS = (process.env.BENCH_NET_MODELS ?? 'virtio-net,e1000,vhost-net').split(',').filter((m): m is NetCard => m in NET_CARDS);
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
@@ -214,9 +221,21 @@ async function netBench(kernel: string, initrd: string, iperfBin: string, librar
   ].join('\n');
   try {
     for (const model of NET_MODELS) {
-      const device = `${model === 'e1000' ? 'e1000' : 'virtio-net-pci'},netdev=n0`;
-      const tsvisor = tsvisorArgs(kernel, initrd, DEFAULT_GUEST_CMDLINE, ['--netdev', `tap,id=n0,ifname=${TAP},script=no`, '--device', device, '--stats']);
-      const qemu = qemuArgs(kernel, initrd, DEFAULT_GUEST_CMDLINE, ['-netdev', `tap,id=n0,ifname=${TAP},script=no,downscript=no,vhost=off`, '-device', device]);
+      const { vhost } = NET_CARDS[model];
+      const device = `${NET_CARDS[model].device},netdev=n0`;
+      const tsvisor = tsvisorArgs(kernel, initrd, DEFAULT_GUEST_CMDLINE, [
+        '--netdev',
+        `tap,id=n0,ifname=${TAP},script=no,vhost=${vhost}`,
+        '--device',
+        device,
+        '--stats',
+      ]);
+      const qemu = qemuArgs(kernel, initrd, DEFAULT_GUEST_CMDLINE, [
+        '-netdev',
+        `tap,id=n0,ifname=${TAP},script=no,downscript=no,vhost=${vhost}`,
+        '-device',
+        device,
+      ]);
       const run = await session(process.execPath, tsvisor, input);
       const t = run.out;
       // The card's counters (exits, queued writes, interrupts, throttling), to read the figures by.
@@ -224,9 +243,11 @@ async function netBench(kernel: string, initrd: string, iperfBin: string, librar
       const card = lines.findIndex((l) => l.includes('  nic '));
       for (const line of card >= 0 ? lines.slice(card, card + 2) : []) process.stdout.write(`# ${line.trim()}\n`);
       const q = (await session('qemu-system-x86_64', qemu, input)).out;
-      const peer = `qemu ${model === 'e1000' ? 'e1000' : 'virtio-net-pci'} (tap, vhost=off)`;
-      report(`${model} over tap, TCP guest to host (Mbit/s)`, iperfRate(t, 'GUEST-TO-HOST-2'), iperfRate(q, 'GUEST-TO-HOST-2'), peer);
-      report(`${model} over tap, TCP host to guest (Mbit/s)`, iperfRate(t, 'HOST-TO-GUEST-2'), iperfRate(q, 'HOST-TO-GUEST-2'), peer);
+      const peer = `qemu ${NET_CARDS[model].device} (tap, vhost=${vhost})`;
+      // tsvisor's own words (stderr) with its output when a figure is missing.
+      const mine = `${t}\n${run.err.slice(-2000)}`;
+      report(`${model} over tap, TCP guest to host (Mbit/s)`, iperfRate(mine, 'GUEST-TO-HOST-2'), iperfRate(q, 'GUEST-TO-HOST-2'), peer);
+      report(`${model} over tap, TCP host to guest (Mbit/s)`, iperfRate(mine, 'HOST-TO-GUEST-2'), iperfRate(q, 'HOST-TO-GUEST-2'), peer);
     }
   } finally {
     server.kill();

@@ -27,7 +27,16 @@ export type ConsoleKind = 'serial' | 'virtio';
 /** One `--netdev`: where a network card's packets go. */
 export type NetdevSpec =
   | { kind: 'user'; id: string; user: UserNetConfig }
-  | { kind: 'tap'; id: string; ifname?: string; queues?: number }
+  | {
+      kind: 'tap';
+      id: string;
+      ifname?: string;
+      queues?: number;
+      /** The data path in the host kernel (vhost-net). */
+      vhost?: boolean;
+      /** The vhost-net device to open (default /dev/vhost-net). */
+      vhostdev?: string;
+    }
   | { kind: 'bridge'; id: string; bridge: string; queues?: number };
 
 /** One network card `--device`. */
@@ -226,7 +235,7 @@ const USER_LIMIT_KEYS: Record<string, { field: keyof UserNetLimits; min: number;
 
 const NETDEV_KEYS: Record<NetdevSpec['kind'], string[]> = {
   user: ['id', 'net', 'host', 'dhcpstart', 'dns', 'hostfwd', 'resolver', ...Object.keys(USER_LIMIT_KEYS)],
-  tap: ['id', 'ifname', 'script', 'downscript', 'queues', 'vhost'],
+  tap: ['id', 'ifname', 'script', 'downscript', 'queues', 'vhost', 'vhostdev'],
   bridge: ['id', 'br', 'queues'],
 };
 
@@ -246,10 +255,20 @@ export function parseNetdev(text: string): NetdevSpec {
       if (v !== undefined && v !== 'no')
         throw new UsageError(`--netdev tap: ${key}=${v}: tsvisor runs no scripts; set the tap up beforehand and give ${key}=no`);
     }
-    if (kv.has('vhost') && kv.get('vhost') !== 'off') throw new UsageError('--netdev tap: vhost=on is not supported yet (the in-VMM back-end serves the tap)');
+    const vhost = kv.get('vhost');
+    if (vhost !== undefined && vhost !== 'on' && vhost !== 'off') throw new UsageError(`--netdev tap: vhost=${vhost} must be on or off`);
     const ifname = kv.get('ifname');
     if (ifname !== undefined && !/^[\w.-]{1,15}$/.test(ifname)) throw new UsageError(`--netdev tap: ifname "${ifname}" must be 1 to 15 letters, digits, _ . -`);
-    return { kind, id, ifname, queues: parseQueues(kv.get('queues'), '--netdev tap') };
+    const vhostdev = kv.get('vhostdev');
+    if (vhostdev !== undefined && vhost !== 'on') throw new UsageError('--netdev tap: vhostdev= goes with vhost=on');
+    return {
+      kind,
+      id,
+      ifname,
+      queues: parseQueues(kv.get('queues'), '--netdev tap'),
+      ...(vhost === 'on' ? { vhost: true } : {}),
+      ...(vhostdev === undefined ? {} : { vhostdev }),
+    };
   }
   if (kind === 'bridge') {
     const bridge = kv.get('br');
@@ -390,6 +409,8 @@ function parseNetwork(netdevTexts: string[], deviceTexts: string[], models: Retu
     if (!netdev) throw new UsageError(`--device ${nic.model}: no --netdev with id=${nic.netdev}`);
     if (used.has(nic.netdev)) throw new UsageError(`--netdev ${nic.netdev} is used by two devices`);
     used.add(nic.netdev);
+    if (nic.model === 'e1000' && netdev.kind === 'tap' && netdev.vhost)
+      throw new UsageError(`--netdev ${netdev.id}: vhost=on serves virtio-net-pci only, not an e1000`);
     if (nic.model === 'e1000' && netdev.kind !== 'user' && (netdev.queues ?? 1) > 1)
       throw new UsageError(`--device e1000 has one queue; --netdev ${netdev.id} has queues=${netdev.queues}`);
   }
@@ -419,6 +440,8 @@ export function networkArgs(network: NetworkOptions): string[] {
         kv.push(`hostfwd=tcp:${f.hostAddress}:${f.hostPort}-${f.guestAddress === undefined ? '' : formatIpv4(f.guestAddress)}:${f.guestPort}`);
     } else if (n.kind === 'tap') {
       if (n.ifname) kv.push(`ifname=${n.ifname}`);
+      if (n.vhost) kv.push('vhost=on');
+      if (n.vhostdev) kv.push(`vhostdev=${n.vhostdev}`);
     } else kv.push(`br=${n.bridge}`);
     if (n.kind !== 'user' && n.queues !== undefined) kv.push(`queues=${n.queues}`);
     args.push('--netdev', kv.join(','));

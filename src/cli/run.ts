@@ -11,6 +11,7 @@ import { consoleCmdline, defaultGuest, defaultGuestCmdline } from '../guest/defa
 import { NESTED_UPLINK, onNestedUsr1, runNested, STOP_SIGNALS } from '../nested/nested-host.js';
 import { chooseAccel } from '../vmm/accel.js';
 import { openTap, TapBackend, TapError } from '../net/tap.js';
+import { VHOST_NET, VhostError } from '../vhost/vhost-net.js';
 import { HostForwardError, UserNetwork } from '../net/user/user-network.js';
 import type { NetBackend } from '../net/backend.js';
 import { MAX_BLOCK_QUEUES, VirtioBlock } from '../virtio/block.js';
@@ -210,6 +211,7 @@ async function networkCards(network: NetworkOptions): Promise<NicConfig[]> {
       }
       const n = counts[spec.model]++;
       nics.push({
+        ...(netdev.kind === 'tap' && netdev.vhost ? { vhost: netdev.vhostdev ?? VHOST_NET } : {}),
         model: spec.model,
         name: spec.model === 'e1000' ? `e1000-${n}` : `virtio-net${n}`,
         backend,
@@ -258,7 +260,7 @@ async function runOnKvm(opts: GuestOptions): Promise<number> {
     output.close();
     await Promise.allSettled(nics.map((n) => n.backend.close()));
     if (e instanceof KernelImageError) throw new UserError(`kernel ${opts.kernel}: ${e.message}`);
-    if (e instanceof KvmUnavailableError) throw new UserError(e.message);
+    if (e instanceof KvmUnavailableError || e instanceof VhostError) throw new UserError(e.message);
     throw e;
   }
   const input = attachStdin(machine);

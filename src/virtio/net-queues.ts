@@ -115,6 +115,8 @@ export interface NetCard {
 /** The card and its back-end as plain data, for its worker. */
 export interface NetInit extends NetCard {
   backend: OpenTap | RingPlan;
+  /** Only the control queue runs here: packets go between the tap and the guest elsewhere (vhost-net). */
+  controlOnly?: boolean;
 }
 
 /** The worker's factory: the card's data plane with its back-end, from plain data. */
@@ -123,7 +125,7 @@ export function netWorkerDevice(init: unknown, env: WorkerEnv): WorkerDevice {
   const count = netCounters(card.pairs, env.counters);
   const backend = card.backend.kind === 'tap' ? new TapBackend(card.backend, count.backend, false) : new RingBackend(card.backend, count.backend);
   const plane = new NetDataPlane(backend, card, count, env.fail);
-  backend.attach(plane, env.poller);
+  if (!card.controlOnly) backend.attach(plane, env.poller);
   return plane;
 }
 

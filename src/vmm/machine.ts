@@ -19,6 +19,8 @@ import type { NetBackend } from '../net/backend.js';
 import { VirtioNet } from '../virtio/net.js';
 import { VirtioConsole } from '../virtio/console.js';
 import type { VirtioDevice } from '../virtio/device.js';
+import { TapBackend } from '../net/tap.js';
+import { VhostNet } from '../vhost/vhost-net.js';
 import { onMainThread, type MainThreadDevice } from '../virtio/in-process.js';
 import { VirtioPciDevice, type IoEventRegistrar } from '../virtio/pci-transport.js';
 import { EventLoop } from './event-loop.js';
@@ -38,6 +40,8 @@ export interface NicConfig {
   queues?: number;
   /** virtio-net: the largest control command read from the guest (default MAX_CTRL_COMMAND). */
   ctrlMax?: number;
+  /** virtio-net over a tap: the data path in the host kernel, through this vhost-net device (/dev/vhost-net). */
+  vhost?: string;
 }
 
 export interface MachineConfig {
@@ -169,7 +173,11 @@ export class Machine {
         nic.backend.attach(e1000, this.events);
         this.nics.push({ config: nic, device: e1000 });
       } else {
-        const net = new VirtioNet(nic.backend, { mac: nic.mac, pairs: nic.queues ?? 1, maxCtrlCommand: nic.ctrlMax }, nic.name, this.events);
+        const options = { mac: nic.mac, pairs: nic.queues ?? 1, maxCtrlCommand: nic.ctrlMax };
+        const net =
+          nic.vhost && nic.backend instanceof TapBackend
+            ? new VhostNet(nic.backend, { ...options, device: nic.vhost }, nic.name, this.memory)
+            : new VirtioNet(nic.backend, options, nic.name, this.events);
         this.nics.push({ config: nic, device: plugVirtio(net) });
       }
     }
@@ -302,7 +310,7 @@ export class Machine {
       unclaimedTop: { pio: topAddresses(this.pio), mmio: topAddresses(this.mmio) },
       serial: { ...this.serial.counters },
       coalescedWrites: this.threads.reduce((n, t) => n + t.coalescedWrites, 0),
-      virtio: Object.fromEntries(this.virtio.filter((v) => !(v.device instanceof VirtioNet)).map((v) => [v.name, v.stats()])),
+      virtio: Object.fromEntries(this.virtio.filter((v) => !(v.device instanceof VirtioNet || v.device instanceof VhostNet)).map((v) => [v.name, v.stats()])),
       nics: this.nics.map((n) => this.nicStats(n.config, n.device)),
       deviceFailures: Object.fromEntries(
         [

@@ -93,3 +93,17 @@ test("multi-queue: two queue pairs in the guest's sysfs, and packets on both pai
   assert.equal(detail.activePairs, 2);
   for (const key of ['pair0.tx', 'pair1.tx', 'pair0.rx', 'pair1.rx']) assert.ok(detail[key]! > 0, `${key}: ${JSON.stringify(detail)}`);
 });
+
+test('vhost-net: two queue pairs in the host kernel carry pings and downloads, bytes intact; no packet passes through tsvisor', () => {
+  const r = ok('net-vhost');
+  assert.match(r.console, /queues: rx-0 rx-1 tx-0 tx-1/);
+  assert.ok(r.console.includes('VHOST-PING-2'), r.console.slice(-3000));
+  assert.equal(r.console.split(`vhost-md5 ${md5}`).length - 1, 2, r.console.slice(-2000));
+  const { line, detail } = nicStats(r, 'virtio-net');
+  assert.match(line, /tx=0\/0B rx=0\/0B/, 'tsvisor moved no packet');
+  assert.equal(detail.vhostPairs, 2);
+  assert.ok(detail['vhost.rxBytes']! > 2_000_000, `the kernel carried both downloads: ${JSON.stringify(detail)}`);
+  assert.ok(detail['vhost.txPackets']! > 0);
+  assert.ok(detail.ctrlCommands! >= 1, 'the control queue is served by tsvisor');
+  assert.equal(detail.needsReset, 0);
+});

@@ -105,6 +105,24 @@ export const NET_SCENARIOS: Scenario[] = [
     ].join('\n'),
   })),
   {
+    // vhost-net: two queue pairs served by the host kernel, the control queue by tsvisor.
+    name: 'net-vhost',
+    cpus: 2,
+    stats: true,
+    hostSetup: 'ip tuntap add tsvvh0 mode tap multi_queue && ip addr add 192.168.74.1/24 dev tsvvh0 && ip link set tsvvh0 up',
+    hostTeardown: 'ip link del tsvvh0',
+    args: ['--netdev', 'tap,id=t,ifname=tsvvh0,script=no,queues=2,vhost=on', '--device', 'virtio-net-pci,netdev=t,queues=2'],
+    inputAfter: "Enter 'help'",
+    input: [
+      'echo "queues: $(ls /sys/class/net/eth0/queues | tr "\\n" " ")"',
+      'ip addr add 192.168.74.2/24 dev eth0 && ip link set eth0 up',
+      `${pingUntil('192.168.74.1')} && ${done('VHOST-PING')}`,
+      `for cpu in 1 2; do taskset $cpu wget -q -O /tmp/b http://192.168.74.1:${HTTP_PORT}/blob && echo "vhost-md5 $(md5sum < /tmp/b)"; done`,
+      'poweroff',
+      '',
+    ].join('\n'),
+  },
+  {
     // Two queue pairs on a multi-queue tap, two vCPUs, a flow from each.
     name: 'net-multiqueue',
     cpus: 2,

@@ -51,7 +51,12 @@ test('run options: defaults and every flag', () => {
     ...['--drive', 'file=/a,,b.img,format=raw,if=virtio,readonly=on,serial=disk1,cache=none', '--drive', 'file=c.img'],
     ...['--device', 'virtio-rng', '--console', 'virtio', '--ioeventfd', 'off', '--irqfd', 'off'],
     ...['--netdev', 'user,id=u,net=192.168.5.0/24,hostfwd=tcp::2222-:22,hostfwd=tcp:127.0.0.1:8080-10.0.2.20:80', '--device', 'e1000,netdev=u'],
-    ...['--netdev', 'tap,id=t,ifname=tap7,script=no,downscript=no,queues=2', '--device', 'virtio-net-pci,netdev=t,mac=52:54:00:00:00:07,queues=2'],
+    ...[
+      '--netdev',
+      'tap,id=t,ifname=tap7,script=no,downscript=no,queues=2,vhost=on,vhostdev=/dev/vh',
+      '--device',
+      'virtio-net-pci,netdev=t,mac=52:54:00:00:00:07,queues=2',
+    ],
   ]);
   const { network, ...rest } = o;
   assert.deepEqual(network.netdevs[0], {
@@ -69,7 +74,7 @@ test('run options: defaults and every flag', () => {
       ],
     },
   });
-  assert.deepEqual(network.netdevs[1], { kind: 'tap', id: 't', ifname: 'tap7', queues: 2 });
+  assert.deepEqual(network.netdevs[1], { kind: 'tap', id: 't', ifname: 'tap7', queues: 2, vhost: true, vhostdev: '/dev/vh' });
   assert.deepEqual(network.nics, [
     { model: 'e1000', netdev: 'u', mac: undefined, queues: undefined },
     { model: 'virtio-net', netdev: 't', mac: Uint8Array.of(0x52, 0x54, 0, 0, 0, 7), queues: 2 },
@@ -134,6 +139,9 @@ test('run options: bad input is a UsageError naming the flag', () => {
     [['--netdev', 'tap,id=a,script=/etc/qemu-ifup', '--device', 'e1000,netdev=a'], /runs no scripts/],
     [['--netdev', 'tap,id=a,queues=2', '--device', 'e1000,netdev=a'], /one queue/],
     [['--netdev', 'tap,id=a,queues=99', '--device', 'virtio-net-pci,netdev=a'], /queues/],
+    [['--netdev', 'tap,id=a,vhost=yes', '--device', 'virtio-net-pci,netdev=a'], /vhost=yes must be on or off/],
+    [['--netdev', 'tap,id=a,vhostdev=/dev/x', '--device', 'virtio-net-pci,netdev=a'], /vhostdev= goes with vhost=on/],
+    [['--netdev', 'tap,id=a,vhost=on', '--device', 'e1000,netdev=a'], /virtio-net-pci only/],
     [['--netdev', 'bridge,id=a', '--device', 'e1000,netdev=a'], /br=NAME/],
     [['--netdev', 'user,id=a', '--device', 'virtio-net-pci,netdev=a,mac=ff:ff:ff:ff:ff:ff'], /unicast/],
     [['--console', 'tty'], /--console/],

@@ -9,6 +9,8 @@ import { E1000, Icr, MacReg } from '../../src/devices/net/e1000.js';
 import { GuestMemory, gpa } from '../../src/memory/guest-memory.js';
 import { VNET_HDR_LEN } from '../../src/net/backend.js';
 import { NetFeature } from '../../src/virtio/net.js';
+import { TapBackend } from '../../src/net/tap.js';
+import { VhostError, VhostNet } from '../../src/vhost/vhost-net.js';
 import { InProcessNet } from '../support/in-process-net.js';
 import { bit } from '../../src/virtio/device.js';
 import { GUEST_MAC, ip, parse, tcpFrame } from '../support/net-frames.js';
@@ -379,4 +381,18 @@ test('virtio-net: the control queue sets rx modes, the MAC table and queue pairs
   assert.equal(rx1.takeUsed().length, 1, 'back-end queue 1 lands in receive queue 1');
   assert.equal(ctrl(9, 9, []), 1, 'unknown class');
   assert.equal(net.stats()['pair1.rx'], 1);
+});
+
+test('vhost-net: a vhost device that is missing or is not one gives one clear line', () => {
+  const tap = new TapBackend({ kind: 'tap', fds: [], ifname: 'none', description: 'tap none' });
+  const memory = GuestMemory.fromBuffers([{ start: gpa(0), size: 1 << 20 }]);
+  const vhost = (device: string) => new VhostNet(tap, { mac: MAC, pairs: 1, device }, 'net', memory);
+  assert.throws(
+    () => vhost('/nonexistent/vhost-net'),
+    (e: Error) => e instanceof VhostError && e.message === 'vhost=on: /nonexistent/vhost-net is missing (load the vhost_net module: modprobe vhost_net)',
+  );
+  assert.throws(
+    () => vhost('/dev/null'),
+    (e: Error) => e instanceof VhostError && /^vhost=on: \/dev\/null: VHOST_SET_OWNER failed: ENOTTY/.test(e.message),
+  );
 });
