@@ -94,10 +94,11 @@ test("multi-queue: two queue pairs in the guest's sysfs, and packets on both pai
   for (const key of ['pair0.tx', 'pair1.tx', 'pair0.rx', 'pair1.rx']) assert.ok(detail[key]! > 0, `${key}: ${JSON.stringify(detail)}`);
 });
 
-test('vhost-net: two queue pairs in the host kernel carry pings and downloads, bytes intact; no packet passes through tsvisor', () => {
+test('vhost-net: two queue pairs in the host kernel carry pings and downloads, bytes intact, before and after a reset; no packet passes through tsvisor', () => {
   const r = ok('net-vhost');
   assert.match(r.console, /queues: rx-0 rx-1 tx-0 tx-1/);
   assert.ok(r.console.includes('VHOST-PING-2'), r.console.slice(-3000));
+  assert.ok(r.console.includes('VHOST-REBOUND-2'), `the card works again after the driver reset it: ${r.console.slice(-3000)}`);
   assert.equal(r.console.split(`vhost-md5 ${md5}`).length - 1, 2, r.console.slice(-2000));
   const { line, detail } = nicStats(r, 'virtio-net');
   assert.match(line, /tx=0\/0B rx=0\/0B/, 'tsvisor moved no packet');
