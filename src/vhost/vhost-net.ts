@@ -10,7 +10,7 @@
 // tap's packets), as with QEMU's vhost-net.
 import fs from 'node:fs';
 import { closeFd, O_RDWR, openFile, SysError, errnoName } from '../host/libc.js';
-import type { GuestMemory } from '../memory/guest-memory.js';
+import type { GuestMemory, MemoryTable } from '../memory/guest-memory.js';
 import { prefixed } from '../net/counters.js';
 import { ETH_ALEN } from '../net/packet.js';
 import type { TapBackend } from '../net/tap.js';
@@ -21,10 +21,11 @@ import {
   VIRTIO_F_RING_INDIRECT_DESC,
   VIRTIO_F_VERSION_1,
   VirtioId,
+  type DeviceHost,
   type QueueResources,
   type VirtioDevice,
 } from '../virtio/device.js';
-import { MAX_CTRL_COMMAND, netCounters, netCounterSlots, NetFeature, type NetInit } from '../virtio/net-queues.js';
+import { MAX_CTRL_COMMAND, netCounters, netCounterSlots, NetFeature, rxOffloads, type NetInit } from '../virtio/net-queues.js';
 import { netConfigSpace, netFeatures, netQueueSizes, type VirtioNetOptions } from '../virtio/net.js';
 import type { QueueState } from '../virtio/queue.js';
 import { WORKER_COUNTERS } from '../virtio/worker/data-plane.js';
@@ -121,14 +122,9 @@ export class VhostNet extends WorkerBackedDevice implements VirtioDevice {
     return 2 * this.pairs;
   }
 
-  override activate(features: bigint, memory: Parameters<WorkerBackedDevice['activate']>[1], host: Parameters<WorkerBackedDevice['activate']>[2]): void {
+  override activate(features: bigint, memory: MemoryTable, host: DeviceHost): void {
     super.activate(features, memory, host);
-    this.tap.setRxOffloads({
-      csum: (features & bit(NetFeature.GUEST_CSUM)) !== 0n,
-      tso4: (features & bit(NetFeature.GUEST_TSO4)) !== 0n,
-      tso6: (features & bit(NetFeature.GUEST_TSO6)) !== 0n,
-      ecn: (features & bit(NetFeature.GUEST_ECN)) !== 0n,
-    });
+    this.tap.setRxOffloads(rxOffloads(features));
     const regions = this.memory.regions.map((r) => ({ guestAddress: r.start, size: r.size, hostAddress: r.hostAddress }));
     for (const v of this.vhost) {
       v.setFeatures(features & this.kernelFeatures);

@@ -10,7 +10,7 @@
 // transmit queue sends on back-end queue i, and a full receive queue holds back
 // only its own back-end queue.
 import type { GuestMemory } from '../memory/guest-memory.js';
-import { VNET_HDR_LEN, type NetBackend, type NetPort } from '../net/backend.js';
+import { VNET_HDR_LEN, type NetBackend, type NetPort, type RxOffloads } from '../net/backend.js';
 import { Counters, DropCounter } from '../net/counters.js';
 import { BROADCAST_MAC, ETH_ALEN, ETH_HLEN, MAX_FRAME, sameMac } from '../net/packet.js';
 import { RingBackend, RING_SLOTS, type RingPlan } from '../net/ring-backend.js';
@@ -100,6 +100,12 @@ export function netCounters(pairs: number, storage: Float64Array<ArrayBufferLike
   return { counters, drops, backend, stats };
 }
 export type NetCounters = ReturnType<typeof netCounters>;
+
+/** The offloads a driver with `features` accepts in received packets. */
+export function rxOffloads(features: bigint): RxOffloads {
+  const has = (f: number) => (features & bit(f)) !== 0n;
+  return { csum: has(NetFeature.GUEST_CSUM), tso4: has(NetFeature.GUEST_TSO4), tso6: has(NetFeature.GUEST_TSO6), ecn: has(NetFeature.GUEST_ECN) };
+}
 
 /** The card as plain data. */
 export interface NetCard {
@@ -213,12 +219,7 @@ export class NetDataPlane implements WorkerDevice, NetPort {
   }
 
   private applyGuestOffloads(features: bigint): void {
-    this.backend.setRxOffloads({
-      csum: this.has(features, NetFeature.GUEST_CSUM),
-      tso4: this.has(features, NetFeature.GUEST_TSO4),
-      tso6: this.has(features, NetFeature.GUEST_TSO6),
-      ecn: this.has(features, NetFeature.GUEST_ECN),
-    });
+    this.backend.setRxOffloads(rxOffloads(features));
   }
 
   /** Until the driver says otherwise, a device without CTRL_RX receives everything (virtio 1.x, 5.1.6.5.1). */
