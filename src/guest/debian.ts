@@ -1,5 +1,8 @@
 // Fetches Debian packages with `apt-get download` and unpacks them with
 // `dpkg-deb -x` into tsvisor's cache, once. Nothing is installed on the host.
+// The cache has layers: the writable one (cacheDir()) and read-only ones below it
+// (TSVISOR_CACHE_RO, the host's cache inside the nested host). Lookups go through
+// findCached(), which tries them in that order; writes go to cacheDir() only.
 import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -9,10 +12,49 @@ export class FetchError extends Error {
   override name = 'FetchError';
 }
 
+/** The writable cache: everything tsvisor downloads or builds goes here. */
 export function cacheDir(): string {
-  const dir = process.env.TSVISOR_CACHE ?? path.join(process.env.XDG_CACHE_HOME ?? path.join(os.homedir(), '.cache'), 'tsvisor');
+  const dir = process.env.TSVISOR_CACHE || path.join(process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache'), 'tsvisor');
   fs.mkdirSync(dir, { recursive: true });
   return dir;
+}
+
+/**
+ * Read-only caches consulted after cacheDir() and never written: TSVISOR_CACHE_RO,
+ * a list of directories separated like PATH. Inside the nested host it names the
+ * host's cache, which the command sees read-only at its own path.
+ */
+export function readOnlyCacheDirs(): string[] {
+  const writable = path.resolve(cacheDir());
+  const dirs = (process.env.TSVISOR_CACHE_RO ?? '')
+    .split(path.delimiter)
+    .filter(Boolean)
+    .map((d) => path.resolve(d));
+  return [...new Set(dirs)].filter((d) => d !== writable);
+}
+
+/** Every cache layer, the writable one first. */
+export function cacheLayers(): string[] {
+  return [path.resolve(cacheDir()), ...readOnlyCacheDirs()];
+}
+
+/** `relative` (a path inside the cache) in the first layer that has it, or undefined. */
+export function findCached(relative: string): string | undefined {
+  for (const layer of cacheLayers()) {
+    const file = path.join(layer, relative);
+    if (fs.existsSync(file)) return file;
+  }
+  return undefined;
+}
+
+/** `file`'s path inside whichever cache layer holds it, or undefined when it is outside them all. */
+export function cacheRelative(file: string): string | undefined {
+  const abs = path.resolve(file);
+  for (const layer of cacheLayers()) {
+    const rel = path.relative(layer, abs);
+    if (rel && rel !== '..' && !rel.startsWith('..' + path.sep) && !path.isAbsolute(rel)) return rel;
+  }
+  return undefined;
 }
 
 export function hasCommand(cmd: string): boolean {
@@ -58,9 +100,10 @@ export interface UnpackedPackage {
 
 /** Downloads and unpacks a package into the cache; later calls reuse it. */
 export function fetchPackage(name: string, log: (line: string) => void = stderrLog): UnpackedPackage {
+  const cached = findCached(path.join('debian', name, '.complete'));
+  if (cached) return { name, dir: path.dirname(cached) };
   const root = path.join(cacheDir(), 'debian');
   const dir = path.join(root, name);
-  if (fs.existsSync(path.join(dir, '.complete'))) return { name, dir };
   for (const cmd of ['apt-get', 'dpkg-deb']) {
     if (!hasCommand(cmd))
       throw new FetchError(`${cmd} is not available: tsvisor fetches its default guest from Debian's archive and needs a Debian-based host`);
@@ -100,11 +143,9 @@ export interface DebianKernel {
 
 /** The newest kernel package already in the cache, for when apt cannot say which is current. */
 function cachedKernelPackage(): string | undefined {
-  const root = path.join(cacheDir(), 'debian');
-  if (!fs.existsSync(root)) return undefined;
-  return fs
-    .readdirSync(root)
-    .filter((d) => /^linux-image-[\d.]+-\d+-amd64$/.test(d) && fs.existsSync(path.join(root, d, '.complete')))
+  const names = new Set(cacheLayers().flatMap((layer) => (fs.existsSync(path.join(layer, 'debian')) ? fs.readdirSync(path.join(layer, 'debian')) : [])));
+  return [...names]
+    .filter((d) => /^linux-image-[\d.]+-\d+-amd64$/.test(d) && findCached(path.join('debian', d, '.complete')))
     .sort((a, b) => a.localeCompare(b, 'en', { numeric: true }))
     .at(-1);
 }

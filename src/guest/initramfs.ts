@@ -7,7 +7,7 @@ import path from 'node:path';
 import zlib from 'node:zlib';
 import { writeCpio, withParentDirs, type CpioEntry } from './cpio.js';
 import type { KernelModule } from './kernel-modules.js';
-import { cacheDir } from './debian.js';
+import { cacheDir, cacheRelative, findCached } from './debian.js';
 
 export interface InitramfsSpec {
   busybox: string;
@@ -34,18 +34,31 @@ export function initramfsEntries(spec: InitramfsSpec): CpioEntry[] {
   return withParentDirs(entries);
 }
 
-/** Returns the path of the compressed initramfs, building it only when its inputs changed. */
-export function buildInitramfs(name: string, spec: InitramfsSpec): string {
+/**
+ * The initramfs's file name in the cache: `name` and a hash of its inputs. Input files
+ * in a cache layer are named by their path inside it, so the same packages give the
+ * same name whichever layer holds them (the host's cache, seen read-only in the
+ * nested host, or the writable one).
+ */
+export function initramfsFileName(name: string, spec: InitramfsSpec): string {
   const hash = crypto.createHash('sha256');
   hash.update(spec.init);
   for (const f of [spec.busybox, ...spec.modules.map((m) => m.file)]) {
     const st = fs.statSync(f);
-    hash.update(`${f}:${st.size}:${st.mtimeMs}\n`);
+    const rel = cacheRelative(f);
+    hash.update(`${rel === undefined ? f : `cache:${rel}`}:${st.size}:${st.mtimeMs}\n`);
   }
   for (const f of spec.files ?? [])
     hash.update(JSON.stringify(f.type === 'file' ? { ...f, data: crypto.createHash('sha256').update(f.data).digest('hex') } : f));
-  const out = path.join(cacheDir(), `${name}-${hash.digest('hex').slice(0, 16)}.cpio.gz`);
-  if (fs.existsSync(out)) return out;
+  return `${name}-${hash.digest('hex').slice(0, 16)}.cpio.gz`;
+}
+
+/** Returns the path of the compressed initramfs, found in any cache layer or built into the writable one. */
+export function buildInitramfs(name: string, spec: InitramfsSpec): string {
+  const file = initramfsFileName(name, spec);
+  const cached = findCached(file);
+  if (cached) return cached;
+  const out = path.join(cacheDir(), file);
   const tmp = `${out}.${process.pid}.tmp`;
   fs.writeFileSync(tmp, zlib.gzipSync(writeCpio(initramfsEntries(spec)), { level: 6 }));
   fs.renameSync(tmp, out);

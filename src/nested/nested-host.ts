@@ -10,14 +10,16 @@
 // opens it, so piped input is never lost while the nested host boots. The exit
 // status comes back through the scratch directory. A third port carries the
 // heartbeat the progress watchdog (watchdog.ts) waits for, and the kernel's
-// console goes to a file the watchdog quotes.
+// console goes to a file the watchdog quotes. The host's tsvisor cache is the
+// command's read-only lower cache layer (nestedCacheEnv), so a tsvisor inside reuses
+// the host's packages and initramfs files instead of fetching and building them again.
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { UserError } from '../cli/errors.js';
-import { aptUpdate, fetchBusybox, fetchKernel, FetchError, hasCommand, isRoot } from '../guest/debian.js';
+import { aptUpdate, cacheDir, fetchBusybox, fetchKernel, FetchError, hasCommand, isRoot, readOnlyCacheDirs } from '../guest/debian.js';
 import { buildInitramfs, LOAD_MODULES } from '../guest/initramfs.js';
 import { indexModules, resolveModules } from '../guest/kernel-modules.js';
 import { HEARTBEAT_SECONDS, lastLogLine, NestedWatchdog, procThreads, stallSeconds } from './watchdog.js';
@@ -146,10 +148,23 @@ function shellQuote(s: string): string {
 /** Variables the command inherits from this process. */
 const PASSED_ENV = /^(PATH|TERM|LANG|LC_\w+|TSVISOR_\w+|BENCH_\w+|NODE_\w+|CI)$/;
 
+/**
+ * The command's tsvisor cache. The host's cache is visible read-only at its own path:
+ * it becomes the lower layer (TSVISOR_CACHE_RO, with any the host already had), and
+ * what is missing from it goes to the scratch directory. A host cache inside a
+ * writable directory is used as is.
+ */
+export function nestedCacheEnv(writable: readonly string[], scratch: string): Record<string, string> {
+  const hostCache = path.resolve(cacheDir());
+  if (writable.some((d) => hostCache === path.resolve(d) || hostCache.startsWith(path.resolve(d) + path.sep))) return { TSVISOR_CACHE: hostCache };
+  return { TSVISOR_CACHE: path.join(scratch, '.cache', 'tsvisor'), TSVISOR_CACHE_RO: [hostCache, ...readOnlyCacheDirs()].join(path.delimiter) };
+}
+
 export function commandScript(opts: NestedRunOptions, scratch: string): string {
   const env: Record<string, string> = {};
   for (const [k, v] of Object.entries(process.env)) if (PASSED_ENV.test(k) && v !== undefined) env[k] = v;
-  Object.assign(env, { HOME: scratch, TMPDIR: scratch, TSVISOR_NESTED: '1', TSVISOR_ACCEL: 'kvm' }, opts.env);
+  const cache = nestedCacheEnv([scratch, ...(opts.writable ?? [])], scratch);
+  Object.assign(env, { HOME: scratch, TMPDIR: scratch, TSVISOR_NESTED: '1', TSVISOR_ACCEL: 'kvm' }, cache, opts.env);
   const lines = [
     ...Object.entries(env).map(([k, v]) => `export ${k}=${shellQuote(v)}`),
     `cd ${shellQuote(opts.cwd ?? process.cwd())} 2>/dev/null || cd /`,
