@@ -30,10 +30,9 @@ export class GuestMemoryError extends Error {
   }
 }
 
-/** Guest RAM as plain data: the memfd backing it and where each region lies in that file. */
+/** Guest RAM as plain data: each region, the file backing it (a memfd) and where the region lies in that file. */
 export interface MemoryTable {
-  fd: number;
-  regions: { start: number; size: number; fileOffset: number }[];
+  regions: { start: number; size: number; fd: number; fileOffset: number }[];
 }
 
 export interface RegionSpec {
@@ -48,10 +47,11 @@ export class GuestRegion {
   /** For the ring indices that guest and VMM publish to each other (Atomics need a typed array). */
   readonly u16: Uint16Array;
 
-  /** `fileOffset` is where this region starts inside the backing memfd. */
+  /** `fileOffset` is where this region starts inside `fd`, the file backing it (undefined for plain buffers). */
   constructor(
     readonly start: GuestAddress,
     readonly mapping: Mapping,
+    readonly fd: number | undefined,
     readonly fileOffset: number,
   ) {
     this.end = start + mapping.length;
@@ -70,11 +70,10 @@ export class GuestRegion {
 }
 
 export class GuestMemory {
-  /** `owned`: this instance created the memfd and closes it; a mapped table leaves it to its owner. */
+  /** `ownedFd`: the memfd this instance created and closes; a mapped table leaves its files to their owner. */
   private constructor(
     readonly regions: readonly GuestRegion[],
-    readonly fd: number | undefined,
-    private readonly owned: boolean,
+    private readonly ownedFd?: number,
   ) {}
 
   /** Backs each region with one memfd, mapped shared. */
@@ -84,16 +83,17 @@ export class GuestMemory {
     const fd = memfdCreate('tsvisor-ram', total);
     let offset = 0;
     const regions = specs.map((s) => {
-      const region = new GuestRegion(s.start, mmapShared(fd, s.size, offset), offset);
+      const region = new GuestRegion(s.start, mmapShared(fd, s.size, offset), fd, offset);
       offset += s.size;
       return region;
     });
-    return new GuestMemory(regions, fd, true);
+    return new GuestMemory(regions, fd);
   }
 
   /**
-   * Maps guest RAM described by `table` (another thread's or process's memfd) into
-   * this thread; the layout is checked as create() checks it.
+   * Maps guest RAM described by `table` (another thread's memfd, or the files
+   * another process sent) into this thread; the layout is checked as create()
+   * checks it.
    */
   static map(table: MemoryTable): GuestMemory {
     const specs = table.regions.map((r) => ({ start: gpa(r.start), size: r.size }));
@@ -101,15 +101,19 @@ export class GuestMemory {
     const regions = table.regions.map((r) => {
       if (!Number.isSafeInteger(r.fileOffset) || r.fileOffset < 0 || r.fileOffset % 4096)
         throw new Error(`guest memory file offset ${r.fileOffset} is not page aligned`);
-      return new GuestRegion(gpa(r.start), mmapShared(table.fd, r.size, r.fileOffset), r.fileOffset);
+      return new GuestRegion(gpa(r.start), mmapShared(r.fd, r.size, r.fileOffset), r.fd, r.fileOffset);
     });
-    return new GuestMemory(regions, table.fd, false);
+    return new GuestMemory(regions);
   }
 
-  /** This memory as plain data another thread can map(); only memfd-backed memory has one. */
+  /** This memory as plain data another thread or process can map(); only file-backed memory has one. */
   table(): MemoryTable {
-    if (this.fd === undefined) throw new Error('guest memory over plain buffers cannot be shared');
-    return { fd: this.fd, regions: this.regions.map((r) => ({ start: r.start, size: r.size, fileOffset: r.fileOffset })) };
+    return {
+      regions: this.regions.map((r) => {
+        if (r.fd === undefined) throw new Error('guest memory over plain buffers cannot be shared');
+        return { start: r.start, size: r.size, fd: r.fd, fileOffset: r.fileOffset };
+      }),
+    };
   }
 
   /** Guest memory over plain ArrayBuffers: for tests and tools that need no KVM. */
@@ -118,11 +122,11 @@ export class GuestMemory {
     let offset = 0;
     const regions = specs.map((s) => {
       const buffer = new ArrayBuffer(s.size);
-      const region = new GuestRegion(s.start, { pointer: null, address: 0n, length: s.size, buffer }, offset);
+      const region = new GuestRegion(s.start, { pointer: null, address: 0n, length: s.size, buffer }, undefined, offset);
       offset += s.size;
       return region;
     });
-    return new GuestMemory(regions, undefined, false);
+    return new GuestMemory(regions);
   }
 
   get totalSize(): number {
@@ -240,7 +244,7 @@ export class GuestMemory {
 
   close(): void {
     for (const r of this.regions) if (r.mapping.pointer !== null) munmap(r.mapping);
-    if (this.owned && this.fd !== undefined) closeFd(this.fd);
+    if (this.ownedFd !== undefined) closeFd(this.ownedFd);
   }
 }
 

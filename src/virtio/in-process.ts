@@ -84,7 +84,7 @@ class MainThreadDataPlane implements VirtioDevice {
   }
 
   activate(features: bigint, memory: MemoryTable, host: DeviceHost): void {
-    if (memory.fd !== this.memory.fd) throw new Error(`${this.name}: activated over guest memory this thread has not mapped`);
+    if (memory.regions[0]?.fd !== this.memory.regions[0]?.fd) throw new Error(`${this.name}: activated over guest memory this thread has not mapped`);
     const active = {
       memory: this.memory,
       queues: [] as (SplitQueue | undefined)[],

@@ -9,7 +9,7 @@
 // Nothing the guest does can end this thread: whatever a data plane or a back-end
 // handler throws fails the device, reported to the main thread, and the loop goes on.
 import { receiveMessageOnPort, workerData } from 'node:worker_threads';
-import { epollAdd, epollCreate, epollDelete, EPOLL_EVENT_SIZE, epollWait, eventfdDrain, eventfdSignal } from '../../host/libc.js';
+import { closeFd, epollAdd, epollCreate, epollDelete, EPOLL_EVENT_SIZE, epollWait, eventfdDrain, eventfdSignal } from '../../host/libc.js';
 import { GuestMemory, type MemoryTable } from '../../memory/guest-memory.js';
 import type { FdPoller } from '../../net/backend.js';
 import { blockWorkerDevice } from '../block-queue.js';
@@ -153,6 +153,7 @@ function main({ kind, init, controlFd, port, counters: shared }: DeviceWorkerDat
         for (const index of [...running.keys()]) stop(index);
         device.close();
         port.close();
+        closeFd(epfd);
         return false;
       }
     }
