@@ -7,6 +7,7 @@ import { benchCommand } from './bench-io-paths.js';
 import { doctor } from './doctor.js';
 import { ExitCode, UsageError, UserError } from './errors.js';
 import { runCommand } from './run.js';
+import { vhostUserBlkCommand } from './vhost-user.js';
 import { parseRunArgs } from './run-options.js';
 import { parseSize } from './size.js';
 
@@ -46,11 +47,17 @@ export const USAGE = `usage:
   tsvisor nested [--memory SIZE] [--cpus N] [--writable DIR]... -- COMMAND [ARGS...]
                                     run a command inside the nested KVM host (host / read-only,
                                     each DIR writable at its own path; 1 vCPU unless --cpus)
+  tsvisor vhost-user-blk --socket PATH --drive file=PATH[,readonly=on][,serial=ID][,cache=..][,num-queues=N]
+                 [--max-clients N]  serve a raw image as a vhost-user block back-end (QEMU's
+                                    vhost-user-blk-pci, tsvisor's own front-end); each client
+                                    gets its own device (at most N at once, default 16)
   tsvisor doctor [--json] [--quick] report KVM access, its backing, and whether the nested host starts
-  tsvisor bench io-paths [--size SIZE] [--accel auto|kvm|nested] [--kernel FILE --initrd FILE]
-                                    download SIZE (default 64M) into the default guest through an
-                                    e1000 and through virtio-net (user-mode networking) and print
-                                    throughput, exits per MB and interrupts per MB for each
+  tsvisor bench io-paths [--size SIZE] [--paths LIST] [--svg FILE] [--json FILE]
+                 [--accel auto|kvm|nested] [--kernel FILE --initrd FILE]
+                                    download SIZE (default 64M) into the default guest through each
+                                    I/O path (e1000 and virtio-net on user-mode networking,
+                                    virtio-net and vhost-net on a tap) and print MB/s, exits,
+                                    interrupts, kicks and tsvisor's CPU time per MB; --svg draws it
 exit status of run: 0 guest powered off or rebooted, 1 error, 2 bad usage, 3 guest panicked,
                     4 triple fault or KVM failure, 125 the nested host failed,
                     128+N stopped by signal N (SIGINT, SIGTERM, SIGHUP)
@@ -93,6 +100,8 @@ export async function main(argv: string[]): Promise<number> {
       return nestedCommand(rest);
     case 'bench':
       return benchCommand(rest);
+    case 'vhost-user-blk':
+      return vhostUserBlkCommand(rest);
     case 'doctor': {
       let values;
       try {
@@ -109,7 +118,7 @@ export async function main(argv: string[]): Promise<number> {
       process.stdout.write(USAGE);
       return command === undefined ? ExitCode.USAGE : ExitCode.OK;
     default:
-      throw new UsageError(`unknown command "${command}" (try: tsvisor run, tsvisor nested, tsvisor doctor, tsvisor bench)`);
+      throw new UsageError(`unknown command "${command}" (try: tsvisor run, tsvisor nested, tsvisor vhost-user-blk, tsvisor doctor, tsvisor bench)`);
   }
 }
 

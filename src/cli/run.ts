@@ -48,7 +48,7 @@ function readInput(file: string, what: string): Buffer {
 }
 
 /** A drive's file must exist and allow what the drive does with it; checked before any VM starts. */
-function checkDrive(d: DriveSpec): void {
+export function checkDrive(d: DriveSpec): void {
   try {
     fs.accessSync(d.file, d.readOnly ? fs.constants.R_OK : fs.constants.R_OK | fs.constants.W_OK);
     if (!fs.statSync(d.file).isFile()) throw new UserError(`drive ${d.file} is not a file`);

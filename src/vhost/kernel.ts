@@ -3,6 +3,7 @@
 // over is a host virtual address of this process (the kernel walks our mappings of
 // guest RAM); every fd is ours. One table, like src/kvm/ioctls.ts.
 import { ioctlBuf, ioctlInt } from '../host/libc.js';
+import type { VhostRegion, VhostRings, VringAddresses } from './rings.js';
 
 const VHOST = 0xaf;
 const ioc = (dir: number, nr: number, size: number) => ((dir << 30) | (size << 16) | (VHOST << 8) | nr) >>> 0;
@@ -27,20 +28,8 @@ export const VhostIoctl = {
 /** struct vhost_memory_region: guest_phys_addr, memory_size, userspace_addr, flags_padding. */
 const MEMORY_REGION_SIZE = 32;
 
-export interface VhostRegion {
-  guestAddress: number;
-  size: number;
-  hostAddress: bigint;
-}
-
-export interface VringAddresses {
-  desc: bigint;
-  used: bigint;
-  avail: bigint;
-}
-
 /** One vhost device fd (/dev/vhost-net, a vhost-vdpa device ...): the ioctls every vhost back-end takes. */
-export class VhostFd {
+export class VhostFd implements VhostRings {
   constructor(readonly fd: number) {}
 
   setOwner(): void {

@@ -31,6 +31,7 @@ import type { QueueState } from '../virtio/queue.js';
 import { WORKER_COUNTERS } from '../virtio/worker/data-plane.js';
 import { WorkerBackedDevice } from '../virtio/worker/worker-backed-device.js';
 import { VhostFd } from './kernel.js';
+import { startVring, stopVring, vhostRegions } from './rings.js';
 
 export const VHOST_NET = '/dev/vhost-net';
 /** Feature bits vhost-net must offer for the card to offer them (QEMU's kernel_feature_bits, the ones tsvisor offers). */
@@ -125,7 +126,7 @@ export class VhostNet extends WorkerBackedDevice implements VirtioDevice {
   override activate(features: bigint, memory: MemoryTable, host: DeviceHost): void {
     super.activate(features, memory, host);
     this.tap.setRxOffloads(rxOffloads(features));
-    const regions = this.memory.regions.map((r) => ({ guestAddress: r.start, size: r.size, hostAddress: r.hostAddress }));
+    const regions = vhostRegions(this.memory);
     for (const v of this.vhost) {
       v.setFeatures(features & this.kernelFeatures);
       v.setMemTable(regions);
@@ -137,19 +138,9 @@ export class VhostNet extends WorkerBackedDevice implements VirtioDevice {
     const v = this.vhost[q.index >> 1];
     if (!v) throw new Error(`${this.name} has no queue ${q.index}`);
     const ring = q.index & 1;
-    const s = q.state;
-    const m = this.memory;
-    v.setVringNum(ring, s.size);
-    v.setVringBase(ring, s.nextAvail);
-    v.setVringAddr(ring, {
-      desc: m.hostAddress(s.descTable, 16 * s.size)!,
-      avail: m.hostAddress(s.availRing, 6 + 2 * s.size)!,
-      used: m.hostAddress(s.usedRing, 6 + 8 * s.size)!,
-    });
-    v.setVringKick(ring, q.kickFd);
-    v.setVringCall(ring, q.callFd);
+    startVring(v, ring, q, this.memory);
     v.setNetBackend(ring, this.tapFds[q.index >> 1]!);
-    this.started[q.index] = s;
+    this.started[q.index] = q.state;
   }
 
   override async stopQueue(index: number): Promise<QueueState | undefined> {
@@ -160,9 +151,7 @@ export class VhostNet extends WorkerBackedDevice implements VirtioDevice {
     this.started[index] = undefined;
     const ring = index & 1;
     v.setNetBackend(ring, -1);
-    const nextAvail = v.getVringBase(ring);
-    // The kernel published every used entry before it let the ring go.
-    return { ...s, nextAvail, nextUsed: this.memory.readU16(s.usedRing + 2) };
+    return stopVring(v, ring, s, this.memory);
   }
 
   /** tsvisor's own counters (the control queue's; no packet passes here) and the tap's, as the kernel counts them. */
