@@ -26,6 +26,12 @@ export const USAGE = `usage:
       --drive file=PATH[,format=raw][,if=virtio][,readonly=on][,serial=ID][,cache=writeback|none]
                                     a raw image on a virtio-blk disk (repeatable; vda, vdb, ...)
       --device virtio-rng           a virtio entropy device (/dev/hwrng)
+      --chardev socket,id=ID,path=SOCKET[,reconnect=SECONDS]
+                                    a vhost-user back-end's socket (reconnect: when it goes away,
+                                    try again every SECONDS instead of failing the device)
+      --device vhost-user-blk-pci,chardev=ID[,num-queues=N]
+                                    a virtio-blk disk served by a vhost-user back-end
+                                    (qemu-storage-daemon, tsvisor vhost-user-blk, ...)
       --netdev user,id=ID[,net=ADDR/PREFIX][,host=IP][,dhcpstart=IP][,dns=IP][,resolver=IP[:PORT]]
                [,hostfwd=tcp:[HOSTIP]:HOSTPORT-[GUESTIP]:GUESTPORT]...
                                     user-mode networking: DHCP, DNS, NAT through host sockets

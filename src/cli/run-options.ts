@@ -1,6 +1,7 @@
 // `tsvisor run` options: parsed and validated into a RunOptions, or a UsageError
 // that names the bad flag. Files are checked later, when they are opened.
 import { parseArgs } from 'node:util';
+import type { VhostUserBlkSpec } from '../vhost/vhost-user-device.js';
 import { MiB, MIN_MEMORY } from '../arch/x86/layout.js';
 import type { CacheMode } from '../backends/raw-image.js';
 import { checkUserNet, DEFAULT_USER_NET, type HostForward, type UserNetConfig, type UserNetLimits } from '../net/user/config.js';
@@ -68,6 +69,8 @@ export interface RunOptions {
   drives: DriveSpec[];
   /** `--device virtio-rng`. */
   rng: boolean;
+  /** `--device vhost-user-blk-pci,chardev=ID`: disks served by a vhost-user back-end. */
+  vhostUserBlk: VhostUserBlkSpec[];
   network: NetworkOptions;
   /** Where stdio connects: the UART (ttyS0) or virtio-console (hvc0). */
   console: ConsoleKind;
@@ -90,6 +93,7 @@ export const RUN_FLAGS = {
   'stats-json': { type: 'string' },
   drive: { type: 'string', multiple: true },
   device: { type: 'string', multiple: true },
+  chardev: { type: 'string', multiple: true },
   netdev: { type: 'string', multiple: true },
   console: { type: 'string' },
   ioeventfd: { type: 'string' },
@@ -114,7 +118,20 @@ export function parseRunArgs(argv: readonly string[]): RunOptions & { help: bool
   const accel = values.accel ?? 'auto';
   if (accel !== 'auto' && accel !== 'kvm' && accel !== 'nested') throw new UsageError(`--accel "${accel}" must be auto, kvm or nested`);
   if (values.initrd !== undefined && values.kernel === undefined) throw new UsageError('--initrd needs --kernel (the default guest brings its own initrd)');
-  const devices = (values.device ?? []).map(parseDevice);
+  const deviceTexts = values.device ?? [];
+  const devices = deviceTexts.map(parseDevice);
+  const chardevs = (values.chardev ?? []).map(parseChardev);
+  const vhostUserBlk: VhostUserBlkSpec[] = [];
+  const usedChardevs = new Set<string>();
+  deviceTexts.forEach((text, i) => {
+    if (devices[i] !== 'vhost-user-blk') return;
+    const { chardev, spec } = parseVhostUserBlk(text, chardevs, cpus);
+    if (usedChardevs.has(chardev)) throw new UsageError(`--chardev ${chardev} is used by two devices`);
+    usedChardevs.add(chardev);
+    vhostUserBlk.push(spec);
+  });
+  const unusedChardev = chardevs.find((c, i) => !usedChardevs.has(c.id) || chardevs.findIndex((d) => d.id === c.id) !== i);
+  if (unusedChardev) throw new UsageError(`--chardev ${unusedChardev.id} is given twice or not used by any --device`);
   return {
     kernel: values.kernel,
     initrd: values.initrd,
@@ -127,7 +144,8 @@ export function parseRunArgs(argv: readonly string[]): RunOptions & { help: bool
     statsJson: values['stats-json'],
     drives: (values.drive ?? []).map(parseDrive),
     rng: devices.some((d) => d === 'virtio-rng'),
-    network: parseNetwork(values.netdev ?? [], values.device ?? [], devices),
+    vhostUserBlk,
+    network: parseNetwork(values.netdev ?? [], deviceTexts, devices),
     console: oneOf(values.console ?? 'serial', '--console', ['serial', 'virtio'] as const),
     ioeventfd: onOff(values.ioeventfd ?? 'on', '--ioeventfd'),
     irqfd: onOff(values.irqfd ?? 'on', '--irqfd'),
@@ -194,20 +212,79 @@ export function parseDrive(text: string): DriveSpec {
   };
 }
 
+type DeviceModel = 'virtio-rng' | 'vhost-user-blk' | NicSpec['model'];
+
 /** The `--device` models `run` knows. */
-const DEVICE_MODELS: Record<string, 'virtio-rng' | NicSpec['model']> = {
+const DEVICE_MODELS: Record<string, DeviceModel> = {
   'virtio-rng': 'virtio-rng',
   'virtio-rng-pci': 'virtio-rng',
+  'vhost-user-blk': 'vhost-user-blk',
+  'vhost-user-blk-pci': 'vhost-user-blk',
   'virtio-net': 'virtio-net',
   'virtio-net-pci': 'virtio-net',
   e1000: 'e1000',
 };
 
-export function parseDevice(text: string): 'virtio-rng' | NicSpec['model'] {
+export function parseDevice(text: string): DeviceModel {
   const model = DEVICE_MODELS[text.split(',')[0]!];
   if (!model) throw new UsageError(`--device "${text}": unknown device (known: ${Object.keys(DEVICE_MODELS).join(', ')})`);
   if (model === 'virtio-rng' && text.includes(',')) throw new UsageError(`--device "${text}": virtio-rng takes no options`);
   return model;
+}
+
+/** One `--chardev socket`: where a vhost-user back-end listens. */
+export interface ChardevSpec {
+  id: string;
+  path: string;
+  reconnect?: number;
+}
+
+export function parseChardev(text: string): ChardevSpec {
+  const [kind, ...rest] = text.split(',');
+  if (kind !== 'socket') throw new UsageError(`--chardev "${text}": the type must be socket`);
+  const kv = parseKeyValues(rest.join(','), '--chardev');
+  checkKeys(kv, '--chardev socket', ['id', 'path', 'server', 'reconnect']);
+  const id = kv.get('id');
+  if (!id || !/^[A-Za-z][\w.-]*$/.test(id)) throw new UsageError(`--chardev "${text}" needs id=NAME (a letter, then letters, digits, _ . -)`);
+  const path = kv.get('path');
+  if (!path) throw new UsageError(`--chardev ${id} needs path=SOCKET`);
+  if (Buffer.byteLength(path) > 107) throw new UsageError(`--chardev ${id}: path is longer than a Unix socket address allows (107 bytes)`);
+  if (onOff(kv.get('server') ?? 'off', '--chardev server'))
+    throw new UsageError(`--chardev ${id}: server=on is not supported; start the back-end with its own socket and give tsvisor its path`);
+  const reconnect = kv.get('reconnect');
+  if (reconnect !== undefined && !(/^\d+$/.test(reconnect) && Number(reconnect) >= 1 && Number(reconnect) <= 3600))
+    throw new UsageError(`--chardev ${id}: reconnect=${reconnect} must be 1 to 3600 seconds`);
+  return { id, path, ...(reconnect === undefined ? {} : { reconnect: Number(reconnect) }) };
+}
+
+function parseVhostUserBlk(text: string, chardevs: readonly ChardevSpec[], cpus: number): { chardev: string; spec: VhostUserBlkSpec } {
+  const comma = text.indexOf(',');
+  const kv = comma < 0 ? new Map<string, string>() : parseKeyValues(text.slice(comma + 1), '--device');
+  checkKeys(kv, '--device vhost-user-blk-pci', ['chardev', 'num-queues']);
+  const id = kv.get('chardev');
+  if (!id) throw new UsageError('--device vhost-user-blk-pci needs chardev=ID');
+  const chardev = chardevs.find((c) => c.id === id);
+  if (!chardev) throw new UsageError(`--device vhost-user-blk-pci: no --chardev with id=${id}`);
+  const queues = kv.get('num-queues');
+  if (queues !== undefined && !(/^\d+$/.test(queues) && Number(queues) >= 1 && Number(queues) <= MAX_BLOCK_QUEUES))
+    throw new UsageError(`--device vhost-user-blk-pci: num-queues=${queues} must be 1 to ${MAX_BLOCK_QUEUES}`);
+  const spec: VhostUserBlkSpec = {
+    kind: 'vhost-user-blk',
+    path: chardev.path,
+    ...(chardev.reconnect === undefined ? {} : { reconnect: chardev.reconnect }),
+    queues: queues === undefined ? Math.min(cpus, MAX_BLOCK_QUEUES) : Number(queues),
+  };
+  return { chardev: id, spec };
+}
+
+/** The `--chardev` and `--device` arguments that parse back to `specs`. */
+export function vhostUserBlkArgs(specs: readonly VhostUserBlkSpec[]): string[] {
+  return specs.flatMap((s, i) => [
+    '--chardev',
+    `socket,id=vub${i},path=${s.path.replaceAll(',', ',,')}${s.reconnect === undefined ? '' : `,reconnect=${s.reconnect}`}`,
+    '--device',
+    `vhost-user-blk-pci,chardev=vub${i},num-queues=${s.queues}`,
+  ]);
 }
 
 export const MAX_QUEUES = 16;
@@ -397,7 +474,7 @@ export function parseNetworkArgs(netdevs: string[], devices: string[]): NetworkO
 /** Netdevs and the cards on them: every card names a netdev, every netdev serves one card. */
 function parseNetwork(netdevTexts: string[], deviceTexts: string[], models: ReturnType<typeof parseDevice>[]): NetworkOptions {
   const netdevs = netdevTexts.map(parseNetdev);
-  const nics = deviceTexts.flatMap((text, i) => (models[i] === 'virtio-rng' ? [] : [parseNic(text, models[i] as NicSpec['model'])]));
+  const nics = deviceTexts.flatMap((text, i) => (models[i] === 'virtio-net' || models[i] === 'e1000' ? [parseNic(text, models[i])] : []));
   const ids = new Set<string>();
   for (const n of netdevs) {
     if (ids.has(n.id)) throw new UsageError(`--netdev id=${n.id} given twice`);

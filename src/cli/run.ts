@@ -12,6 +12,7 @@ import { NESTED_UPLINK, onNestedUsr1, runNested, STOP_SIGNALS } from '../nested/
 import { chooseAccel } from '../vmm/accel.js';
 import { openTap, TapBackend, TapError } from '../net/tap.js';
 import { VHOST_NET, VhostError } from '../vhost/vhost-net.js';
+import { VhostUserError } from '../vhost/vhost-user-device.js';
 import { HostForwardError, UserNetwork } from '../net/user/user-network.js';
 import type { NetBackend } from '../net/backend.js';
 import { MAX_BLOCK_QUEUES, VirtioBlock } from '../virtio/block.js';
@@ -20,7 +21,7 @@ import type { MainThreadDevice } from '../virtio/in-process.js';
 import { VirtioRng } from '../virtio/rng.js';
 import { Machine, type MachineExit, type MachineStats, type NicConfig } from '../vmm/machine.js';
 import { ExitCode, UserError } from './errors.js';
-import { networkArgs, parseNetworkArgs, type DriveSpec, type NetworkOptions, type RunOptions, type SerialTarget } from './run-options.js';
+import { networkArgs, parseNetworkArgs, vhostUserBlkArgs, type DriveSpec, type NetworkOptions, type RunOptions, type SerialTarget } from './run-options.js';
 import { formatSize } from './size.js';
 
 const log = (line: string) => process.stderr.write(`tsvisor: ${line}\n`);
@@ -138,6 +139,7 @@ function innerRunArgs(opts: GuestOptions): string[] {
     args.push('--drive', kv.join(','));
   }
   if (opts.rng) args.push('--device', 'virtio-rng');
+  args.push(...vhostUserBlkArgs(opts.vhostUserBlk));
   args.push(...networkArgs(nestedNetwork(opts.network)));
   args.push('--console', opts.console, '--ioeventfd', opts.ioeventfd ? 'on' : 'off', '--irqfd', opts.irqfd ? 'on' : 'off');
   return args;
@@ -252,7 +254,8 @@ async function runOnKvm(opts: GuestOptions): Promise<number> {
       cpus: opts.cpus,
       serialOutput: output.write,
       virtioConsoleOutput: consoleOutput?.write,
-      virtio: virtioDevices(opts),
+      virtio: [...virtioDevices(opts), ...opts.vhostUserBlk],
+      log,
       ioeventfd: opts.ioeventfd,
       irqfd: opts.irqfd,
     });
@@ -260,7 +263,7 @@ async function runOnKvm(opts: GuestOptions): Promise<number> {
     output.close();
     await Promise.allSettled(nics.map((n) => n.backend.close()));
     if (e instanceof KernelImageError) throw new UserError(`kernel ${opts.kernel}: ${e.message}`);
-    if (e instanceof KvmUnavailableError || e instanceof VhostError) throw new UserError(e.message);
+    if (e instanceof KvmUnavailableError || e instanceof VhostError || e instanceof VhostUserError) throw new UserError(e.message);
     throw e;
   }
   const input = attachStdin(machine);

@@ -5,7 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { networkArgs, parseRunArgs, RUN_FLAGS } from '../../src/cli/run-options.js';
+import { networkArgs, parseRunArgs, RUN_FLAGS, vhostUserBlkArgs } from '../../src/cli/run-options.js';
 import { parseSize } from '../../src/cli/size.js';
 import { UsageError } from '../../src/cli/errors.js';
 import { chooseAccel } from '../../src/vmm/accel.js';
@@ -97,12 +97,33 @@ test('run options: defaults and every flag', () => {
         { file: 'c.img', readOnly: false, serial: undefined, cache: 'writeback' },
       ],
       rng: true,
+      vhostUserBlk: [],
       console: 'virtio',
       ioeventfd: false,
       irqfd: false,
       help: false,
     },
   );
+});
+
+test('run options: vhost-user disks, and the arguments that parse back to them', () => {
+  const o = parseRunArgs([
+    '--cpus',
+    '3',
+    '--chardev',
+    'socket,id=a,path=/run/a,,b.sock,reconnect=5',
+    '--device',
+    'vhost-user-blk-pci,chardev=a',
+    '--chardev',
+    'socket,id=b,path=/run/b.sock',
+    '--device',
+    'vhost-user-blk,chardev=b,num-queues=2',
+  ]);
+  assert.deepEqual(o.vhostUserBlk, [
+    { kind: 'vhost-user-blk', path: '/run/a,b.sock', reconnect: 5, queues: 3 },
+    { kind: 'vhost-user-blk', path: '/run/b.sock', queues: 2 },
+  ]);
+  assert.deepEqual(parseRunArgs(vhostUserBlkArgs(o.vhostUserBlk)).vhostUserBlk, o.vhostUserBlk);
 });
 
 test('run options: bad input is a UsageError naming the flag', () => {
@@ -144,6 +165,15 @@ test('run options: bad input is a UsageError naming the flag', () => {
     [['--netdev', 'tap,id=a,vhost=on', '--device', 'e1000,netdev=a'], /virtio-net-pci only/],
     [['--netdev', 'bridge,id=a', '--device', 'e1000,netdev=a'], /br=NAME/],
     [['--netdev', 'user,id=a', '--device', 'virtio-net-pci,netdev=a,mac=ff:ff:ff:ff:ff:ff'], /unicast/],
+    [['--chardev', 'pipe,id=c'], /must be socket/],
+    [['--chardev', 'socket,id=c'], /path=SOCKET/],
+    [['--chardev', 'socket,id=c,path=/s,server=on', '--device', 'vhost-user-blk-pci,chardev=c'], /server=on is not supported/],
+    [['--chardev', 'socket,id=c,path=/s,reconnect=0', '--device', 'vhost-user-blk-pci,chardev=c'], /reconnect=0/],
+    [['--chardev', 'socket,id=c,path=/s'], /not used by any --device/],
+    [['--device', 'vhost-user-blk-pci'], /needs chardev=ID/],
+    [['--device', 'vhost-user-blk-pci,chardev=x'], /no --chardev with id=x/],
+    [['--chardev', 'socket,id=c,path=/s', '--device', 'vhost-user-blk-pci,chardev=c,num-queues=0'], /num-queues=0/],
+    [['--chardev', 'socket,id=c,path=/s', '--device', 'vhost-user-blk-pci,chardev=c', '--device', 'vhost-user-blk-pci,chardev=c'], /used by two devices/],
     [['--console', 'tty'], /--console/],
     [['--ioeventfd', 'maybe'], /--ioeventfd/],
     [['extra'], /positional/i],
