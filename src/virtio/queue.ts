@@ -47,13 +47,16 @@ export class SplitQueue {
   readonly availRing: number;
   readonly usedRing: number;
   readonly eventIdx: boolean;
+  /** The device's largest queue size: the longest indirect table it takes. */
+  private readonly maxIndirect: number;
   private lastAvail: number;
   private nextUsed: number;
   /** The used index at the last interrupt decision (EVENT_IDX). */
   private signalledUsed: number;
 
-  private constructor(s: QueueState) {
+  private constructor(s: QueueState, maxSize: number) {
     this.size = s.size;
+    this.maxIndirect = maxSize;
     this.descTable = s.descTable;
     this.availRing = s.availRing;
     this.usedRing = s.usedRing;
@@ -81,7 +84,7 @@ export class SplitQueue {
     checkArea(mem, 'descriptor table', s.descTable, DESC_SIZE * n, 16);
     checkArea(mem, 'available ring', s.availRing, 6 + 2 * n, 2);
     checkArea(mem, 'used ring', s.usedRing, 6 + USED_ELEM_SIZE * n, 4);
-    return new SplitQueue(s);
+    return new SplitQueue(s, maxSize);
   }
 
   /** Where the device is, as plain data (after it stopped taking chains). */
@@ -117,8 +120,10 @@ export class SplitQueue {
     let tableSize = this.size;
     let index = head;
     let indirect = false;
-    // At most `size` descriptors in the table, and at most `size` in an indirect table
-    // (the driver's limit; a longer walk is a loop).
+    // At most `size` descriptors in the table (a longer walk is a loop), and at most
+    // the device's largest queue size in an indirect table: Linux sizes those by the
+    // device's seg_max, which a vhost-user back-end advertises before the front-end
+    // picks a smaller ring (QEMU's vhost-user-blk-pci: 128).
     let limit = this.size;
     for (let seen = 0; ;) {
       if (++seen > limit) throw new QueueError(`chain at ${head} is longer than the queue (a loop?)`);
@@ -136,7 +141,8 @@ export class SplitQueue {
         indirect = true;
         table = addr;
         tableSize = len / DESC_SIZE;
-        if (tableSize > this.size) throw new QueueError(`indirect table of ${tableSize} descriptors is longer than the queue (${this.size})`);
+        if (tableSize > this.maxIndirect)
+          throw new QueueError(`indirect table of ${tableSize} descriptors is longer than the largest queue (${this.maxIndirect})`);
         limit = tableSize;
         seen = 0;
         index = 0;

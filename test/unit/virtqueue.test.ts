@@ -187,7 +187,7 @@ const HOSTILE: [string, (d: SimDriver) => void][] = [
     },
   ],
   [
-    'a chain longer than the queue through a large indirect table',
+    "a chain longer than the device's largest queue through an indirect table",
     (d) => {
       const n = 64;
       const t = d.alloc(n * 16);
@@ -223,6 +223,17 @@ test('virtqueue: an indirect table as long as the queue is accepted (Linux fills
   d.postIndirect(bufs);
   const c = d.queue.pop(d.mem)!;
   assert.equal(c.readable.length + c.writable.length, 16);
+});
+
+test("virtqueue: an indirect table longer than the ring but within the device's largest queue is accepted (QEMU's vhost-user-blk-pci picks 128-entry rings under a seg_max of 254)", () => {
+  const d = new SimDriver(16);
+  const bufs = Array.from({ length: 40 }, (_, i) => ({ addr: d.alloc(8), len: 8, write: i > 0 }));
+  d.postIndirect(bufs);
+  const q = SplitQueue.fromState(64, d.queue.state(), d.mem);
+  const c = q.pop(d.mem)!;
+  assert.equal(c.readable.length + c.writable.length, 40);
+  // The same table on a device whose largest queue is the ring itself is refused.
+  assert.throws(() => SplitQueue.fromState(16, d.queue.state(), d.mem).pop(d.mem), QueueError);
 });
 
 test('virtqueue: zero-length buffers are allowed and carry nothing', () => {

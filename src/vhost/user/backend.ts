@@ -26,6 +26,7 @@ import {
 } from '../../virtio/device.js';
 import { closeAll, MessageReader, sendMessage } from './connection.js';
 import {
+  ANSWERED,
   configPayload,
   decodeConfig,
   decodeMemRegion,
@@ -160,7 +161,7 @@ export class BackendSession {
   }
 
   private ackable(m: Message): boolean {
-    return (m.flags & FLAG_NEED_REPLY) !== 0 && (this.protocolAcked & bit(ProtocolFeature.REPLY_ACK)) !== 0n && !REPLIES.has(m.request);
+    return (m.flags & FLAG_NEED_REPLY) !== 0 && (this.protocolAcked & bit(ProtocolFeature.REPLY_ACK)) !== 0n && !ANSWERED.has(m.request);
   }
 
   private ack(m: Message, ok: boolean): void {
@@ -385,10 +386,13 @@ export class BackendSession {
 
   private host(): DeviceHost {
     return {
+      // The error fds tell the front-end (QEMU 7.2 only logs them); hanging up, as
+      // libvhost-user does, leaves no request waiting for a device that is gone.
       fail: (reason) => {
         this.counters.deviceFailures++;
         this.log(`device failed: ${reason}`);
         for (const r of this.rings) if (r.errFd !== undefined) eventfdSignal(r.errFd);
+        void this.end(`the device failed`);
       },
       // Telling the front-end needs the back-end request channel, which is not offered.
       configChanged: () => {},
@@ -425,16 +429,6 @@ export class BackendSession {
     this.onEnd(this);
   }
 }
-
-/** Requests whose answer is their own reply (REPLY_ACK adds none). */
-const REPLIES = new Set<number>([
-  Request.GET_FEATURES,
-  Request.GET_PROTOCOL_FEATURES,
-  Request.GET_VRING_BASE,
-  Request.GET_QUEUE_NUM,
-  Request.GET_CONFIG,
-  Request.GET_MAX_MEM_SLOTS,
-]);
 
 /** The guest address of front-end address `uva`, through the region holding it. */
 function translate(regions: readonly Region[], uva: bigint): number | undefined {

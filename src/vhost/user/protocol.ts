@@ -52,6 +52,16 @@ export const Request = {
   GET_STATUS: 40,
 } as const;
 
+/** Requests the back-end answers with a message of their own (REPLY_ACK adds no acknowledgement to them). */
+export const ANSWERED: ReadonlySet<number> = new Set([
+  Request.GET_FEATURES,
+  Request.GET_PROTOCOL_FEATURES,
+  Request.GET_VRING_BASE,
+  Request.GET_QUEUE_NUM,
+  Request.GET_CONFIG,
+  Request.GET_MAX_MEM_SLOTS,
+]);
+
 const REQUEST_NAMES = new Map<number, string>(Object.entries(Request).map(([name, n]) => [n, name]));
 
 export function requestName(request: number): string {
