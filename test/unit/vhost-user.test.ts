@@ -52,7 +52,9 @@ const DAEMON = new URL('../support/vhost-user-daemon.js', import.meta.url).pathn
 
 /** `tsvisor vhost-user-blk` over `file`, in a process of its own; its log lines are collected. */
 async function ourDaemon(file: string, socket = path.join(dir, `blk-${++files}.sock`), extra: string[] = []) {
-  const child = spawn(process.execPath, [DAEMON, '--socket', socket, '--drive', `file=${file}`, ...extra], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn(process.execPath, [DAEMON, 'vhost-user-blk', '--socket', socket, '--drive', `file=${file}`, ...extra], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
   const lines: string[] = [];
   let partial = '';
   child.stderr!.on('data', (d) => {
