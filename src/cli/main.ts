@@ -7,7 +7,7 @@ import { benchCommand } from './bench-io-paths.js';
 import { doctor } from './doctor.js';
 import { ExitCode, UsageError, UserError } from './errors.js';
 import { runCommand } from './run.js';
-import { vhostUserBlkCommand } from './vhost-user.js';
+import { vhostUserBlkCommand, vhostUserNetCommand } from './vhost-user.js';
 import { parseRunArgs } from './run-options.js';
 import { parseSize } from './size.js';
 
@@ -57,6 +57,11 @@ export const USAGE = `usage:
                  [--max-clients N]  serve a raw image as a vhost-user block back-end (QEMU's
                                     vhost-user-blk-pci, tsvisor's own front-end); each client
                                     gets its own device (at most N at once, default 16)
+  tsvisor vhost-user-net --socket PATH --netdev user,id=ID[,...]|tap,id=ID[,...]|bridge,id=ID,br=BR
+                 [--mac MAC] [--queues N] [--max-clients N]
+                                    serve tsvisor's virtio-net as a vhost-user back-end (QEMU's
+                                    -netdev vhost-user, DPDK's virtio-user, tsvisor's own); each
+                                    client gets its own card and back-end
   tsvisor doctor [--json] [--quick] report KVM access, its backing, and whether the nested host starts
   tsvisor bench io-paths [--size SIZE] [--paths LIST] [--svg FILE] [--json FILE]
                  [--accel auto|kvm|nested] [--kernel FILE --initrd FILE]
@@ -108,6 +113,8 @@ export async function main(argv: string[]): Promise<number> {
       return benchCommand(rest);
     case 'vhost-user-blk':
       return vhostUserBlkCommand(rest);
+    case 'vhost-user-net':
+      return vhostUserNetCommand(rest);
     case 'doctor': {
       let values;
       try {
@@ -124,7 +131,9 @@ export async function main(argv: string[]): Promise<number> {
       process.stdout.write(USAGE);
       return command === undefined ? ExitCode.USAGE : ExitCode.OK;
     default:
-      throw new UsageError(`unknown command "${command}" (try: tsvisor run, tsvisor nested, tsvisor vhost-user-blk, tsvisor doctor, tsvisor bench)`);
+      throw new UsageError(
+        `unknown command "${command}" (try: tsvisor run, tsvisor nested, tsvisor vhost-user-blk, tsvisor vhost-user-net, tsvisor doctor, tsvisor bench)`,
+      );
   }
 }
 

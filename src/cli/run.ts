@@ -21,7 +21,16 @@ import type { MainThreadDevice } from '../virtio/in-process.js';
 import { VirtioRng } from '../virtio/rng.js';
 import { Machine, type MachineExit, type MachineStats, type NicConfig } from '../vmm/machine.js';
 import { ExitCode, UserError } from './errors.js';
-import { networkArgs, parseNetworkArgs, vhostUserBlkArgs, type DriveSpec, type NetworkOptions, type RunOptions, type SerialTarget } from './run-options.js';
+import {
+  networkArgs,
+  parseNetworkArgs,
+  vhostUserBlkArgs,
+  type DriveSpec,
+  type NetdevSpec,
+  type NetworkOptions,
+  type RunOptions,
+  type SerialTarget,
+} from './run-options.js';
 import { formatSize } from './size.js';
 
 const log = (line: string) => process.stderr.write(`tsvisor: ${line}\n`);
@@ -197,20 +206,7 @@ async function networkCards(network: NetworkOptions): Promise<NicConfig[]> {
   try {
     for (const [i, spec] of network.nics.entries()) {
       const netdev = network.netdevs.find((n) => n.id === spec.netdev)!;
-      let backend: NetBackend;
-      if (netdev.kind === 'user') {
-        const user = new UserNetwork(netdev.user);
-        await user.listen();
-        backend = user;
-      } else {
-        backend = new TapBackend(
-          openTap({
-            ifname: netdev.kind === 'tap' ? netdev.ifname : undefined,
-            bridge: netdev.kind === 'bridge' ? netdev.bridge : undefined,
-            queues: netdev.queues ?? spec.queues ?? 1,
-          }),
-        );
-      }
+      const backend = await openNetBackend(netdev, netdev.kind === 'user' ? 1 : (netdev.queues ?? spec.queues ?? 1));
       const n = counts[spec.model]++;
       nics.push({
         ...(netdev.kind === 'tap' && netdev.vhost ? { vhost: netdev.vhostdev ?? VHOST_NET } : {}),
@@ -228,6 +224,18 @@ async function networkCards(network: NetworkOptions): Promise<NicConfig[]> {
     throw e;
   }
   return nics;
+}
+
+/** A netdev's back-end: user-mode networking (listening for its forwarded ports), or a tap with `queues` queue pairs. */
+export async function openNetBackend(netdev: NetdevSpec, queues: number): Promise<NetBackend> {
+  if (netdev.kind === 'user') {
+    const user = new UserNetwork(netdev.user);
+    await user.listen();
+    return user;
+  }
+  return new TapBackend(
+    openTap({ ifname: netdev.kind === 'tap' ? netdev.ifname : undefined, bridge: netdev.kind === 'bridge' ? netdev.bridge : undefined, queues }),
+  );
 }
 
 /** Enough nested-host RAM for the guest plus the host's own kernel and tsvisor. */

@@ -21,6 +21,7 @@ import {
   VIRTIO_F_RING_EVENT_IDX,
   VIRTIO_F_RING_INDIRECT_DESC,
   VIRTIO_F_VERSION_1,
+  VirtioId,
   type DeviceHost,
   type VirtioDevice,
 } from '../../virtio/device.js';
@@ -89,8 +90,11 @@ export class BackendSession {
   private readonly reader: MessageReader;
   private readonly rings: Ring[];
   private readonly offered: bigint;
+  /** A net front-end builds the config space itself (QEMU 7.2 warns about CONFIG from a net back-end). */
+  private readonly protocolOffered: bigint;
   private acked = 0n;
   private protocolAcked = 0n;
+  private protocolSet = false;
   private regions: Region[] = [];
   /** The main thread's own mapping of the regions (reads the used index, checks ring placement). */
   private memory: GuestMemory | undefined;
@@ -114,6 +118,7 @@ export class BackendSession {
     this.reader = new MessageReader(fd);
     this.rings = device.queueSizes.map(() => ({ base: 0, enabled: false, running: false }));
     this.offered = device.features | bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_F_RING_INDIRECT_DESC) | bit(VIRTIO_F_RING_EVENT_IDX) | bit(F_PROTOCOL_FEATURES);
+    this.protocolOffered = device.type === VirtioId.NET ? BACKEND_PROTOCOL_FEATURES & ~bit(ProtocolFeature.CONFIG) : BACKEND_PROTOCOL_FEATURES;
     this.listen();
   }
 
@@ -197,11 +202,12 @@ export class BackendSession {
         return;
       }
       case Request.GET_PROTOCOL_FEATURES:
-        return this.reply(m.request, u64Payload(BACKEND_PROTOCOL_FEATURES));
+        return this.reply(m.request, u64Payload(this.protocolOffered));
       case Request.SET_PROTOCOL_FEATURES: {
         const f = decodeU64(m);
-        if (f & ~BACKEND_PROTOCOL_FEATURES) throw new ProtocolError(`protocol features 0x${f.toString(16)} were not offered`);
+        if (f & ~this.protocolOffered) throw new ProtocolError(`protocol features 0x${f.toString(16)} were not offered`);
         this.protocolAcked = f;
+        this.protocolSet = true;
         return;
       }
       case Request.SET_OWNER:
@@ -292,7 +298,8 @@ export class BackendSession {
         const s = decodeVringState(m);
         const r = this.ring(s.index);
         if (s.num > 1) throw new ProtocolError(`ring ${s.index}: enable ${s.num}`);
-        if (!(this.acked & bit(F_PROTOCOL_FEATURES))) throw new ProtocolError('SET_VRING_ENABLE without protocol features');
+        // QEMU 7.2's vhost-user net leaves the bit out of SET_FEATURES, so having set protocol features counts too.
+        if (!(this.acked & bit(F_PROTOCOL_FEATURES)) && !this.protocolSet) throw new ProtocolError('SET_VRING_ENABLE without protocol features');
         r.enabled = s.num === 1;
         return r.enabled ? this.maybeStart(s.index) : this.stopRing(s.index);
       }

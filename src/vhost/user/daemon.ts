@@ -6,6 +6,7 @@
 import { closeFd } from '../../host/libc.js';
 import { unixAccept, unixListen } from '../../host/unix-socket.js';
 import { EventLoop } from '../../vmm/event-loop.js';
+import type { FdPoller } from '../../net/backend.js';
 import { describeError, type VirtioDevice } from '../../virtio/device.js';
 import { BackendSession } from './backend.js';
 import fs from 'node:fs';
@@ -14,8 +15,8 @@ export const DEFAULT_MAX_CLIENTS = 16;
 
 export interface DaemonOptions {
   socket: string;
-  /** A fresh device for client number `n` (from 1). */
-  makeDevice(n: number): VirtioDevice;
+  /** A fresh device for client number `n` (from 1); `poller` is the daemon's loop, for a back-end's fds. */
+  makeDevice(n: number, poller: FdPoller): VirtioDevice | Promise<VirtioDevice>;
   log(line: string): void;
   maxClients?: number;
 }
@@ -25,6 +26,7 @@ export class VhostUserDaemon {
   private readonly listenFd: number;
   private readonly sessions = new Set<BackendSession>();
   private clients = 0;
+  private opening = 0;
   private closed = false;
   /** Front-ends ever accepted, refused for the limit, and sessions that ended on a protocol error. */
   readonly counters = { accepted: 0, refused: 0, protocolErrors: 0 };
@@ -41,30 +43,42 @@ export class VhostUserDaemon {
 
   private accept(): void {
     for (let fd = unixAccept(this.listenFd); fd !== undefined; fd = unixAccept(this.listenFd)) {
-      if (this.sessions.size >= (this.opts.maxClients ?? DEFAULT_MAX_CLIENTS)) {
+      const connected = this.sessions.size + this.opening;
+      if (connected >= (this.opts.maxClients ?? DEFAULT_MAX_CLIENTS)) {
         this.counters.refused++;
-        this.opts.log(`refused a client: ${this.sessions.size} are connected already`);
+        this.opts.log(`refused a client: ${connected} are connected already`);
         closeFd(fd);
         continue;
       }
-      const n = ++this.clients;
-      const log = (line: string) => this.opts.log(`client ${n}: ${line}`);
-      let device: VirtioDevice;
-      try {
-        device = this.opts.makeDevice(n);
-      } catch (e) {
-        log(`no device for it: ${describeError(e)}`);
-        closeFd(fd);
-        continue;
-      }
-      this.counters.accepted++;
-      log('connected');
-      const session = new BackendSession(fd, device, this.loop, log, (s) => {
-        this.counters.protocolErrors += s.counters.protocolErrors;
-        this.sessions.delete(s);
-      });
-      this.sessions.add(session);
+      void this.serve(fd, ++this.clients);
     }
+  }
+
+  private async serve(fd: number, n: number): Promise<void> {
+    const log = (line: string) => this.opts.log(`client ${n}: ${line}`);
+    // Counted while its device opens, so clients arriving meanwhile meet the limit.
+    this.opening++;
+    let device: VirtioDevice;
+    try {
+      device = await this.opts.makeDevice(n, this.loop);
+    } catch (e) {
+      log(`no device for it: ${describeError(e)}`);
+      closeFd(fd);
+      return;
+    } finally {
+      this.opening--;
+    }
+    if (this.closed) {
+      closeFd(fd);
+      return void device.close();
+    }
+    this.counters.accepted++;
+    log('connected');
+    const session = new BackendSession(fd, device, this.loop, log, (s) => {
+      this.counters.protocolErrors += s.counters.protocolErrors;
+      this.sessions.delete(s);
+    });
+    this.sessions.add(session);
   }
 
   /** Stops listening, ends every session (their in-flight requests finish, their files close) and removes the socket. */
