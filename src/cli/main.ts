@@ -29,6 +29,9 @@ export const USAGE = `usage:
       --chardev socket,id=ID,path=SOCKET[,reconnect=SECONDS]
                                     a vhost-user back-end's socket (reconnect: when it goes away,
                                     try again every SECONDS instead of failing the device)
+      --netdev vhost-user,id=ID,chardev=ID
+                                    a virtio-net-pci card (one queue pair) served by a vhost-user
+                                    back-end (tsvisor vhost-user-net, DPDK, ...)
       --device vhost-user-blk-pci,chardev=ID[,num-queues=N]
                                     a virtio-blk disk served by a vhost-user back-end
                                     (qemu-storage-daemon, tsvisor vhost-user-blk, ...)

@@ -1,7 +1,7 @@
 // `tsvisor run` options: parsed and validated into a RunOptions, or a UsageError
 // that names the bad flag. Files are checked later, when they are opened.
 import { parseArgs } from 'node:util';
-import type { VhostUserBlkSpec } from '../vhost/vhost-user-device.js';
+import type { VhostUserBlkSpec, VhostUserSpec } from '../vhost/vhost-user-device.js';
 import { MiB, MIN_MEMORY } from '../arch/x86/layout.js';
 import type { CacheMode } from '../backends/raw-image.js';
 import { checkUserNet, DEFAULT_USER_NET, type HostForward, type UserNetConfig, type UserNetLimits } from '../net/user/config.js';
@@ -69,8 +69,8 @@ export interface RunOptions {
   drives: DriveSpec[];
   /** `--device virtio-rng`. */
   rng: boolean;
-  /** `--device vhost-user-blk-pci,chardev=ID`: disks served by a vhost-user back-end. */
-  vhostUserBlk: VhostUserBlkSpec[];
+  /** Disks (`--device vhost-user-blk-pci,chardev=ID`) and cards (on `--netdev vhost-user`) served by vhost-user back-ends. */
+  vhostUser: VhostUserSpec[];
   network: NetworkOptions;
   /** Where stdio connects: the UART (ttyS0) or virtio-console (hvc0). */
   console: ConsoleKind;
@@ -121,15 +121,39 @@ export function parseRunArgs(argv: readonly string[]): RunOptions & { help: bool
   const deviceTexts = values.device ?? [];
   const devices = deviceTexts.map(parseDevice);
   const chardevs = (values.chardev ?? []).map(parseChardev);
-  const vhostUserBlk: VhostUserBlkSpec[] = [];
   const usedChardevs = new Set<string>();
+  const useChardev = (id: string, flag: string): ChardevSpec => {
+    const chardev = chardevs.find((c) => c.id === id);
+    if (!chardev) throw new UsageError(`${flag}: no --chardev with id=${id}`);
+    if (usedChardevs.has(id)) throw new UsageError(`--chardev ${id} is used by two devices`);
+    usedChardevs.add(id);
+    return chardev;
+  };
+  const vhostUser: VhostUserSpec[] = [];
   deviceTexts.forEach((text, i) => {
-    if (devices[i] !== 'vhost-user-blk') return;
-    const { chardev, spec } = parseVhostUserBlk(text, chardevs, cpus);
-    if (usedChardevs.has(chardev)) throw new UsageError(`--chardev ${chardev} is used by two devices`);
-    usedChardevs.add(chardev);
-    vhostUserBlk.push(spec);
+    if (devices[i] === 'vhost-user-blk') vhostUser.push(parseVhostUserBlk(text, useChardev, cpus));
   });
+  // A card on a vhost-user netdev is served by the back-end behind its chardev, not by a tsvisor back-end.
+  const netdevTexts = values.netdev ?? [];
+  const vhostNetdevs = new Map(netdevTexts.filter((t) => t.split(',')[0] === 'vhost-user').map((t) => parseVhostUserNetdev(t, useChardev)));
+  const nicTexts: string[] = [];
+  const nicModels: DeviceModel[] = [];
+  deviceTexts.forEach((text, i) => {
+    const model = devices[i]!;
+    const nic = model === 'virtio-net' || model === 'e1000' ? parseNic(text, model) : undefined;
+    const common = nic && vhostNetdevs.get(nic.netdev);
+    if (!nic || !common) {
+      nicTexts.push(text);
+      nicModels.push(model);
+      return;
+    }
+    if (nic.model === 'e1000') throw new UsageError(`--netdev ${nic.netdev}: vhost-user serves virtio-net-pci only, not an e1000`);
+    if ((nic.queues ?? 1) > 1) throw new UsageError(`--device virtio-net-pci on vhost-user: one queue pair (queues=${nic.queues} is not supported yet)`);
+    vhostNetdevs.delete(nic.netdev);
+    vhostUser.push({ kind: 'vhost-user-net', ...common, mac: nic.mac ?? Uint8Array.of(0x52, 0x54, 0x00, 0x12, 0x34, 0x60 + vhostUser.length) });
+  });
+  const unusedNetdev = [...vhostNetdevs.keys()][0];
+  if (unusedNetdev) throw new UsageError(`--netdev ${unusedNetdev} is not used by any --device`);
   const unusedChardev = chardevs.find((c, i) => !usedChardevs.has(c.id) || chardevs.findIndex((d) => d.id === c.id) !== i);
   if (unusedChardev) throw new UsageError(`--chardev ${unusedChardev.id} is given twice or not used by any --device`);
   return {
@@ -144,8 +168,12 @@ export function parseRunArgs(argv: readonly string[]): RunOptions & { help: bool
     statsJson: values['stats-json'],
     drives: (values.drive ?? []).map(parseDrive),
     rng: devices.some((d) => d === 'virtio-rng'),
-    vhostUserBlk,
-    network: parseNetwork(values.netdev ?? [], deviceTexts, devices),
+    vhostUser,
+    network: parseNetwork(
+      netdevTexts.filter((t) => t.split(',')[0] !== 'vhost-user'),
+      nicTexts,
+      nicModels,
+    ),
     console: oneOf(values.console ?? 'serial', '--console', ['serial', 'virtio'] as const),
     ioeventfd: onOff(values.ioeventfd ?? 'on', '--ioeventfd'),
     irqfd: onOff(values.irqfd ?? 'on', '--irqfd'),
@@ -257,34 +285,45 @@ export function parseChardev(text: string): ChardevSpec {
   return { id, path, ...(reconnect === undefined ? {} : { reconnect: Number(reconnect) }) };
 }
 
-function parseVhostUserBlk(text: string, chardevs: readonly ChardevSpec[], cpus: number): { chardev: string; spec: VhostUserBlkSpec } {
+function parseVhostUserBlk(text: string, useChardev: (id: string, flag: string) => ChardevSpec, cpus: number): VhostUserBlkSpec {
   const comma = text.indexOf(',');
   const kv = comma < 0 ? new Map<string, string>() : parseKeyValues(text.slice(comma + 1), '--device');
   checkKeys(kv, '--device vhost-user-blk-pci', ['chardev', 'num-queues']);
   const id = kv.get('chardev');
   if (!id) throw new UsageError('--device vhost-user-blk-pci needs chardev=ID');
-  const chardev = chardevs.find((c) => c.id === id);
-  if (!chardev) throw new UsageError(`--device vhost-user-blk-pci: no --chardev with id=${id}`);
+  const chardev = useChardev(id, '--device vhost-user-blk-pci');
   const queues = kv.get('num-queues');
   if (queues !== undefined && !(/^\d+$/.test(queues) && Number(queues) >= 1 && Number(queues) <= MAX_BLOCK_QUEUES))
     throw new UsageError(`--device vhost-user-blk-pci: num-queues=${queues} must be 1 to ${MAX_BLOCK_QUEUES}`);
-  const spec: VhostUserBlkSpec = {
+  return {
     kind: 'vhost-user-blk',
     path: chardev.path,
     ...(chardev.reconnect === undefined ? {} : { reconnect: chardev.reconnect }),
     queues: queues === undefined ? Math.min(cpus, MAX_BLOCK_QUEUES) : Number(queues),
   };
-  return { chardev: id, spec };
 }
 
-/** The `--chardev` and `--device` arguments that parse back to `specs`. */
-export function vhostUserBlkArgs(specs: readonly VhostUserBlkSpec[]): string[] {
-  return specs.flatMap((s, i) => [
-    '--chardev',
-    `socket,id=vub${i},path=${s.path.replaceAll(',', ',,')}${s.reconnect === undefined ? '' : `,reconnect=${s.reconnect}`}`,
-    '--device',
-    `vhost-user-blk-pci,chardev=vub${i},num-queues=${s.queues}`,
-  ]);
+/** `--netdev vhost-user,id=ID,chardev=ID[,queues=1]`: the netdev's id and where its back-end is. */
+function parseVhostUserNetdev(text: string, useChardev: (id: string, flag: string) => ChardevSpec): [string, { path: string; reconnect?: number }] {
+  const kv = parseKeyValues(text.slice('vhost-user,'.length), '--netdev');
+  checkKeys(kv, '--netdev vhost-user', ['id', 'chardev', 'queues']);
+  const id = kv.get('id');
+  if (!id || !/^[A-Za-z][\w.-]*$/.test(id)) throw new UsageError(`--netdev "${text}" needs id=NAME (a letter, then letters, digits, _ . -)`);
+  if ((parseQueues(kv.get('queues'), '--netdev vhost-user') ?? 1) > 1)
+    throw new UsageError('--netdev vhost-user: one queue pair (queues>1 is not supported yet)');
+  const chardevId = kv.get('chardev');
+  if (!chardevId) throw new UsageError(`--netdev vhost-user,id=${id} needs chardev=ID`);
+  const chardev = useChardev(chardevId, `--netdev ${id}`);
+  return [id, { path: chardev.path, ...(chardev.reconnect === undefined ? {} : { reconnect: chardev.reconnect }) }];
+}
+
+/** The `--chardev`, `--netdev` and `--device` arguments that parse back to `specs`. */
+export function vhostUserArgs(specs: readonly VhostUserSpec[]): string[] {
+  return specs.flatMap((s, i) => {
+    const chardev = ['--chardev', `socket,id=vu${i},path=${s.path.replaceAll(',', ',,')}${s.reconnect === undefined ? '' : `,reconnect=${s.reconnect}`}`];
+    if (s.kind === 'vhost-user-blk') return [...chardev, '--device', `vhost-user-blk-pci,chardev=vu${i},num-queues=${s.queues}`];
+    return [...chardev, '--netdev', `vhost-user,id=vun${i},chardev=vu${i}`, '--device', `virtio-net-pci,netdev=vun${i},mac=${formatMac(s.mac)}`];
+  });
 }
 
 export const MAX_QUEUES = 16;

@@ -24,7 +24,7 @@ import { ExitCode, UserError } from './errors.js';
 import {
   networkArgs,
   parseNetworkArgs,
-  vhostUserBlkArgs,
+  vhostUserArgs,
   type DriveSpec,
   type NetdevSpec,
   type NetworkOptions,
@@ -97,7 +97,7 @@ function withGuest(opts: RunOptions): { opts: GuestOptions; cleanup(): void } {
       append: opts.append ?? defaultGuestCmdline(opts.console),
       rng: true,
       drives: scratch ? [scratch.drive] : opts.drives,
-      network: opts.network.nics.length ? opts.network : DEFAULT_GUEST_NETWORK,
+      network: opts.network.nics.length || opts.vhostUser.some((v) => v.kind === 'vhost-user-net') ? opts.network : DEFAULT_GUEST_NETWORK,
     },
     cleanup: () => scratch?.remove(),
   };
@@ -148,7 +148,7 @@ function innerRunArgs(opts: GuestOptions): string[] {
     args.push('--drive', kv.join(','));
   }
   if (opts.rng) args.push('--device', 'virtio-rng');
-  args.push(...vhostUserBlkArgs(opts.vhostUserBlk));
+  args.push(...vhostUserArgs(opts.vhostUser));
   args.push(...networkArgs(nestedNetwork(opts.network)));
   args.push('--console', opts.console, '--ioeventfd', opts.ioeventfd ? 'on' : 'off', '--irqfd', opts.irqfd ? 'on' : 'off');
   return args;
@@ -262,7 +262,7 @@ async function runOnKvm(opts: GuestOptions): Promise<number> {
       cpus: opts.cpus,
       serialOutput: output.write,
       virtioConsoleOutput: consoleOutput?.write,
-      virtio: [...virtioDevices(opts), ...opts.vhostUserBlk],
+      virtio: [...virtioDevices(opts), ...opts.vhostUser],
       log,
       ioeventfd: opts.ioeventfd,
       irqfd: opts.irqfd,

@@ -1,9 +1,11 @@
 // A virtio device whose data plane is a vhost-user back-end in another process
-// (`--device vhost-user-blk-pci,chardev=ID`): tsvisor keeps the PCI transport,
-// feature negotiation and interrupt routing; the rings, guest memory (the memfd,
-// passed by SCM_RIGHTS) and each queue's kick and call eventfds go to the
-// back-end, which then reads the guest's requests and interrupts it without
-// tsvisor. The configuration space is the back-end's (GET_CONFIG).
+// (`--device vhost-user-blk-pci,chardev=ID`, `--netdev vhost-user,...`): tsvisor
+// keeps the PCI transport, feature negotiation and interrupt routing; the rings,
+// guest memory (the memfd, passed by SCM_RIGHTS) and each queue's kick and call
+// eventfds go to the back-end, which then serves the guest's requests and
+// interrupts it without tsvisor. A profile says what differs by device type: a
+// disk's configuration space is the back-end's (GET_CONFIG); a network card's is
+// tsvisor's (its MAC, link up), as QEMU builds it.
 //
 // A back-end that hangs up or stops answering fails the device (DEVICE_NEEDS_RESET)
 // with one line; the VM goes on. With `reconnect=SECONDS` tsvisor instead keeps
@@ -17,6 +19,8 @@ import type { QueueState } from '../virtio/queue.js';
 import { startVring, stopVring, vhostRegions } from './rings.js';
 import { VhostUserClient } from './user/frontend.js';
 import { BLOCK_QUEUE_SIZE } from '../virtio/block-queue.js';
+import { NET_QUEUE_SIZE, NetFeature } from '../virtio/net-queues.js';
+import { netConfigSpace } from '../virtio/net.js';
 
 export class VhostUserError extends Error {
   override name = 'VhostUserError';
@@ -24,19 +28,71 @@ export class VhostUserError extends Error {
 
 /** Block feature bits tsvisor passes from the back-end to the driver (virtio 1.2, 5.2.3). */
 const BLOCK_FEATURES = [1, 2, 4, 5, 6, 9, 10, 11, 12, 13, 14].reduce((a, f) => a | bit(f), 0n);
-/** The transport offers these to every driver, so the back-end must handle them. */
-const TRANSPORT_FEATURES = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_F_RING_INDIRECT_DESC) | bit(VIRTIO_F_RING_EVENT_IDX);
+const BLOCK_MQ = bit(12);
 const BLOCK_CONFIG_SIZE = 60;
 const BLOCK_NUM_QUEUES_OFFSET = 34;
+/** Net feature bits the back-end's data plane decides (offloads, mergeable buffers). */
+const NET_DATA_FEATURES = [
+  NetFeature.CSUM,
+  NetFeature.GUEST_CSUM,
+  NetFeature.GUEST_TSO4,
+  NetFeature.GUEST_TSO6,
+  NetFeature.GUEST_ECN,
+  NetFeature.HOST_TSO4,
+  NetFeature.HOST_TSO6,
+  NetFeature.HOST_ECN,
+  NetFeature.MRG_RXBUF,
+].reduce((a, f) => a | bit(f), 0n);
+/** The transport offers these to every driver, so the back-end must handle them. */
+const TRANSPORT_FEATURES = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_F_RING_INDIRECT_DESC) | bit(VIRTIO_F_RING_EVENT_IDX);
 
-export interface VhostUserBlkSpec {
-  kind: 'vhost-user-blk';
+interface Common {
   /** The back-end's socket. */
   path: string;
   /** Seconds between attempts to reach a back-end that went away; absent: it failing fails the device. */
   reconnect?: number;
+}
+
+export interface VhostUserBlkSpec extends Common {
+  kind: 'vhost-user-blk';
   /** Request queues wanted (at most what the back-end has). */
   queues: number;
+}
+
+/** One queue pair, no control queue: the back-end serves receive and transmit only. */
+export interface VhostUserNetSpec extends Common {
+  kind: 'vhost-user-net';
+  mac: Uint8Array;
+}
+
+export type VhostUserSpec = VhostUserBlkSpec | VhostUserNetSpec;
+
+/** What the driver sees of a device whose back-end offers `client`'s features. */
+interface Profile {
+  type: number;
+  features: bigint;
+  config: Uint8Array;
+  queueSizes: number[];
+}
+
+function profile(spec: VhostUserSpec, client: VhostUserClient): Profile {
+  if (spec.kind === 'vhost-user-net')
+    return {
+      type: VirtioId.NET,
+      features: (client.features & NET_DATA_FEATURES) | bit(NetFeature.MAC) | bit(NetFeature.STATUS),
+      config: new Uint8Array(netConfigSpace(spec.mac, 1)).slice(),
+      queueSizes: [NET_QUEUE_SIZE, NET_QUEUE_SIZE],
+    };
+  const queues = Math.min(spec.queues, client.queueNum());
+  if (queues < 1) throw new VhostUserError(`${spec.path}: the back-end has no queues`);
+  const config = client.getConfig(0, BLOCK_CONFIG_SIZE);
+  new DataView(config.buffer, config.byteOffset).setUint16(BLOCK_NUM_QUEUES_OFFSET, queues, true);
+  return {
+    type: VirtioId.BLOCK,
+    features: client.features & BLOCK_FEATURES & (queues > 1 ? ~0n : ~BLOCK_MQ),
+    config,
+    queueSizes: Array.from({ length: queues }, () => BLOCK_QUEUE_SIZE),
+  };
 }
 
 export interface DeviceEnv {
@@ -46,12 +102,14 @@ export interface DeviceEnv {
   log(line: string): void;
 }
 
-export class VhostUserBlock implements VirtioDevice {
-  readonly type = VirtioId.BLOCK;
+export class VhostUserDevice implements VirtioDevice {
+  readonly type: number;
   readonly features: bigint;
   readonly queueSizes: readonly number[];
-  readonly configSize = BLOCK_CONFIG_SIZE;
+  readonly configSize: number;
   private readonly config: Uint8Array;
+  /** The back-end's features the driver may use: a back-end that comes back must offer them again. */
+  private readonly needed: bigint;
   private client: VhostUserClient | undefined;
   private unwatch: (() => void) | undefined;
   private activation: { features: bigint; host: DeviceHost } | undefined;
@@ -62,7 +120,7 @@ export class VhostUserBlock implements VirtioDevice {
   readonly counters = { disconnects: 0, reconnects: 0 };
 
   constructor(
-    private readonly spec: VhostUserBlkSpec,
+    private readonly spec: VhostUserSpec,
     readonly name: string,
     private readonly env: DeviceEnv,
   ) {
@@ -70,12 +128,13 @@ export class VhostUserBlock implements VirtioDevice {
     try {
       const missing = TRANSPORT_FEATURES & ~client.features;
       if (missing) throw new VhostUserError(`${spec.path}: the back-end lacks virtio features 0x${missing.toString(16)} (VERSION_1, INDIRECT_DESC, EVENT_IDX)`);
-      const queues = Math.min(spec.queues, client.queueNum());
-      if (queues < 1) throw new VhostUserError(`${spec.path}: the back-end has no queues`);
-      this.config = client.getConfig(0, BLOCK_CONFIG_SIZE);
-      new DataView(this.config.buffer).setUint16(BLOCK_NUM_QUEUES_OFFSET, queues, true);
-      this.features = client.features & BLOCK_FEATURES & (queues > 1 ? ~0n : ~bit(12));
-      this.queueSizes = Array.from({ length: queues }, () => BLOCK_QUEUE_SIZE);
+      const p = profile(spec, client);
+      this.type = p.type;
+      this.features = p.features;
+      this.config = p.config;
+      this.configSize = p.config.length;
+      this.queueSizes = p.queueSizes;
+      this.needed = client.features & p.features;
     } catch (e) {
       client.close();
       throw e instanceof VhostUserError ? e : new VhostUserError(`${spec.path}: ${describeError(e)}`);
@@ -87,7 +146,7 @@ export class VhostUserBlock implements VirtioDevice {
     readConfigBytes(this.config, offset, data);
   }
 
-  /** The config fields a driver may write (writeback) belong to the back-end, which is not told: it keeps its own. */
+  /** What a driver may write (a disk's writeback mode) is the back-end's, which is not told: it keeps its own. */
   writeConfig(): void {}
 
   activate(features: bigint, _memory: MemoryTable, host: DeviceHost): void {
@@ -190,7 +249,7 @@ export class VhostUserBlock implements VirtioDevice {
         return this.scheduleReconnect(seconds);
       }
       try {
-        if ((client.features & this.features) !== this.features) throw new Error('it offers fewer features than before');
+        if ((client.features & this.needed) !== this.needed) throw new Error('it offers fewer features than before');
         if (this.activation) this.handOver(client, this.activation.features);
         for (const q of this.running.values()) this.startRing(client, q);
       } catch (e) {

@@ -21,7 +21,7 @@ import { VirtioConsole } from '../virtio/console.js';
 import type { VirtioDevice } from '../virtio/device.js';
 import { TapBackend } from '../net/tap.js';
 import { VhostNet } from '../vhost/vhost-net.js';
-import { VhostUserBlock, type VhostUserBlkSpec } from '../vhost/vhost-user-device.js';
+import { VhostUserDevice, type VhostUserSpec } from '../vhost/vhost-user-device.js';
 import { onMainThread, type MainThreadDevice } from '../virtio/in-process.js';
 import { VirtioPciDevice, type IoEventRegistrar } from '../virtio/pci-transport.js';
 import { EventLoop } from './event-loop.js';
@@ -56,7 +56,7 @@ export interface MachineConfig {
   /** Network cards, each on its own PCI slot, before the other devices (so the first is eth0). */
   nics?: NicConfig[];
   /** virtio devices, each on its own PCI slot, in this order; a vhost-user one as plain data (the machine connects it). */
-  virtio?: (VirtioDevice | MainThreadDevice | VhostUserBlkSpec)[];
+  virtio?: (VirtioDevice | MainThreadDevice | VhostUserSpec)[];
   /** Lines about devices for the user (a vhost-user back-end went away, came back). */
   log?: (line: string) => void;
   /** Adds a virtio-console (the guest's hvc0) whose output goes here; host input then goes to it. */
@@ -184,10 +184,12 @@ export class Machine {
         this.nics.push({ config: nic, device: plugVirtio(net) });
       }
     }
-    let vhostUserBlks = 0;
+    const counts = { 'vhost-user-blk': 0, 'vhost-user-net': 0 };
     for (const given of [...(config.virtio ?? []), ...(this.virtioConsole ? [this.virtioConsole] : [])]) {
       const device =
-        'kind' in given ? new VhostUserBlock(given, `vhost-user-blk${vhostUserBlks++}`, { memory: this.memory, watch, log: config.log ?? (() => {}) }) : given;
+        'kind' in given
+          ? new VhostUserDevice(given, `${given.kind}${counts[given.kind]++}`, { memory: this.memory, watch, log: config.log ?? (() => {}) })
+          : given;
       plugVirtio(device);
     }
   }

@@ -5,7 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { networkArgs, parseRunArgs, RUN_FLAGS, vhostUserBlkArgs } from '../../src/cli/run-options.js';
+import { networkArgs, parseRunArgs, RUN_FLAGS, vhostUserArgs } from '../../src/cli/run-options.js';
 import { parseSize } from '../../src/cli/size.js';
 import { UsageError } from '../../src/cli/errors.js';
 import { chooseAccel } from '../../src/vmm/accel.js';
@@ -97,7 +97,7 @@ test('run options: defaults and every flag', () => {
         { file: 'c.img', readOnly: false, serial: undefined, cache: 'writeback' },
       ],
       rng: true,
-      vhostUserBlk: [],
+      vhostUser: [],
       console: 'virtio',
       ioeventfd: false,
       irqfd: false,
@@ -118,12 +118,28 @@ test('run options: vhost-user disks, and the arguments that parse back to them',
     'socket,id=b,path=/run/b.sock',
     '--device',
     'vhost-user-blk,chardev=b,num-queues=2',
+    '--chardev',
+    'socket,id=n,path=/run/n.sock',
+    '--netdev',
+    'vhost-user,id=vn,chardev=n',
+    '--device',
+    'virtio-net-pci,netdev=vn,mac=52:54:00:00:00:09',
+    '--netdev',
+    'user,id=u',
+    '--device',
+    'e1000,netdev=u',
   ]);
-  assert.deepEqual(o.vhostUserBlk, [
+  assert.deepEqual(o.vhostUser, [
     { kind: 'vhost-user-blk', path: '/run/a,b.sock', reconnect: 5, queues: 3 },
     { kind: 'vhost-user-blk', path: '/run/b.sock', queues: 2 },
+    { kind: 'vhost-user-net', path: '/run/n.sock', mac: Uint8Array.of(0x52, 0x54, 0, 0, 0, 9) },
   ]);
-  assert.deepEqual(parseRunArgs(vhostUserBlkArgs(o.vhostUserBlk)).vhostUserBlk, o.vhostUserBlk);
+  assert.deepEqual(
+    o.network.nics.map((n) => n.model),
+    ['e1000'],
+    'the card on vhost-user is not a tsvisor back-end card',
+  );
+  assert.deepEqual(parseRunArgs(vhostUserArgs(o.vhostUser)).vhostUser, o.vhostUser);
 });
 
 test('run options: bad input is a UsageError naming the flag', () => {
@@ -174,6 +190,9 @@ test('run options: bad input is a UsageError naming the flag', () => {
     [['--device', 'vhost-user-blk-pci,chardev=x'], /no --chardev with id=x/],
     [['--chardev', 'socket,id=c,path=/s', '--device', 'vhost-user-blk-pci,chardev=c,num-queues=0'], /num-queues=0/],
     [['--chardev', 'socket,id=c,path=/s', '--device', 'vhost-user-blk-pci,chardev=c', '--device', 'vhost-user-blk-pci,chardev=c'], /used by two devices/],
+    [['--chardev', 'socket,id=c,path=/s', '--netdev', 'vhost-user,id=v,chardev=c', '--device', 'e1000,netdev=v'], /virtio-net-pci only/],
+    [['--chardev', 'socket,id=c,path=/s', '--netdev', 'vhost-user,id=v,chardev=c'], /not used by any --device/],
+    [['--netdev', 'vhost-user,id=v,chardev=x', '--device', 'virtio-net-pci,netdev=v'], /no --chardev with id=x/],
     [['--console', 'tty'], /--console/],
     [['--ioeventfd', 'maybe'], /--ioeventfd/],
     [['extra'], /positional/i],

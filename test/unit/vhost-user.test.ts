@@ -10,7 +10,7 @@ import path from 'node:path';
 import { after, test } from 'node:test';
 import { closeFd, eventfd, eventfdSignal } from '../../src/host/libc.js';
 import { sendWithFds, unixConnect } from '../../src/host/unix-socket.js';
-import { VhostUserBlock, type VhostUserBlkSpec } from '../../src/vhost/vhost-user-device.js';
+import { VhostUserDevice, type VhostUserBlkSpec } from '../../src/vhost/vhost-user-device.js';
 import { MessageReader } from '../../src/vhost/user/connection.js';
 import {
   decodeU64,
@@ -93,7 +93,7 @@ function frontEnd(socket: string, extra: Partial<VhostUserBlkSpec> = {}) {
     const token = loop.add(fd, onReadable);
     return () => loop.remove(token);
   };
-  const blk = new VhostUserBlock({ kind: 'vhost-user-blk', path: socket, queues: 1, ...extra }, 'vhost-user-blk0', {
+  const blk = new VhostUserDevice({ kind: 'vhost-user-blk', path: socket, queues: 1, ...extra }, 'vhost-user-blk0', {
     memory: d.mem,
     watch,
     log: (l) => logs.push(l),
