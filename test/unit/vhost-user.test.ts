@@ -10,7 +10,7 @@ import path from 'node:path';
 import { after, test } from 'node:test';
 import { closeFd, eventfd, eventfdSignal } from '../../src/host/libc.js';
 import { sendWithFds, unixConnect } from '../../src/host/unix-socket.js';
-import { VhostUserDevice, type VhostUserBlkSpec } from '../../src/vhost/vhost-user-device.js';
+import { VhostUserDevice, VhostUserError, type VhostUserBlkSpec } from '../../src/vhost/vhost-user-device.js';
 import { MessageReader } from '../../src/vhost/user/connection.js';
 import {
   decodeU64,
@@ -327,4 +327,44 @@ test('vhost-user daemon: more clients than --max-clients are refused, the others
   await writeAndRead(f, 2, 1, 13);
   await f.close();
   await daemon.close();
+});
+
+const HOSTILE = new URL('../support/hostile-vhost-user-backend.js', import.meta.url).pathname;
+
+/** A back-end process that misbehaves at `request` in the way `mode` says. */
+async function hostileBackend(request: string, mode: string): Promise<{ socket: string; child: ChildProcess }> {
+  const socket = path.join(dir, `hostile-${++files}.sock`);
+  const child = spawn(process.execPath, [HOSTILE, socket, request, mode], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  child.stdout!.on('data', (d) => (out += d));
+  await until('the hostile back-end listens', () => out.includes('listening'));
+  return { socket, child };
+}
+
+test('vhost-user front-end: a back-end that refuses, answers garbage or short, or hangs up fails the device with one reason, and nothing escapes', async () => {
+  const cases = [
+    ['SET_MEM_TABLE', 'nack'],
+    ['SET_VRING_ADDR', 'garbage'],
+    ['SET_VRING_KICK', 'hangup'],
+    ['SET_VRING_ENABLE', 'nack'],
+    ['GET_VRING_BASE', 'short'],
+  ] as const;
+  for (const [request, mode] of cases) {
+    const { socket, child } = await hostileBackend(request, mode);
+    // Construction, activation, queue start and stop: none of them may throw.
+    const f = frontEnd(socket);
+    await f.blk.stopQueue(0);
+    assert.equal(f.failures.length, 1, `${request} ${mode}: ${JSON.stringify(f.failures)}`);
+    assert.match(f.failures[0]!, /vhost-user back-end: /);
+    assert.equal(f.blk.stats().connected, 0, `${request} ${mode}: the connection is dropped`);
+    await f.close();
+    child.kill();
+  }
+  // Before the VM starts, a back-end that answers garbage is one clear error.
+  const { socket, child } = await hostileBackend('GET_CONFIG', 'garbage');
+  assert.throws(
+    () => frontEnd(socket),
+    (e: Error) => e instanceof VhostUserError && /GET_QUEUE_NUM came back for GET_CONFIG/.test(e.message),
+  );
+  child.kill();
 });
