@@ -4,7 +4,8 @@
 import koffi from 'koffi';
 import os from 'node:os';
 
-const libc = koffi.load('libc.so.6');
+/** libc, loaded once; other modules bind the calls they own from it (unix-socket.ts). */
+export const libc = koffi.load('libc.so.6');
 
 const c = {
   open: libc.func('int open(const char *path, int flags, int mode)'),

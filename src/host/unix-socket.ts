@@ -3,9 +3,7 @@
 // calls through koffi, following libc.ts (wrappers throw SysError, EINTR retried).
 import koffi from 'koffi';
 import fs from 'node:fs';
-import { closeFd, EAGAIN, EINTR, SysError } from './libc.js';
-
-const libc = koffi.load('libc.so.6');
+import { closeFd, EAGAIN, EINTR, libc, SysError } from './libc.js';
 
 const c = {
   socket: libc.func('int socket(int domain, int type, int protocol)'),

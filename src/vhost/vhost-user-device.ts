@@ -20,7 +20,7 @@ import { startVring, stopVring, vhostRegions } from './rings.js';
 import { VhostUserClient } from './user/frontend.js';
 import { BLOCK_QUEUE_SIZE } from '../virtio/block-queue.js';
 import { NET_QUEUE_SIZE, NetFeature } from '../virtio/net-queues.js';
-import { netConfigSpace } from '../virtio/net.js';
+import { netConfigSpace, OFFLOAD_FEATURES } from '../virtio/net.js';
 
 export class VhostUserError extends Error {
   override name = 'VhostUserError';
@@ -32,17 +32,7 @@ const BLOCK_MQ = bit(12);
 const BLOCK_CONFIG_SIZE = 60;
 const BLOCK_NUM_QUEUES_OFFSET = 34;
 /** Net feature bits the back-end's data plane decides (offloads, mergeable buffers). */
-const NET_DATA_FEATURES = [
-  NetFeature.CSUM,
-  NetFeature.GUEST_CSUM,
-  NetFeature.GUEST_TSO4,
-  NetFeature.GUEST_TSO6,
-  NetFeature.GUEST_ECN,
-  NetFeature.HOST_TSO4,
-  NetFeature.HOST_TSO6,
-  NetFeature.HOST_ECN,
-  NetFeature.MRG_RXBUF,
-].reduce((a, f) => a | bit(f), 0n);
+const NET_DATA_FEATURES = [...OFFLOAD_FEATURES, NetFeature.MRG_RXBUF].reduce((a, f) => a | bit(f), 0n);
 /** The transport offers these to every driver, so the back-end must handle them. */
 const TRANSPORT_FEATURES = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_F_RING_INDIRECT_DESC) | bit(VIRTIO_F_RING_EVENT_IDX);
 

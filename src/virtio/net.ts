@@ -32,6 +32,18 @@ function checkPairs(pairs: number): void {
   if (!Number.isInteger(pairs) || pairs < 1 || pairs > MAX_PAIRS) throw new Error(`virtio-net: queues must be 1..${MAX_PAIRS}`);
 }
 
+/** Checksum, TSO and ECN offloads, both ways: what the data plane and its back-end must honour. */
+export const OFFLOAD_FEATURES: readonly number[] = [
+  NetFeature.CSUM,
+  NetFeature.GUEST_CSUM,
+  NetFeature.GUEST_TSO4,
+  NetFeature.GUEST_TSO6,
+  NetFeature.GUEST_ECN,
+  NetFeature.HOST_TSO4,
+  NetFeature.HOST_TSO6,
+  NetFeature.HOST_ECN,
+];
+
 /** The features a card offers: offloads only over a back-end that honours them. */
 export function netFeatures(pairs: number, offloads: boolean): bigint {
   let features: number[] = [
@@ -44,19 +56,7 @@ export function netFeatures(pairs: number, offloads: boolean): bigint {
     NetFeature.CTRL_MAC_ADDR,
   ];
   if (pairs > 1) features.push(NetFeature.MQ);
-  if (offloads) {
-    features = features.concat([
-      NetFeature.CSUM,
-      NetFeature.GUEST_CSUM,
-      NetFeature.CTRL_GUEST_OFFLOADS,
-      NetFeature.GUEST_TSO4,
-      NetFeature.GUEST_TSO6,
-      NetFeature.GUEST_ECN,
-      NetFeature.HOST_TSO4,
-      NetFeature.HOST_TSO6,
-      NetFeature.HOST_ECN,
-    ]);
-  }
+  if (offloads) features = features.concat([...OFFLOAD_FEATURES, NetFeature.CTRL_GUEST_OFFLOADS]);
   return features.reduce((acc, f) => acc | bit(f), 0n);
 }
 
