@@ -2,8 +2,9 @@
 // default guest downloads the same file once per I/O path (IO_PATHS below): an
 // emulated e1000 (every register access an exit), virtio-net served by tsvisor
 // (queues in memory, kicks through ioeventfd, interrupts through irqfd), over
-// user-mode networking and over a tap, and vhost-net (the host kernel serves the
-// queues, tsvisor only set them up). For each the table shows what a megabyte cost:
+// user-mode networking and over a tap, vhost-net (the host kernel serves the
+// queues, tsvisor only set them up) and vhost-user (tsvisor's virtio-net in a
+// `tsvisor vhost-user-net` daemon serves them). For each the table shows what a megabyte cost:
 // VM exits and kicks as tsvisor's card counts them (--stats-json), interrupts as
 // the guest counts them (/proc/interrupts, so a path whose interrupts bypass tsvisor
 // is counted too), and the CPU time of tsvisor's own threads and of its vCPU threads
@@ -98,8 +99,8 @@ export interface IoPathSpec {
   kicksInVmm: boolean;
   /** Files the host must have (device nodes). */
   requires?: string[];
-  /** More host-side setup once the wire is up (a back-end process, say); returns its teardown. */
-  setup?: (scratch: string) => Promise<() => void | Promise<void>>;
+  /** More host-side setup once the wire is up: a back-end process, whose CPU time counts as tsvisor's when it is tsvisor. */
+  setup?: (scratch: string) => Promise<{ teardown: () => void | Promise<void>; pid?: number }>;
 }
 
 export const IO_PATHS: IoPathSpec[] = [
@@ -112,6 +113,33 @@ export const IO_PATHS: IoPathSpec[] = [
     args: () => ['--netdev', tapNetdev('vhost=on'), '--device', 'virtio-net-pci,netdev=n0'],
     kicksInVmm: false,
     requires: ['/dev/vhost-net'],
+  },
+  {
+    name: 'vhost-user/user',
+    wire: 'user',
+    args: (scratch) => [
+      '--chardev',
+      `socket,id=c0,path=${scratch}/net.sock`,
+      '--netdev',
+      'vhost-user,id=n0,chardev=c0',
+      '--device',
+      'virtio-net-pci,netdev=n0',
+    ],
+    kicksInVmm: false,
+    // tsvisor's own virtio-net in a `tsvisor vhost-user-net` daemon, on its own user-mode network.
+    setup: async (scratch) => {
+      const daemon = spawn(process.execPath, [BIN, 'vhost-user-net', '--socket', `${scratch}/net.sock`, '--netdev', 'user,id=u0'], { stdio: 'ignore' });
+      const exited = new Promise((r) => daemon.on('exit', r));
+      for (let i = 0; i < 600 && !fs.existsSync(`${scratch}/net.sock`); i++) await new Promise((r) => setTimeout(r, 50));
+      if (!fs.existsSync(`${scratch}/net.sock`)) throw new UserError('vhost-user/user: tsvisor vhost-user-net did not start listening');
+      return {
+        pid: daemon.pid,
+        teardown: async () => {
+          daemon.kill('SIGTERM');
+          await exited;
+        },
+      };
+    },
   },
 ];
 
@@ -222,7 +250,8 @@ export async function benchCommand(argv: string[]): Promise<number> {
   if (accel === 'nested') {
     // The bench runs again inside the nested host (as root there, so the taps can be
     // made); it prints the table and leaves its figures here for the chart.
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsvisor-io-paths-'));
+    // A tmpfs where there is one to write to: sockets cannot live on the nested host's 9p shares.
+    const dir = fs.mkdtempSync(path.join(writableDir('/run') ?? os.tmpdir(), 'tsvisor-io-paths-'));
     try {
       const json = path.join(dir, 'report.json');
       const args = [BIN, 'bench', 'io-paths', '--size', formatSize(size), '--accel', 'kvm', '--kernel', path.resolve(guest.kernel)];
@@ -326,6 +355,15 @@ function processTicks(pid: number): { own: number; guest: number } {
   return { own, guest: all.guestTicks };
 }
 
+function writableDir(dir: string): string | undefined {
+  try {
+    fs.accessSync(dir, fs.constants.W_OK);
+    return dir;
+  } catch {
+    return undefined;
+  }
+}
+
 /** Serves `size` bytes at /data and notes when each response started and finished. */
 function dataServer(size: number, host: string): Promise<{ port: number; timings: { start: number; end: number }[]; close(): void }> {
   const chunk = Buffer.alloc(1 << 20, 0x5a);
@@ -372,14 +410,20 @@ interface Snapshot {
 
 async function measure(spec: IoPathSpec, size: number, guest: { kernel: string; initrd: string }, clkTck: number): Promise<IoPathResult> {
   const wire: Wire = WIRES[spec.wire];
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsvisor-io-paths-'));
+  // A tmpfs where there is one to write to: sockets cannot live on the nested host's 9p shares.
+  const dir = fs.mkdtempSync(path.join(writableDir('/run') ?? os.tmpdir(), 'tsvisor-io-paths-'));
   const statsFile = path.join(dir, 'stats.json');
   const teardowns: (() => void | Promise<void>)[] = [];
   let child: ReturnType<typeof spawn> | undefined;
   let closed: Promise<void> | undefined;
   try {
     teardowns.push(wire.up());
-    if (spec.setup) teardowns.push(await spec.setup(dir));
+    let backendPid: number | undefined;
+    if (spec.setup) {
+      const backend = await spec.setup(dir);
+      teardowns.push(backend.teardown);
+      backendPid = backend.pid;
+    }
     const server = await dataServer(size, wire.serverBind);
     teardowns.push(() => server.close());
     const args = [BIN, 'run', '--accel', 'kvm', '--kernel', guest.kernel, '--initrd', guest.initrd, '--append', DEFAULT_GUEST_CMDLINE, '--memory', '512M'];
@@ -394,6 +438,7 @@ async function measure(spec: IoPathSpec, size: number, guest: { kernel: string; 
     const snapshot = async (): Promise<Snapshot> => {
       fs.rmSync(statsFile, { force: true });
       const ticks = processTicks(proc.pid!);
+      if (backendPid !== undefined) ticks.own += processTicks(backendPid).own;
       proc.kill('SIGUSR1');
       for (let i = 0; i < 600; i++) {
         await new Promise((r) => setTimeout(r, 50));

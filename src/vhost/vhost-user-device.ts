@@ -108,12 +108,15 @@ export class VhostUserDevice implements VirtioDevice {
   private retry: NodeJS.Timeout | undefined;
   private closed = false;
   readonly counters = { disconnects: 0, reconnects: 0 };
+  /** The back-end's socket. */
+  readonly path: string;
 
   constructor(
     private readonly spec: VhostUserSpec,
     readonly name: string,
     private readonly env: DeviceEnv,
   ) {
+    this.path = spec.path;
     const client = connect(spec.path);
     try {
       const missing = TRANSPORT_FEATURES & ~client.features;

@@ -18,7 +18,7 @@ import { GuestMemory } from '../memory/guest-memory.js';
 import type { NetBackend } from '../net/backend.js';
 import { VirtioNet } from '../virtio/net.js';
 import { VirtioConsole } from '../virtio/console.js';
-import type { VirtioDevice } from '../virtio/device.js';
+import { VirtioId, type VirtioDevice } from '../virtio/device.js';
 import { TapBackend } from '../net/tap.js';
 import { VhostNet } from '../vhost/vhost-net.js';
 import { VhostUserDevice, type VhostUserSpec } from '../vhost/vhost-user-device.js';
@@ -75,6 +75,9 @@ export interface MachineExit {
   kind: MachineExitKind;
   detail: string;
 }
+
+/** A network card among the virtio devices (its counters go with the cards'). */
+const isCard = (v: VirtioPciDevice): boolean => v.device.type === VirtioId.NET;
 
 export class Machine {
   readonly pio = new Bus('pio');
@@ -320,8 +323,14 @@ export class Machine {
       unclaimedTop: { pio: topAddresses(this.pio), mmio: topAddresses(this.mmio) },
       serial: { ...this.serial.counters },
       coalescedWrites: this.threads.reduce((n, t) => n + t.coalescedWrites, 0),
-      virtio: Object.fromEntries(this.virtio.filter((v) => !(v.device instanceof VirtioNet || v.device instanceof VhostNet)).map((v) => [v.name, v.stats()])),
-      nics: this.nics.map((n) => this.nicStats(n.config, n.device)),
+      virtio: Object.fromEntries(this.virtio.filter((v) => !isCard(v)).map((v) => [v.name, v.stats()])),
+      nics: [
+        ...this.nics.map((n) => this.nicStats(n.config, n.device, n.config.backend.description)),
+        // A card served over vhost-user has no tsvisor back-end: it is a plain virtio device here.
+        ...this.virtio
+          .filter((v) => v.device instanceof VhostUserDevice && isCard(v))
+          .map((v) => this.nicStats({ name: v.name, model: 'virtio-net' }, v, `vhost-user ${(v.device as VhostUserDevice).path}`)),
+      ],
       deviceFailures: Object.fromEntries(
         [
           ...this.virtio.map((v) => [v.name, v.lastFailure]),
@@ -337,7 +346,7 @@ export class Machine {
    * One network card's accounting, the same fields for every model: the exits its
    * registers cost, kicks that arrived without an exit, interrupts, traffic, drops.
    */
-  private nicStats(nic: NicConfig, device: VirtioPciDevice | E1000): NicStats {
+  private nicStats(nic: Pick<NicConfig, 'name' | 'model'>, device: VirtioPciDevice | E1000, backend: string): NicStats {
     const none: DeviceCounters = { reads: 0, writes: 0, queued: 0 };
     const mmio = this.mmio.counters().get(nic.name) ?? none;
     const pio = this.pio.counters().get(nic.name) ?? none;
@@ -347,7 +356,7 @@ export class Machine {
     return {
       name: nic.name,
       model: nic.model,
-      backend: nic.backend.description,
+      backend,
       exits: { mmioReads: mmio.reads, mmioWrites: mmio.writes, pioReads: pio.reads, pioWrites: pio.writes },
       queuedWrites: mmio.queued + pio.queued,
       kicks: transport ? (own.kicks ?? 0) : 0,

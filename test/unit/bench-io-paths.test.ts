@@ -161,7 +161,7 @@ test('/proc stat lines: user + system ticks, guest ticks, command names with spa
 test('paths: every one named once; --paths picks them in its order and refuses unknown names', () => {
   const names = IO_PATHS.map((p) => p.name);
   assert.equal(new Set(names).size, names.length);
-  for (const want of ['e1000/user', 'virtio-net/user', 'virtio-net/tap', 'vhost-net/tap']) assert.ok(names.includes(want), want);
+  for (const want of ['e1000/user', 'virtio-net/user', 'virtio-net/tap', 'vhost-net/tap', 'vhost-user/user']) assert.ok(names.includes(want), want);
   assert.deepEqual(selectPaths(undefined), IO_PATHS);
   assert.deepEqual(
     selectPaths('vhost-net/tap, e1000/user').map((p) => p.name),
@@ -178,6 +178,12 @@ test('paths: every one named once; --paths picks them in its order and refuses u
   assert.ok(vhost.some((a) => a.startsWith('tap,id=n0,') && a.includes('vhost=on')));
   assert.deepEqual(
     IO_PATHS.filter((p) => !p.kicksInVmm).map((p) => p.name),
-    ['vhost-net/tap'],
+    ['vhost-net/tap', 'vhost-user/user'],
+  );
+  // The vhost-user card's back-end socket is in the path's own directory.
+  assert.ok(
+    IO_PATHS.find((p) => p.name === 'vhost-user/user')!
+      .args('/x')
+      .includes('socket,id=c0,path=/x/net.sock'),
   );
 });
