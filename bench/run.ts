@@ -8,6 +8,12 @@
 //    32 at a time from 32 threads), on the same image, tsvisor against `qemu -accel
 //    kvm` with virtio-blk-pci, both with one queue per vCPU; the 32-deep reads again
 //    with one queue; VM exits per request with ioeventfd/irqfd on and off.
+//    vhost-user-blk: the same workload on a disk whose data plane is a vhost-user
+//    back-end process (`tsvisor vhost-user-blk`, then qemu-storage-daemon), two
+//    queues, tsvisor's `--device vhost-user-blk-pci` against QEMU's
+//    vhost-user-blk-pci on the same back-end process: the ratio compares the
+//    front-ends. BENCH_BLK_PATHS=virtio-blk,vhost-user-blk picks the paths,
+//    BENCH_BLK_BACKENDS=tsvisor,qsd the vhost-user back-ends.
 //  - net: TCP throughput between the guest and the host over a tap, both ways
 //    (iperf3 from Debian's packages on both ends), tsvisor's virtio-net and e1000
 //    against QEMU's virtio-net-pci and e1000 (vhost=off: both serve the tap from
@@ -16,7 +22,8 @@
 //    interrupts per MB).
 // All run where KVM is hardware-backed: inside the nested KVM host here. The PIO
 // benchmark also runs on this machine's own /dev/kvm.
-// BENCH_ONLY=boot,pio,blk,net picks sections.
+// BENCH_ONLY=boot,pio,blk,net picks sections; BENCH_BLK_PATHS and BENCH_NET_MODELS
+// the cases within blk and net.
 import { execSync, spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -38,6 +45,38 @@ const PIO_EXITS = Number(process.env.BENCH_PIO_EXITS ?? 20000);
 const BLK_MIB = Number(process.env.BENCH_BLK_MIB ?? 128);
 const BLK_RANDOM_READS = Number(process.env.BENCH_BLK_RANDOM_READS ?? 4000);
 const NET_SECONDS = Number(process.env.BENCH_NET_SECONDS ?? 10);
+/** The block paths the blk bench measures: virtio-blk (each VMM serves the image itself) and vhost-user-blk. */
+const BLK_PATHS = (process.env.BENCH_BLK_PATHS ?? 'virtio-blk,vhost-user-blk').split(',');
+/** The vhost-user-blk back-ends, each one process that serves the tsvisor run and then the QEMU run. */
+const BLK_BACKENDS = {
+  tsvisor: {
+    name: 'tsvisor vhost-user-blk',
+    command: (image: string, socket: string): [string, string[]] => [
+      process.execPath,
+      [BIN, 'vhost-user-blk', '--socket', socket, '--drive', `file=${image},num-queues=2`],
+    ],
+  },
+  qsd: {
+    name: 'qemu-storage-daemon',
+    command: (image: string, socket: string): [string, string[]] => [
+      'qemu-storage-daemon',
+      [
+        '--blockdev',
+        `driver=file,node-name=f0,filename=${image}`,
+        '--export',
+        `type=vhost-user-blk,id=e0,node-name=f0,addr.type=unix,addr.path=${socket},writable=on,num-queues=2`,
+      ],
+    ],
+  },
+} as const;
+type BlkBackend = keyof typeof BLK_BACKENDS;
+/** BENCH_BLK_BACKENDS=qsd (say) puts the vhost-user-blk path on that back-end only. */
+const BLK_BACKEND_NAMES = (process.env.BENCH_BLK_BACKENDS ?? 'tsvisor,qsd').split(',');
+for (const [knob, names, known] of [
+  ['BENCH_BLK_PATHS', BLK_PATHS, ['virtio-blk', 'vhost-user-blk']],
+  ['BENCH_BLK_BACKENDS', BLK_BACKEND_NAMES, Object.keys(BLK_BACKENDS)],
+] as const)
+  for (const n of names) if (!(known as readonly string[]).includes(n)) throw new Error(`${knob}: unknown "${n}" (known: ${known.join(', ')})`);
 const ONLY = new Set((process.env.BENCH_ONLY ?? 'boot,pio,blk,net').split(','));
 /** The cards the network bench measures, each against QEMU's same card on the same tap (vhost as given to both). */
 const NET_CARDS = {
@@ -159,6 +198,13 @@ async function blkBench(kernel: string, initrd: string): Promise<void> {
     'virtio-blk-pci,drive=d0',
   ]);
   try {
+    if (BLK_PATHS.includes('virtio-blk')) await virtioBlkBench();
+    if (BLK_PATHS.includes('vhost-user-blk')) await vhostUserBlkBench(kernel, initrd, image, input);
+  } finally {
+    fs.rmSync(image, { force: true });
+  }
+
+  async function virtioBlkBench(): Promise<void> {
     const on = await session(process.execPath, tsvisor('on'), input);
     const q = blkResults((await session('qemu-system-x86_64', qemu, input)).out);
     const t = blkResults(on.out);
@@ -173,9 +219,120 @@ async function blkBench(kernel: string, initrd: string): Promise<void> {
     process.stdout.write(`BENCH virtio-blk exits, ioeventfd+irqfd on: ${exitsPerRequest(on.err, t.requests)}\n`);
     process.stdout.write(`BENCH virtio-blk exits, ioeventfd+irqfd off: ${exitsPerRequest(off.err, t2.requests)}\n`);
     report('virtio-blk 4 KiB random read, ioeventfd+irqfd off vs on (IOPS)', t2.randread, t.randread, 'tsvisor with them on');
-  } finally {
-    fs.rmSync(image, { force: true });
   }
+}
+
+/** A vhost-user back-end process, up once its socket is; what it wrote to stdout and stderr is kept. */
+interface Backend {
+  log(): string;
+  /** SIGTERM, then its exit status (SIGKILL after 30 s). */
+  stop(): Promise<string>;
+}
+
+async function startBackend(cmd: string, args: string[], socket: string): Promise<Backend> {
+  const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let log = '';
+  child.stdout.on('data', (d) => (log += d));
+  child.stderr.on('data', (d) => (log += d));
+  let exit: string | undefined;
+  const closed = new Promise<string>((resolve) => {
+    child.once('error', (e) => resolve((exit = `failed to start: ${e.message}`)));
+    child.once('close', (code, signal) => resolve((exit = signal ? `killed by ${signal}` : `exit ${code}`)));
+  });
+  for (let waited = 0; !fs.statSync(socket, { throwIfNoEntry: false })?.isSocket(); waited += 100) {
+    if (exit !== undefined || waited >= 60_000) {
+      child.kill('SIGKILL');
+      throw new Error(`${path.basename(cmd)} ${args.join(' ')}: no socket ${socket} (${exit ?? 'not within 60 s'}):\n${log.slice(-3000)}`);
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return {
+    log: () => log,
+    async stop() {
+      if (exit === undefined) child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), 30_000);
+      const status = await closed;
+      clearTimeout(timer);
+      return status;
+    },
+  };
+}
+
+/**
+ * The same workload on a vhost-user-blk disk (two queues) served by each back-end in
+ * turn: one back-end process serves the tsvisor run, then the QEMU run, so the ratio
+ * compares the front-ends. The sockets go to a tmpfs: the nested host's 9p shares
+ * refuse to bind them (ENXIO).
+ */
+async function vhostUserBlkBench(kernel: string, initrd: string, image: string, input: string): Promise<void> {
+  const dir = ['/run', os.tmpdir()].reduce<string | undefined>((found, base) => {
+    if (found) return found;
+    try {
+      return fs.mkdtempSync(path.join(base, 'tsvisor-bench-'));
+    } catch {
+      return undefined;
+    }
+  }, undefined);
+  if (!dir) throw new Error('no directory for the vhost-user sockets');
+  const socket = path.join(dir, 'blk.sock');
+  const append = DEFAULT_GUEST_CMDLINE;
+  const tsvisor = tsvisorArgs(kernel, initrd, append, [
+    '--cpus',
+    '2',
+    '--chardev',
+    `socket,id=c0,path=${socket}`,
+    '--device',
+    'vhost-user-blk-pci,chardev=c0,num-queues=2',
+    '--stats',
+  ]);
+  // The back-end maps guest RAM: QEMU's must be a shared memfd, of the size qemuArgs gives the guest.
+  const machine = qemuArgs(kernel, initrd, append);
+  const ram = machine[machine.indexOf('-m') + 1];
+  const qemu = qemuArgs(kernel, initrd, append, [
+    '-smp',
+    '2',
+    '-object',
+    `memory-backend-memfd,id=mem,size=${ram}M,share=on`,
+    '-numa',
+    'node,memdev=mem',
+    '-chardev',
+    `socket,id=c0,path=${socket}`,
+    '-device',
+    'vhost-user-blk-pci,chardev=c0,num-queues=2',
+  ]);
+  const failures: string[] = [];
+  try {
+    for (const key of BLK_BACKEND_NAMES as BlkBackend[]) {
+      const { name, command } = BLK_BACKENDS[key];
+      process.stderr.write(`# vhost-user-blk on ${name}\n`);
+      const backend = await startBackend(...command(image, socket), socket);
+      let status = '';
+      try {
+        const run = await session(process.execPath, tsvisor, input);
+        const t = blkResults(`${run.out}\n${run.err.slice(-2000)}`);
+        // The front-end's counters for the disk: connected, disconnects, reconnects.
+        for (const line of run.err.split('\n').filter((l) => /^\s*vhost-user-blk\d+:/.test(l))) process.stdout.write(`# tsvisor ${line.trim()}\n`);
+        const q = blkResults((await session('qemu-system-x86_64', qemu, input)).out);
+        const peer = 'qemu vhost-user-blk-pci';
+        report(`vhost-user-blk on ${name}, sequential write, 1 MiB O_DIRECT (MB/s)`, t.seqwrite, q.seqwrite, peer);
+        report(`vhost-user-blk on ${name}, sequential read, 1 MiB O_DIRECT (MB/s)`, t.seqread, q.seqread, peer);
+        report(`vhost-user-blk on ${name}, 4 KiB random read, queue depth 1 (IOPS)`, t.randread, q.randread, peer);
+        report(`vhost-user-blk on ${name}, 4 KiB random read, queue depth 32, 2 queues (IOPS)`, t['randread-qd32'], q['randread-qd32'], peer);
+      } catch (e) {
+        failures.push(`vhost-user-blk on ${name}: ${(e as Error).message}`);
+        process.stdout.write(`BENCH vhost-user-blk on ${name}: failed (${(e as Error).message.split('\n')[0]})\n`);
+      } finally {
+        status = await backend.stop();
+      }
+      // What the back-end said (tsvisor's daemon: each client's connection and disconnection).
+      const lines = backend.log().trimEnd().split('\n').filter(Boolean);
+      process.stdout.write(`# ${name} (${status}), ${lines.length} log lines${lines.length > 20 ? ', the last 20' : ''}:\n`);
+      for (const line of lines.slice(-20)) process.stdout.write(`#   ${line}\n`);
+    }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  if (failures.length) throw new Error(failures.join('\n'));
 }
 
 /** iperf3 and the libraries it loads: from Debian's packages, and the host's own libc and OpenSSL (the same release). */
