@@ -250,8 +250,7 @@ export async function benchCommand(argv: string[]): Promise<number> {
   if (accel === 'nested') {
     // The bench runs again inside the nested host (as root there, so the taps can be
     // made); it prints the table and leaves its figures here for the chart.
-    // A tmpfs where there is one to write to: sockets cannot live on the nested host's 9p shares.
-    const dir = fs.mkdtempSync(path.join(writableDir('/run') ?? os.tmpdir(), 'tsvisor-io-paths-'));
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsvisor-io-paths-'));
     try {
       const json = path.join(dir, 'report.json');
       const args = [BIN, 'bench', 'io-paths', '--size', formatSize(size), '--accel', 'kvm', '--kernel', path.resolve(guest.kernel)];
