@@ -98,11 +98,18 @@ export class GuestMemory {
   static map(table: MemoryTable): GuestMemory {
     const specs = table.regions.map((r) => ({ start: gpa(r.start), size: r.size }));
     validateLayout(specs);
-    const regions = table.regions.map((r) => {
-      if (!Number.isSafeInteger(r.fileOffset) || r.fileOffset < 0 || r.fileOffset % 4096)
-        throw new Error(`guest memory file offset ${r.fileOffset} is not page aligned`);
-      return new GuestRegion(gpa(r.start), mmapShared(r.fd, r.size, r.fileOffset), r.fd, r.fileOffset);
-    });
+    const regions: GuestRegion[] = [];
+    try {
+      for (const r of table.regions) {
+        if (!Number.isSafeInteger(r.fileOffset) || r.fileOffset < 0 || r.fileOffset % 4096)
+          throw new Error(`guest memory file offset ${r.fileOffset} is not page aligned`);
+        regions.push(new GuestRegion(gpa(r.start), mmapShared(r.fd, r.size, r.fileOffset), r.fd, r.fileOffset));
+      }
+    } catch (e) {
+      // A region that cannot be mapped (a file a vhost-user front-end opened read-only) takes back the ones mapped before it.
+      for (const r of regions) munmap(r.mapping);
+      throw e;
+    }
     return new GuestMemory(regions);
   }
 

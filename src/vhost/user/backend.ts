@@ -102,6 +102,8 @@ export class BackendSession {
   private token: number | undefined;
   private pending: Message[] = [];
   private pumping = false;
+  /** The message being handled: end() lets it finish before it takes the session apart. */
+  private inHand: Promise<void> | undefined;
   private ended = false;
   /** Where a ring with no call fd signals (nobody listens). */
   private sinkFd: number | undefined;
@@ -148,7 +150,7 @@ export class BackendSession {
     for (let m = this.pending.shift(); m && !this.ended; m = this.pending.shift()) {
       this.counters.messages++;
       try {
-        await this.handle(m);
+        await (this.inHand = this.handle(m));
         this.ack(m, true);
       } catch (e) {
         this.counters.protocolErrors++;
@@ -174,7 +176,12 @@ export class BackendSession {
   }
 
   private reply(request: number, payload: Uint8Array): void {
-    sendMessage(this.fd, request, FLAG_REPLY, payload);
+    try {
+      sendMessage(this.fd, request, FLAG_REPLY, payload);
+    } catch (e) {
+      // The front-end is gone (EPIPE, ECONNRESET): the connection ends, the message in hand finishes first.
+      void this.end(`replying to ${requestName(request)}: ${describeError(e)}`);
+    }
   }
 
   /** The fds `m` brought, taken (the session closes them when it is done with them). */
@@ -398,7 +405,7 @@ export class BackendSession {
       fail: (reason) => {
         this.counters.deviceFailures++;
         this.log(`device failed: ${reason}`);
-        for (const r of this.rings) if (r.errFd !== undefined) eventfdSignal(r.errFd);
+        for (const r of this.rings) if (r.errFd !== undefined) signalQuietly(r.errFd);
         void this.end(`the device failed`);
       },
       // Telling the front-end needs the back-end request channel, which is not offered.
@@ -424,6 +431,8 @@ export class BackendSession {
     if (this.token !== undefined) this.loop.remove(this.token);
     this.token = undefined;
     for (const m of this.pending.splice(0)) closeAll(m.fds);
+    this.reader.drop();
+    await this.inHand?.catch(() => {});
     for (let i = 0; i < this.rings.length; i++) await this.stopRing(i).catch(() => {});
     await this.device.close().catch((e) => this.log(`closing the device: ${describeError(e)}`));
     for (const r of this.rings) closeAll([r.kickFd, r.callFd, r.errFd].filter((fd) => fd !== undefined));
@@ -434,6 +443,15 @@ export class BackendSession {
     closeFd(this.fd);
     this.log(`disconnected: ${why}`);
     this.onEnd(this);
+  }
+}
+
+/** Signals a front-end's error fd; one it made unwritable (a read-only file, say) is its own loss, not the daemon's. */
+function signalQuietly(fd: number): void {
+  try {
+    eventfdSignal(fd);
+  } catch {
+    // Nothing to tell it through.
   }
 }
 

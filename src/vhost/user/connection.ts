@@ -74,8 +74,8 @@ export class MessageReader {
     }
   }
 
-  /** Forgets a half-read message and closes the fds it brought. */
-  private drop(): void {
+  /** Forgets a half-read message and closes the fds it brought (the owner calls it when it ends the connection). */
+  drop(): void {
     closeAll(this.fds);
     this.fds = [];
     this.current = undefined;
