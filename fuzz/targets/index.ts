@@ -9,6 +9,7 @@ import { virtioNet } from './virtio-net.js';
 import { virtioPci } from './virtio-pci.js';
 import { virtioRng } from './virtio-rng.js';
 import { userNet } from './user-net.js';
+import { vhostUser } from './vhost-user.js';
 import { virtqueue } from './virtqueue.js';
 
 /** Each target has its own context type, hence any. */
@@ -23,6 +24,7 @@ export const TARGETS: readonly FuzzTarget<any>[] = [
   pcDevices,
   e1000Target,
   userNet,
+  vhostUser,
 ];
 
 export function targetNamed(name: string): FuzzTarget<any> | undefined {
