@@ -12,6 +12,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import type { MachineStats } from '../../src/vmm/machine.js';
 
 const BIN = fileURLToPath(new URL('../../../bin/tsvisor.js', import.meta.url));
 
@@ -106,12 +107,16 @@ kill $HTTP
     );
     // The rest of each file is as it was.
     assert.deepEqual(fs.readFileSync(ours).subarray(4 * 4096), pattern(24 * 2 ** 20, 1).subarray(4 * 4096));
-    const stats = JSON.parse(read('stats.json')) as { virtio: Record<string, Record<string, number>> };
-    for (const name of ['vhost-user-blk0', 'vhost-user-blk1', 'vhost-user-net0']) {
-      const s = stats.virtio[name];
+    const stats = JSON.parse(read('stats.json')) as MachineStats;
+    // The disks are virtio devices; the card is counted with the cards, its back-end named.
+    const card = stats.nics.find((n) => n.name === 'vhost-user-net0');
+    assert.ok(card, `vhost-user-net0 in --stats-json: ${JSON.stringify(stats.nics)}`);
+    assert.match(card.backend, /^vhost-user \/run\/tsvisor-vhost-user\/net\.sock$/);
+    for (const [name, s] of [...['vhost-user-blk0', 'vhost-user-blk1'].map((n) => [n, stats.virtio[n]] as const), ['vhost-user-net0', card.detail] as const]) {
       assert.ok(s, `${name} in --stats-json: ${JSON.stringify(stats.virtio)}`);
       assert.equal(s.connected, 1, name);
       assert.equal(s.disconnects, 0, name);
+      assert.equal(s.notifyExits, 0, `${name}: kicks went to the back-end, not through exits`);
     }
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
