@@ -22,6 +22,7 @@ const c = {
   tgkill: libc.func('int tgkill(int tgid, int tid, int sig)'),
   read: libc.func('long read(int fd, void *buf, size_t len)'),
   write: libc.func('long write(int fd, const void *buf, size_t len)'),
+  fcntl: libc.func('int fcntl(int fd, int cmd, int arg)'),
   epollCreate1: libc.func('int epoll_create1(int flags)'),
   epollCtl: libc.func('int epoll_ctl(int epfd, int op, int fd, void *event)'),
   epollWait: libc.func('int epoll_wait(int epfd, void *events, int maxevents, int timeout)'),
@@ -160,6 +161,15 @@ export function tgkill(tid: number, signal: number): void {
 const ONE = new BigUint64Array([1n]);
 
 /** Adds one to an eventfd's counter (wakes whoever polls it: KVM for an irqfd, epoll for ours). */
+const F_GETFL = 3;
+const F_SETFL = 4;
+
+/** Makes `fd`'s file non-blocking (for every holder of it: the flag is on the open file). */
+export function setNonBlocking(fd: number): void {
+  const flags = check('fcntl(F_GETFL)', c.fcntl(fd, F_GETFL, 0));
+  if (!(flags & O_NONBLOCK)) check('fcntl(F_SETFL)', c.fcntl(fd, F_SETFL, flags | O_NONBLOCK));
+}
+
 export function eventfdSignal(fd: number): void {
   check('write(eventfd)', Number(c.write(fd, ONE, 8)));
 }

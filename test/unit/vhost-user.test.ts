@@ -32,10 +32,20 @@ const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsvisor-vhost-user-'));
 const loop = new EventLoop((e) => {
   throw e;
 });
+/** Every process a test started, so a failing test leaves none behind. */
+const children = new Set<ChildProcess>();
 after(() => {
+  for (const c of children) c.kill('SIGKILL');
   loop.close();
   fs.rmSync(dir, { recursive: true, force: true });
 });
+
+const spawnTracked = (...args: Parameters<typeof spawn>): ChildProcess => {
+  const child = spawn(...args);
+  children.add(child);
+  child.on('exit', () => children.delete(child));
+  return child;
+};
 
 const SECTORS = 128;
 let files = 0;
@@ -52,7 +62,7 @@ const DAEMON = new URL('../support/vhost-user-daemon.js', import.meta.url).pathn
 
 /** `tsvisor vhost-user-blk` over `file`, in a process of its own; its log lines are collected. */
 async function ourDaemon(file: string, socket = path.join(dir, `blk-${++files}.sock`), extra: string[] = []) {
-  const child = spawn(process.execPath, [DAEMON, 'vhost-user-blk', '--socket', socket, '--drive', `file=${file}`, ...extra], {
+  const child = spawnTracked(process.execPath, [DAEMON, 'vhost-user-blk', '--socket', socket, '--drive', `file=${file}`, ...extra], {
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   const lines: string[] = [];
@@ -166,7 +176,7 @@ function hasQsd(): boolean {
 }
 
 async function qsd(file: string, socket: string): Promise<ChildProcess> {
-  const child = spawn(
+  const child = spawnTracked(
     'qemu-storage-daemon',
     [
       '--blockdev',
@@ -276,6 +286,14 @@ test('vhost-user daemon: a hostile front-end gets an error reply or a disconnect
       refused(c, Request.SET_VRING_ADDR, vringAddrPayload({ index: 0, flags: 1, desc: 0n, used: 0n, avail: 0n, log: 0n }));
       refused(c, Request.SET_LOG_BASE, u64Payload(0n));
       refused(c, 99, u64Payload(0n));
+      // A blocking eventfd filled to its limit would block whoever signals it: the daemon makes it non-blocking.
+      const blocking = eventfd(0);
+      const nonBlocking = () => (parseInt(/flags:\s+(\d+)/.exec(fs.readFileSync(`/proc/self/fdinfo/${blocking}`, 'utf8'))![1]!, 8) & 0o4000) !== 0;
+      assert.equal(nonBlocking(), false);
+      c.send(Request.SET_VRING_ERR, u64Payload(0n), [blocking], FLAG_NEED_REPLY);
+      assert.equal(decodeU64(c.reply()), 0n);
+      assert.equal(nonBlocking(), true, 'the error fd the daemon keeps is non-blocking');
+      closeFd(blocking);
       c.send(Request.GET_QUEUE_NUM);
       assert.equal(decodeU64(c.reply()), 1n, 'the connection is still served');
     },
@@ -334,7 +352,7 @@ const HOSTILE = new URL('../support/hostile-vhost-user-backend.js', import.meta.
 /** A back-end process that misbehaves at `request` in the way `mode` says. */
 async function hostileBackend(request: string, mode: string): Promise<{ socket: string; child: ChildProcess }> {
   const socket = path.join(dir, `hostile-${++files}.sock`);
-  const child = spawn(process.execPath, [HOSTILE, socket, request, mode], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawnTracked(process.execPath, [HOSTILE, socket, request, mode], { stdio: ['ignore', 'pipe', 'inherit'] });
   let out = '';
   child.stdout!.on('data', (d) => (out += d));
   await until('the hostile back-end listens', () => out.includes('listening'));

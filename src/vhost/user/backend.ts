@@ -12,7 +12,7 @@
 // failed) is reported through the ring's error fd. What goes wrong here never
 // leaves this connection: the daemon serves its other clients.
 import fs from 'node:fs';
-import { closeFd, eventfd, eventfdSignal } from '../../host/libc.js';
+import { closeFd, eventfd, eventfdSignal, setNonBlocking } from '../../host/libc.js';
 import { GuestMemory, type MemoryTable } from '../../memory/guest-memory.js';
 import type { EventLoop } from '../../vmm/event-loop.js';
 import {
@@ -289,6 +289,16 @@ export class BackendSession {
         const { index, noFd } = decodeVringFd(m);
         const r = this.ring(index);
         const [fd] = this.takeFds(m, noFd ? 0 : 1);
+        // A blocking eventfd written to its limit would block whoever signals it (the daemon's
+        // main thread, a device worker); non-blocking, that write fails and only this client's device does.
+        if (fd !== undefined) {
+          try {
+            setNonBlocking(fd);
+          } catch (e) {
+            closeFd(fd);
+            throw e;
+          }
+        }
         const key = m.request === Request.SET_VRING_KICK ? 'kickFd' : m.request === Request.SET_VRING_CALL ? 'callFd' : 'errFd';
         // A running ring is stopped and started again around the change (QEMU moves the call fd when the guest masks a vector).
         const wasRunning = r.running && key !== 'errFd';
