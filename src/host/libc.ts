@@ -92,7 +92,7 @@ export function closeFd(fd: number): void {
  * Calls `op` again while a signal interrupts it before it did anything (EINTR):
  * the profiler's SIGPROF, for one, lands on any thread (KVM_CREATE_VM returns EINTR then).
  */
-function restarting(call: string, op: () => number): number {
+export function restarting(call: string, op: () => number): number {
   for (;;) {
     const ret = op();
     if (ret >= 0) return ret;

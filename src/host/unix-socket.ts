@@ -3,7 +3,7 @@
 // calls through koffi, following libc.ts (wrappers throw SysError, EINTR retried).
 import koffi from 'koffi';
 import fs from 'node:fs';
-import { closeFd, EAGAIN, EINTR, libc, SysError } from './libc.js';
+import { closeFd, EAGAIN, EINTR, libc, restarting, SysError } from './libc.js';
 
 const c = {
   socket: libc.func('int socket(int domain, int type, int protocol)'),
@@ -58,16 +58,6 @@ function closeQuietly(fd: number): void {
     closeFd(fd);
   } catch {
     // Nothing useful to do; the original error matters more.
-  }
-}
-
-/** Runs `op` again on EINTR; any other failure throws SysError(call, errno). */
-function restarting(call: string, op: () => number): number {
-  for (;;) {
-    const ret = op();
-    if (ret >= 0) return ret;
-    const errno = koffi.errno();
-    if (errno !== EINTR) throw new SysError(call, errno);
   }
 }
 
