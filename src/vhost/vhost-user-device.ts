@@ -12,8 +12,18 @@
 // trying to reach it again and, once back, hands it the memory table and the
 // running rings again, each restarted at the guest's used index (requests the old
 // back-end took but never completed are taken again).
-import { describeError, VirtioId, readConfigBytes, bit, type DeviceHost, type QueueResources, type VirtioDevice } from '../virtio/device.js';
-import { VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1 } from '../virtio/device.js';
+import {
+  bit,
+  describeError,
+  readConfigBytes,
+  VIRTIO_F_RING_EVENT_IDX,
+  VIRTIO_F_RING_INDIRECT_DESC,
+  VIRTIO_F_VERSION_1,
+  VirtioId,
+  type DeviceHost,
+  type QueueResources,
+  type VirtioDevice,
+} from '../virtio/device.js';
 import type { GuestMemory, MemoryTable } from '../memory/guest-memory.js';
 import type { QueueState } from '../virtio/queue.js';
 import { startVring, stopVring, vhostRegions } from './rings.js';

@@ -28,8 +28,6 @@ export class VhostUserDaemon {
   private clients = 0;
   private opening = 0;
   private closed = false;
-  /** Front-ends ever accepted, refused for the limit, and sessions that ended on a protocol error. */
-  readonly counters = { accepted: 0, refused: 0, protocolErrors: 0 };
 
   constructor(private readonly opts: DaemonOptions) {
     this.loop = new EventLoop((e) => opts.log(`internal error: ${describeError(e)}`));
@@ -37,15 +35,10 @@ export class VhostUserDaemon {
     this.loop.add(this.listenFd, () => this.accept());
   }
 
-  get activeSessions(): number {
-    return this.sessions.size;
-  }
-
   private accept(): void {
     for (let fd = unixAccept(this.listenFd); fd !== undefined; fd = unixAccept(this.listenFd)) {
       const connected = this.sessions.size + this.opening;
       if (connected >= (this.opts.maxClients ?? DEFAULT_MAX_CLIENTS)) {
-        this.counters.refused++;
         this.opts.log(`refused a client: ${connected} are connected already`);
         closeFd(fd);
         continue;
@@ -72,12 +65,8 @@ export class VhostUserDaemon {
       closeFd(fd);
       return void device.close();
     }
-    this.counters.accepted++;
     log('connected');
-    const session = new BackendSession(fd, device, this.loop, log, (s) => {
-      this.counters.protocolErrors += s.counters.protocolErrors;
-      this.sessions.delete(s);
-    });
+    const session = new BackendSession(fd, device, this.loop, log, (s) => this.sessions.delete(s));
     this.sessions.add(session);
   }
 

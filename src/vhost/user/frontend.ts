@@ -7,7 +7,7 @@
 import { closeFd } from '../../host/libc.js';
 import { sendWithFds, unixConnect } from '../../host/unix-socket.js';
 import type { VhostRegion, VhostRings, VringAddresses } from '../rings.js';
-import { MessageReader } from './connection.js';
+import { closeAll, MessageReader } from './connection.js';
 import { bit } from '../../virtio/device.js';
 import {
   configPayload,
@@ -29,7 +29,6 @@ import {
   vringStatePayload,
   type Message,
 } from './protocol.js';
-import { closeAll } from './connection.js';
 
 export const REPLY_TIMEOUT_MS = 10_000;
 
