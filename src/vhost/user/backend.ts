@@ -14,6 +14,7 @@
 import fs from 'node:fs';
 import { closeFd, eventfd, eventfdSignal, setNonBlocking } from '../../host/libc.js';
 import { GuestMemory, type MemoryTable } from '../../memory/guest-memory.js';
+import { SplitQueue, type QueueState } from '../../virtio/queue.js';
 import type { EventLoop } from '../../vmm/event-loop.js';
 import {
   bit,
@@ -196,6 +197,13 @@ export class BackendSession {
     return r;
   }
 
+  /** Ring `index`, which must not be running: its size, addresses and base are fixed while it runs. */
+  private idleRing(index: number): Ring {
+    const r = this.ring(index);
+    if (r.running) throw new ProtocolError(`ring ${index} runs`);
+    return r;
+  }
+
   private async handle(m: Message): Promise<void> {
     switch (m.request) {
       case Request.GET_FEATURES:
@@ -251,17 +259,15 @@ export class BackendSession {
       }
       case Request.SET_VRING_NUM: {
         const s = decodeVringState(m);
-        const r = this.ring(s.index);
+        const r = this.idleRing(s.index);
         const max = this.device.queueSizes[s.index]!;
         if (s.num === 0 || s.num > max || s.num & (s.num - 1)) throw new ProtocolError(`ring ${s.index}: size ${s.num} is not a power of two up to ${max}`);
-        if (r.running) throw new ProtocolError(`ring ${s.index} runs`);
         r.num = s.num;
         return;
       }
       case Request.SET_VRING_ADDR: {
         const a = decodeVringAddr(m);
-        const r = this.ring(a.index);
-        if (r.running) throw new ProtocolError(`ring ${a.index} runs`);
+        const r = this.idleRing(a.index);
         // Logging dirty pages (VHOST_VRING_F_LOG) is not offered.
         if (a.flags !== 0) throw new ProtocolError(`ring ${a.index}: flags 0x${a.flags.toString(16)}`);
         r.addr = a;
@@ -269,9 +275,8 @@ export class BackendSession {
       }
       case Request.SET_VRING_BASE: {
         const s = decodeVringState(m);
-        const r = this.ring(s.index);
+        const r = this.idleRing(s.index);
         if (s.num > 0xffff) throw new ProtocolError(`ring ${s.index}: base ${s.num} is not a 16-bit index`);
-        if (r.running) throw new ProtocolError(`ring ${s.index} runs`);
         r.base = s.num;
         return;
       }
@@ -373,10 +378,19 @@ export class BackendSession {
       if (g === undefined) throw new ProtocolError(`ring ${index}: the ${what} at 0x${uva.toString(16)} is outside every region`);
       return g;
     };
-    const descTable = toGuest(r.addr.desc, 'descriptor table');
-    const availRing = toGuest(r.addr.avail, 'available ring');
-    const usedRing = toGuest(r.addr.used, 'used ring');
-    if (!m.contains(usedRing, 6 + 8 * r.num)) throw new ProtocolError(`ring ${index}: the used ring does not fit in one region`);
+    const state: QueueState = {
+      size: r.num,
+      descTable: toGuest(r.addr.desc, 'descriptor table'),
+      availRing: toGuest(r.addr.avail, 'available ring'),
+      usedRing: toGuest(r.addr.used, 'used ring'),
+      eventIdx: (this.acked & bit(VIRTIO_F_RING_EVENT_IDX)) !== 0n,
+      nextAvail: r.base,
+      nextUsed: 0,
+    };
+    // Checked here as the transport checks a ring at DRIVER_OK, so a bad ring is refused in answer to the message that made it.
+    SplitQueue.fromState(this.device.queueSizes[index]!, state, m);
+    // The device continues the used ring where it stands in memory.
+    state.nextUsed = m.readU16(state.usedRing + 2);
     if (!this.activated) {
       this.device.activate(this.acked, this.memory.table(), this.host());
       this.activated = true;
@@ -384,16 +398,7 @@ export class BackendSession {
     this.sinkFd ??= eventfd();
     this.device.startQueue({
       index,
-      state: {
-        size: r.num,
-        descTable,
-        availRing,
-        usedRing,
-        eventIdx: (this.acked & bit(VIRTIO_F_RING_EVENT_IDX)) !== 0n,
-        nextAvail: r.base,
-        // The device continues the used ring where it stands in memory.
-        nextUsed: m.readU16(usedRing + 2),
-      },
+      state,
       kickFd: r.kickFd,
       callFd: r.callFd ?? this.sinkFd,
     });
