@@ -7,6 +7,7 @@ import { openImage, type ImageFile } from '../../src/backends/raw-image.js';
 import { closeFd, eventfd, eventfdDrain, eventfdSignal, openFile } from '../../src/host/libc.js';
 import { BlkStatus, BlkType, VirtioBlock } from '../../src/virtio/block.js';
 import type { QueueState } from '../../src/virtio/queue.js';
+import { until } from '../support/until.js';
 import { SimDriver, type Buf } from '../support/virtio-driver.js';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsvisor-blk-'));
@@ -42,14 +43,6 @@ function setup(opts: { readOnly?: boolean; serial?: string; cache?: 'none' | 'wr
 }
 
 type Setup = ReturnType<typeof setup>;
-
-async function until(what: string, done: () => boolean): Promise<void> {
-  for (let i = 0; i < 400; i++) {
-    if (done()) return;
-    await new Promise((r) => setTimeout(r, 5));
-  }
-  throw new Error(`timed out waiting until ${what}`);
-}
 
 /** Posts one request (header, then `data` buffers, then a status byte) and waits for it to complete. */
 async function request(s: Setup, type: number, sector: number, data: Buf[]): Promise<{ status: number; len: number }> {

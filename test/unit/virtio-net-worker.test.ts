@@ -8,17 +8,10 @@ import { bit } from '../../src/virtio/device.js';
 import { NetFeature, VirtioNet } from '../../src/virtio/net.js';
 import { EventLoop } from '../../src/vmm/event-loop.js';
 import { FakeBackend } from '../support/fake-net-backend.js';
+import { until } from '../support/until.js';
 import { SimDriver } from '../support/virtio-driver.js';
 
 const MAC = Uint8Array.of(0x52, 0x54, 0, 0x12, 0x34, 0x56);
-
-async function until(what: string, done: () => boolean): Promise<void> {
-  for (let i = 0; i < 400; i++) {
-    if (done()) return;
-    await new Promise((r) => setTimeout(r, 5));
-  }
-  throw new Error(`timed out waiting until ${what}`);
-}
 
 test('frame ring: packets come out in order across the wrap; a full ring refuses, then signals the producer once there is room', () => {
   const consumer = eventfd();
